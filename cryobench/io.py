@@ -17,6 +17,7 @@ import pandas as pd
 import starfile
 
 from .ctf import CTFParams
+from .fourier import centered_dft2, centered_idft2
 
 
 class InputError(ValueError):
@@ -70,6 +71,9 @@ OPTICS_COLUMNS = {"rlnVoltage": "voltage", "rlnSphericalAberration": "cs",
 PARTICLE_COLUMNS = {"rlnDefocusU": "defocus_u", "rlnDefocusV": "defocus_v",
                     "rlnDefocusAngle": "defocus_angle", "rlnPhaseShift": "phase_shift",
                     "rlnCtfBFactor": "bfactor"}
+REQUIRED_CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnVoltage", "rlnSphericalAberration",
+                        "rlnAmplitudeContrast")
+STAR_FLOAT_FORMAT = "%.12g"  # 12 significant digits: CTF values round-trip to ~1e-12 relative
 
 
 def write_particles(star_path, stack_path, images: np.ndarray, ctf: CTFParams,
@@ -79,7 +83,10 @@ def write_particles(star_path, stack_path, images: np.ndarray, ctf: CTFParams,
     One optics group is written per distinct (voltage, Cs, amplitude contrast).
     """
     star_path, stack_path = Path(star_path), Path(stack_path)
-    n, d, _ = images.shape
+    n, d, d2 = images.shape
+    if d != d2 or len(ctf) != n:
+        raise ValueError(f"write_particles: images {images.shape} need square images and "
+                         f"one CTF per image (got {len(ctf)} CTFs)")
     tmp = _atomic_target(stack_path)
     with mrcfile.new(tmp, overwrite=True) as mrc:
         mrc.set_data(np.ascontiguousarray(images, dtype=np.float32))
@@ -103,5 +110,228 @@ def write_particles(star_path, stack_path, images: np.ndarray, ctf: CTFParams,
         "rlnOpticsGroup": group.reshape(-1) + 1,
     })
     tmp = _atomic_target(star_path)
-    starfile.write({"optics": optics, "particles": particles}, tmp, overwrite=True)
+    starfile.write({"optics": optics, "particles": particles}, tmp, overwrite=True,
+                   float_format=STAR_FLOAT_FORMAT)
     os.replace(tmp, star_path)
+
+
+def _read_star(star: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(particle table, optics table or None) of a RELION 3.0 or 3.1 STAR file."""
+    if not star.is_file():
+        raise InputError(f"{star}: STAR file not found")
+    try:
+        blocks = starfile.read(star, always_dict=True)
+    except Exception as exc:  # starfile/pandas raise ValueError, IndexError, ... on bad text
+        raise InputError(f"{star}: not a readable STAR file ({exc})") from None
+    blocks = {k: pd.DataFrame([v]) if isinstance(v, dict) else v for k, v in blocks.items()}
+    tables = [v for k, v in blocks.items() if k != "optics"]
+    named = [t for t in tables if "rlnImageName" in t.columns]
+    particles = blocks.get("particles", named[0] if named else
+                           tables[0] if len(tables) == 1 else None)
+    if particles is None:
+        raise InputError(f"{star}: no particle table (a data_particles or data_ block with "
+                         f"column rlnImageName) among data blocks {sorted(blocks)}")
+    if len(particles) == 0:
+        raise InputError(f"{star}: the particle table has no rows")
+    return particles.reset_index(drop=True), blocks.get("optics")
+
+
+def _numeric(star, table: pd.DataFrame, col: str, where: str = "") -> np.ndarray:
+    """A column as float64, with an error naming the first non-numeric, NaN or infinite row."""
+    vals = pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"{star}: column {col}{where} has a non-numeric, NaN or infinite value "
+                         f"{table[col].iloc[i]!r} in row {i + 1}")
+    return vals
+
+
+def _join_optics(star, particles: pd.DataFrame, optics: pd.DataFrame | None) -> pd.DataFrame:
+    """The particle table with the columns of its optics group appended (RELION 3.1)."""
+    if optics is None or len(optics) == 0:
+        return particles
+    if "rlnOpticsGroup" in particles.columns:
+        if "rlnOpticsGroup" not in optics.columns:
+            raise InputError(f"{star}: column rlnOpticsGroup is missing from data_optics")
+        groups = _numeric(star, particles, "rlnOpticsGroup")
+        known = {g: i for i, g in enumerate(_numeric(star, optics, "rlnOpticsGroup",
+                                                     " of data_optics"))}
+        unknown = [g for g in groups if g not in known]
+        if unknown:
+            raise InputError(f"{star}: column rlnOpticsGroup refers to optics group "
+                             f"{unknown[0]:g}, which data_optics does not define")
+        rows = np.array([known[g] for g in groups])
+    elif len(optics) == 1:
+        rows = np.zeros(len(particles), dtype=int)
+    else:
+        raise InputError(f"{star}: column rlnOpticsGroup is missing from data_particles "
+                         f"(data_optics has {len(optics)} groups)")
+    joined = optics.iloc[rows].reset_index(drop=True)
+    extra = [c for c in joined.columns if c not in particles.columns]
+    return pd.concat([particles, joined[extra]], axis=1)
+
+
+def _ctf_from_table(star, table: pd.DataFrame) -> CTFParams:
+    """CTFParams from the (joined) particle table; optional columns default to 0."""
+    for col in REQUIRED_CTF_COLUMNS:
+        if col not in table.columns:
+            raise InputError(f"{star}: column {col} is missing (needed for the CTF)")
+    values = {attr: (_numeric(star, table, col) if col in table.columns
+                     else np.zeros(len(table)))
+              for col, attr in {**PARTICLE_COLUMNS, **OPTICS_COLUMNS}.items()}
+    for col, attr, ok, rule in [
+            ("rlnVoltage", "voltage", lambda v: v > 0, "must be > 0 kV"),
+            ("rlnAmplitudeContrast", "amplitude_contrast", lambda q: (q >= 0) & (q < 1),
+             "must lie in [0, 1)")]:
+        bad = ~ok(values[attr])
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"{star}: column {col} has value {values[attr][i]:g} in row "
+                             f"{i + 1}; it {rule}")
+    return CTFParams(**values)
+
+
+def _star_pixel_size(star, table: pd.DataFrame) -> float | None:
+    """Å/px from rlnImagePixelSize, rlnPixelSize or rlnDetectorPixelSize·1e4/rlnMagnification."""
+    names = [c for c in ("rlnImagePixelSize", "rlnPixelSize") if c in table.columns]
+    if names:
+        col, vals = names[0], _numeric(star, table, names[0])
+    elif {"rlnDetectorPixelSize", "rlnMagnification"} <= set(table.columns):
+        col = "rlnDetectorPixelSize·1e4/rlnMagnification"
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vals = (_numeric(star, table, "rlnDetectorPixelSize") * 1e4
+                    / _numeric(star, table, "rlnMagnification"))
+    else:
+        return None
+    if not np.all(np.isfinite(vals) & (vals > 0)):
+        raise InputError(f"{star}: pixel size {col} must be > 0, got {vals.min():g}")
+    if not np.allclose(vals, vals[0], rtol=1e-6):
+        raise InputError(f"{star}: pixel size {col} varies from {vals.min():g} to "
+                         f"{vals.max():g} Å; one pixel size per data set is supported")
+    return float(vals[0])
+
+
+def _stack_locations(star: Path, table: pd.DataFrame) -> tuple[np.ndarray, list[Path]]:
+    """0-based image indices and resolved stack paths from column rlnImageName."""
+    if "rlnImageName" not in table.columns:
+        raise InputError(f"{star}: column rlnImageName is missing (needed to find the images)")
+    index, paths, resolved = np.empty(len(table), dtype=np.int64), [], {}
+    for i, name in enumerate(table["rlnImageName"].astype(str)):
+        num, sep, rel = name.strip().partition("@")
+        if not (sep and num.isdigit() and int(num) >= 1 and rel):
+            raise InputError(f"{star}: column rlnImageName has malformed entry {name!r} in row "
+                             f"{i + 1} (expected NNNNNN@stack.mrcs, 1-based)")
+        if rel not in resolved:
+            candidates = [star.parent / rel, Path(rel)]  # STAR-relative first, then cwd
+            found = [c for c in candidates if c.is_file()]
+            if not found:
+                raise InputError(f"{star}: stack {rel} (column rlnImageName, row {i + 1}) not "
+                                 f"found next to the STAR file or in the current directory")
+            resolved[rel] = found[0]
+        index[i] = int(num) - 1
+        paths.append(resolved[rel])
+    return index, paths
+
+
+def read_particles(star_path, *, max_images: int | None = None) -> Particles:
+    """Read a RELION 3.0 or 3.1 particle STAR file and its stacks (the first ``max_images`` rows).
+
+    Images come back float32 (n, D, D) in STAR order. The pixel size is taken from the STAR file
+    (rlnImagePixelSize, rlnPixelSize or rlnDetectorPixelSize·1e4/rlnMagnification), else from
+    the first stack's MRC header. Any problem raises one :class:`InputError`.
+    """
+    star = Path(star_path)
+    particles, optics = _read_star(star)
+    if max_images is not None:
+        if max_images < 1:
+            raise InputError(f"{star}: max_images must be ≥ 1, got {max_images}")
+        particles = particles.iloc[:max_images]
+    table = _join_optics(star, particles, optics)
+    ctf = _ctf_from_table(star, table)
+    pixel_size = _star_pixel_size(star, table)
+    index, paths = _stack_locations(star, table)
+    groups: dict[Path, list[int]] = {}
+    for row, path in enumerate(paths):
+        groups.setdefault(path, []).append(row)
+    images, first, header_pixel = None, None, 0.0
+    for name, rows in groups.items():
+        try:
+            with mrcfile.mmap(name, mode="r", permissive=False) as mrc:
+                data = mrc.data
+                if data is None or data.ndim not in (2, 3):
+                    raise ValueError(f"expected an image stack, got data of shape "
+                                     f"{None if data is None else data.shape}")
+                data = data[None] if data.ndim == 2 else data
+                header_pixel = header_pixel or float(mrc.voxel_size.x)
+                count, h, w = data.shape
+                if h != w:
+                    raise InputError(f"{name}: images are {h}×{w} pixels (y×x); image size must "
+                                     f"be square")
+                if images is None:
+                    images, first = np.empty((len(paths), h, w), dtype=np.float32), name
+                elif images.shape[1:] != (h, w):
+                    raise InputError(f"{name}: image size {h}×{w} differs from "
+                                     f"{images.shape[1]}×{images.shape[2]} in {first}")
+                wanted = index[rows := np.asarray(rows)]
+                if wanted.max() >= count:
+                    raise InputError(f"{name}: stack has {count} images but {star.name} refers "
+                                     f"to image {wanted.max() + 1} (column rlnImageName)")
+                order = np.argsort(wanted, kind="stable")
+                block = np.asarray(data[wanted[order]], dtype=np.float32)
+        except InputError:
+            raise
+        except Exception as exc:  # mrcfile raises ValueError and friends for malformed files
+            raise InputError(f"{name}: not a readable MRC stack ({exc})") from None
+        finite = np.isfinite(block).all(axis=(1, 2))
+        if not finite.all():
+            j = int(np.argmin(finite))
+            raise InputError(f"{name}: image {wanted[order][j] + 1} has NaN or infinite pixels "
+                             f"(column rlnImageName, row {rows[order][j] + 1} of {star.name})")
+        images[rows[order]] = block
+    if pixel_size is None and not header_pixel > 0:
+        raise InputError(f"{star}: pixel size is missing: no rlnImagePixelSize, rlnPixelSize or "
+                         f"rlnDetectorPixelSize+rlnMagnification column, and the MRC header of "
+                         f"{first} has voxel size {header_pixel:g}")
+    return Particles(images=images, ctf=ctf, pixel_size=pixel_size or header_pixel,
+                     source=str(star))
+
+
+def estimate_noise_sigma(images: np.ndarray, radius_px: float, chunk: int = 1024) -> np.ndarray:
+    """Per-image noise σ (float64, shape (n,)): the std of the pixels outside the circle of
+    radius ``radius_px`` around the centre (D//2, D//2), i.e. outside the particle."""
+    images = np.asarray(images)
+    d = images.shape[-1]
+    y, x = np.mgrid[:images.shape[-2], :d] - d // 2
+    outside = (x**2 + y**2) > radius_px**2
+    if outside.sum() < 50:
+        raise InputError(f"noise estimate: only {outside.sum()} pixels lie outside radius "
+                         f"{radius_px:g} in a {d}-pixel box (need ≥ 50); use a smaller radius")
+    flat = images.reshape(-1, *images.shape[-2:])
+    sigma = np.concatenate([flat[i:i + chunk][:, outside].astype(np.float64).std(axis=1, ddof=1)
+                            for i in range(0, len(flat), chunk)])
+    return sigma.reshape(images.shape[:-2])
+
+
+def fourier_crop(images: np.ndarray, new_box: int, chunk: int = 256) -> np.ndarray:
+    """Downsample images (…, D, D) to (…, new_box, new_box) float32 by cropping the centred
+    spectrum, keeping the field of view; the new pixel size is ``pixel_size · D / new_box``.
+
+    The unitary DFT is rescaled by new_box/D, so pixel values keep their meaning (a constant
+    image stays the same constant; a band-limited image keeps its values at the new sampling).
+    The Nyquist row/column of the result takes the Hermitian (real) part of the cropped one.
+    """
+    images = np.asarray(images)
+    d = images.shape[-1]
+    if images.shape[-2] != d or new_box % 2 or not 2 <= new_box <= d:
+        raise ValueError(f"fourier_crop: need square images and an even new_box ≤ {d}, "
+                         f"got images {images.shape} and new_box {new_box}")
+    if new_box == d:
+        return images.astype(np.float32, copy=True)
+    flat = images.reshape(-1, d, d)
+    out = np.empty((len(flat), new_box, new_box), dtype=np.float32)
+    lo = d // 2 - new_box // 2
+    for i in range(0, len(flat), chunk):
+        spec = centered_dft2(flat[i:i + chunk].astype(np.float32))
+        out[i:i + chunk] = centered_idft2(spec[:, lo:lo + new_box, lo:lo + new_box]) * (new_box / d)
+    return out.reshape(images.shape[:-2] + (new_box, new_box))

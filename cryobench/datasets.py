@@ -1,0 +1,146 @@
+"""Where a task's images come from: a cached simulation or a RELION STAR file.
+
+Simulated datasets are written once under ``DATA_DIR/<task>/<scale>-<hash>/`` (the hash covers
+every simulation parameter and the simulator's format version), atomically: the simulation is
+written into a temporary folder that is renamed into place when complete, with a
+``manifest.json`` of the SHA-256 of every file. A STAR task reads the user's files in place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .ctf import CTFParams
+from .io import InputError, estimate_noise_sigma, fourier_crop, read_particles
+from .seeding import content_hash, derive_seed
+from .spec import Scale, TaskSpec
+
+SIMULATED_FILES = ("particles.star", "particles.mrcs", "ground_truth.mrc", "poses.csv", "meta.json")
+
+
+def default_data_dir() -> Path:
+    """``$CRYOBENCH_DATA`` if set, else ``~/.cache/cryobench``."""
+    env = os.environ.get("CRYOBENCH_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "cryobench"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images (σ-whitened later by the likelihood), CTFs, noise σ per image and provenance."""
+
+    images: np.ndarray
+    ctf: CTFParams
+    sigma: np.ndarray
+    pixel_size: float
+    particle_radius: float      # Å
+    files_hash: str
+    directory: Path | None
+    ground_truth: np.ndarray | None = None
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def simulation_params(spec: TaskSpec, scale: Scale):
+    """The :class:`SimulationParams` of a simulated task at a scale."""
+    from .simulate import SimulationParams
+    recipe = spec.section("dataset")
+    recipe.pop("kind", None)
+    for key in ("n_images", "box", "pixel_size"):
+        if getattr(scale, key) is None:
+            raise InputError(f"{spec.path}: [scales.{scale.name}] needs {key} for a simulated dataset")
+        recipe[key] = getattr(scale, key)
+    recipe["seed"] = derive_seed(spec.name, spec.seed, "simulation", scale.name)
+    try:
+        return SimulationParams.from_mapping(recipe)
+    except ValueError as exc:
+        raise InputError(f"{spec.path}: [dataset] {exc}") from None
+
+
+def simulated_dir(spec: TaskSpec, scale: Scale, data_dir: Path) -> Path:
+    """The cache folder of a simulated task at a scale (it may not exist yet)."""
+    from .simulate import FORMAT_VERSION
+    key = content_hash({"params": simulation_params(spec, scale).to_dict(), "format": FORMAT_VERSION})
+    return Path(data_dir) / spec.name / f"{scale.name}-{key[:12]}"
+
+
+def ensure_simulated(spec: TaskSpec, scale: Scale, data_dir: Path, progress: bool = True) -> Path:
+    """Simulate the dataset unless it is cached; returns its folder."""
+    from .simulate import simulate
+    target = simulated_dir(spec, scale, data_dir)
+    if (target / "manifest.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        simulate(simulation_params(spec, scale), tmp, progress=progress)
+        manifest = {name: file_sha256(tmp / name) for name in SIMULATED_FILES}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first: keep theirs
+            if not (target / "manifest.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_dataset(spec: TaskSpec, scale: Scale, data_dir: Path, progress: bool = True) -> Dataset:
+    """Read (simulating first if needed) the images of a task at a scale."""
+    kind = spec.section("dataset").get("kind")
+    if kind == "simulated":
+        return _load_simulated(spec, scale, data_dir, progress)
+    if kind == "star":
+        return _load_star(spec, scale)
+    raise InputError(f"{spec.path}: [dataset] kind must be 'simulated' or 'star', got {kind!r}")
+
+
+def _load_simulated(spec, scale, data_dir, progress) -> Dataset:
+    from .io import read_volume
+    folder = ensure_simulated(spec, scale, data_dir, progress)
+    particles = read_particles(folder / "particles.star")
+    meta = json.loads((folder / "meta.json").read_text())
+    truth, _ = read_volume(folder / "ground_truth.mrc")
+    sigma = np.full(len(particles.images), float(meta["noise_sigma"]))
+    return Dataset(particles.images, particles.ctf, sigma, particles.pixel_size,
+                   float(meta["particle_radius"]), (folder / "manifest.json").read_text(), folder,
+                   truth)
+
+
+def _load_star(spec, scale) -> Dataset:
+    recipe = spec.section("dataset")
+    allowed = {"kind", "star", "particle_radius", "invert_sign"}
+    unknown = sorted(set(recipe) - allowed)
+    if unknown:
+        raise InputError(f"{spec.path}: [dataset] has unknown key {unknown[0]!r}; allowed: "
+                         f"{', '.join(sorted(allowed))}")
+    for key in ("star", "particle_radius"):
+        if key not in recipe:
+            raise InputError(f"{spec.path}: [dataset] needs {key!r} for a STAR dataset")
+    star = (spec.path.parent / recipe["star"]).resolve()
+    particles = read_particles(star, max_images=scale.n_images)
+    images, pixel_size = particles.images, particles.pixel_size
+    if recipe.get("invert_sign", False):
+        images = -images
+    if scale.box is not None and scale.box < images.shape[-1]:
+        pixel_size *= images.shape[-1] / scale.box
+        images = fourier_crop(images, scale.box)
+    radius_px = float(recipe["particle_radius"]) / pixel_size
+    sigma = estimate_noise_sigma(images, radius_px)
+    files_hash = file_sha256(star)
+    return Dataset(np.asarray(images, np.float32), particles.ctf, sigma, pixel_size,
+                   float(recipe["particle_radius"]), files_hash, None)

@@ -1,0 +1,111 @@
+"""The counted oracle: the only way an optimizer sees the objective (SPEC §3).
+
+The objective is the paper's eq. 6 divided by K (so step sizes do not depend on the data set
+size); on a minibatch B of training images the oracle answers the unbiased estimate
+
+    f_B(V) = |B|⁻¹ Σ_{i∈B} [ −log p(I_i | θ_i, V) − K⁻¹ log p(V) ]
+
+and its gradient. Every per-image evaluation is counted here, not by the optimizer: a gradient
+of one image's term is 1 ``grad``, a value-only evaluation is 1 ``value``, a Hessian-vector
+product by directional finite difference is 1 ``hvp`` more. All three count against the budget
+(in gradient evaluations); work that would pass it raises :class:`BudgetExhausted` before it
+is done. The optimizer never sees test or validation images.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class BudgetExhausted(RuntimeError):
+    """The requested evaluations would exceed the oracle's budget."""
+
+
+class Oracle:
+    """Minibatches of the shared training stream and counted evaluations on them."""
+
+    def __init__(self, task, budget: int):
+        if budget <= 0:
+            raise ValueError(f"budget must be a positive number of gradient evaluations, got {budget}")
+        self._task = task
+        self.budget = int(budget)
+        self.counts = {"grad": 0, "value": 0, "hvp": 0}
+        self.position = 0
+        self._is_train = np.zeros(len(task.spectra), bool)
+        self._is_train[task.splits["train"]] = True
+
+    # ------------------------------------------------------------- the stream
+    @property
+    def n_train(self) -> int:
+        """K, the number of training images (the size of one epoch)."""
+        return self._task.n_train
+
+    @property
+    def train_indices(self) -> np.ndarray:
+        """All training image indices (for finite-sum methods that sweep the data)."""
+        return self._task.splits["train"]
+
+    @property
+    def evaluations(self) -> int:
+        """Per-image evaluations so far, of every kind (the x-axis of the results)."""
+        return sum(self.counts.values())
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.evaluations
+
+    def next_batch(self, size: int) -> np.ndarray:
+        """The next ``size`` images of the shared training stream (serving is not counted)."""
+        batch = self._task.stream(self.position, int(size))
+        self.position += int(size)
+        return batch
+
+    # ------------------------------------------------------------ evaluations
+    def _charge(self, kind: str, batch) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.int64).reshape(-1)
+        if len(batch) == 0:
+            raise ValueError("empty minibatch")
+        if batch.min() < 0 or batch.max() >= len(self._is_train) or not self._is_train[batch].all():
+            raise ValueError("the minibatch contains images that are not training images")
+        if self.evaluations + len(batch) > self.budget:
+            raise BudgetExhausted(f"{kind} on {len(batch)} images would exceed the budget of "
+                                  f"{self.budget} evaluations ({self.evaluations} used)")
+        self.counts[kind] += len(batch)
+        return batch
+
+    def _value_grad(self, x, batch, gradient: bool):
+        task = self._task
+        data = task.likelihood.subset(task.spectra, batch)
+        k = task.n_train
+        if not gradient:
+            return float(task.likelihood.nll(x, data).mean() + task.prior.value(x) / k), None
+        nll, grad = task.likelihood.nll_and_grad(x, data)
+        grad = grad / len(batch) + task.prior.grad(x) / k
+        return float(nll.mean() + task.prior.value(x) / k), grad.astype(x.dtype, copy=False)
+
+    def value_and_grad(self, x: np.ndarray, batch) -> tuple[float, np.ndarray]:
+        """f_B(x) and ∇f_B(x); costs |B| gradient evaluations."""
+        batch = self._charge("grad", batch)
+        return self._value_grad(x, batch, gradient=True)
+
+    def value(self, x: np.ndarray, batch) -> float:
+        """f_B(x); costs |B| value evaluations."""
+        batch = self._charge("value", batch)
+        return self._value_grad(x, batch, gradient=False)[0]
+
+    def hvp(self, x: np.ndarray, v: np.ndarray, batch, grad: np.ndarray | None = None,
+            eps: float | None = None) -> np.ndarray:
+        """H_B(x) v ≈ (∇f_B(x + εv) − ∇f_B(x)) / ε; costs |B| hvp evaluations.
+
+        Pass ``grad`` = ∇f_B(x) if it is already known; otherwise it is computed and charged as
+        |B| more gradient evaluations. ε defaults to √(machine ε)·max(1, ‖x‖) / ‖v‖.
+        """
+        if grad is None:
+            grad = self.value_and_grad(x, batch)[1]
+        batch = self._charge("hvp", batch)
+        vnorm = float(np.linalg.norm(v))
+        if vnorm == 0:
+            return np.zeros_like(x)
+        if eps is None:
+            eps = np.sqrt(np.finfo(x.dtype).eps) * max(1.0, float(np.linalg.norm(x))) / vnorm
+        g_eps = self._value_grad((x + eps * v).astype(x.dtype), batch, gradient=True)[1]
+        return ((g_eps - grad) / eps).astype(x.dtype)

@@ -1,0 +1,194 @@
+"""A task: dataset + CTFs + quadrature + prior + initial density + splits + data order.
+
+Everything an optimizer is compared on is fixed here and identical for every method:
+
+* splits — ``n_test`` test images (the paper: 100) and ``n_validation`` images for tuning,
+  drawn with a seed derived from the task; the rest are the K training images;
+* the training stream — epoch e is a permutation of the training images seeded by
+  (task, "stream", e); minibatches are consecutive pieces of the concatenated epochs, so the
+  order is the same whatever the batch size;
+* the initial density — a sum of random soft-edged spheres (paper Fig. 5), seeded by the task,
+  scaled so its expected projected power under the data's CTFs matches the data's, and stored
+  as ``init.mrc`` beside the task's derived files.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import Dataset, default_data_dir, load_dataset
+from .io import read_volume, write_volume
+from .likelihood import ImageSpectra, Likelihood
+from .prior import Prior
+from .quadrature import quadrature_for
+from .seeding import content_hash, rng_for
+from .spec import TASKS_DIR, Scale, TaskSpec, load_spec
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Task:
+    """A loaded task at one scale. Use :meth:`oracle` to optimise, :meth:`test_nll` to score."""
+
+    spec: TaskSpec
+    scale: Scale
+    dataset: Dataset
+    likelihood: Likelihood
+    prior: Prior
+    spectra: ImageSpectra
+    splits: dict
+    init: np.ndarray
+    content_hash: str
+    derived_dir: Path
+    batch_size: int
+    budget: int
+    _stream_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def n_train(self) -> int:
+        """K, the number of training images."""
+        return len(self.splits["train"])
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Training image indices in the order of epoch ``epoch`` (shared by every method)."""
+        if epoch not in self._stream_cache:
+            self._stream_cache = {epoch: rng_for(self.name, self.spec.seed, "stream", epoch)
+                                  .permutation(self.splits["train"])}
+        return self._stream_cache[epoch]
+
+    def stream(self, start: int, size: int) -> np.ndarray:
+        """Images at positions [start, start + size) of the training stream."""
+        k = self.n_train
+        pos = np.arange(start, start + size)
+        out = np.empty(size, dtype=np.int64)
+        for epoch in np.unique(pos // k):
+            sel = pos // k == epoch
+            out[sel] = self.epoch_order(int(epoch))[pos[sel] % k]
+        return out
+
+    def nll(self, volume: np.ndarray, index) -> np.ndarray:
+        """−log p(I_i | θ_i, V) for the images ``index`` (float64, no prior), in chunks."""
+        index = np.asarray(index)
+        out = np.empty(len(index))
+        for lo in range(0, len(index), self.batch_size):
+            part = self.likelihood.subset(self.spectra, index[lo:lo + self.batch_size])
+            out[lo:lo + self.batch_size] = self.likelihood.nll(volume, part)
+        return out
+
+    def test_nll(self, volume: np.ndarray) -> float:
+        """Σ_{test} −log p(I_i | θ_i, V): the paper's y-axis (not counted by any oracle)."""
+        return float(self.nll(volume, self.splits["test"]).sum())
+
+    def validation_nll(self, volume: np.ndarray) -> float:
+        """Σ_{validation} −log p(I_i | θ_i, V), for tuning."""
+        return float(self.nll(volume, self.splits["validation"]).sum())
+
+    def oracle(self, budget: int | None = None):
+        """A fresh counted oracle on the training stream (see :mod:`cryobench.oracle`)."""
+        from .oracle import Oracle
+        return Oracle(self, self.budget if budget is None else budget)
+
+    def write_density(self, volume: np.ndarray, path) -> None:
+        """Write a density as MRC with this task's voxel size."""
+        write_volume(path, volume, self.dataset.pixel_size)
+
+
+def make_splits(name: str, seed: int, n_images: int, n_test: int, n_validation: int) -> dict:
+    """Fixed test / validation / train index arrays (sorted) from a seed derived from the task."""
+    if n_test + n_validation >= n_images:
+        raise ValueError(f"{n_images} images cannot hold {n_test} test and {n_validation} "
+                         "validation images and still leave training images")
+    order = rng_for(name, seed, "splits").permutation(n_images)
+    return {"test": np.sort(order[:n_test]),
+            "validation": np.sort(order[n_test:n_test + n_validation]),
+            "train": np.sort(order[n_test + n_validation:])}
+
+
+def random_spheres(box: int, pixel_size: float, radius: float, rng: np.random.Generator,
+                   n_spheres: int, radius_min: float, radius_max: float) -> np.ndarray:
+    """Σ of ``n_spheres`` unit-density soft-edged balls (edge width 1 voxel), V[z, y, x].
+
+    Centres are uniform in the ball of radius 0.7·``radius`` (Å) and radii uniform in
+    [radius_min, radius_max]·``radius``; all lengths are converted to voxels.
+    """
+    r_px = radius / pixel_size
+    c = (np.arange(box) - box // 2).astype(np.float64)
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    vol = np.zeros((box, box, box))
+    for _ in range(n_spheres):
+        u = rng.normal(size=3)
+        centre = u / np.linalg.norm(u) * 0.7 * r_px * rng.uniform() ** (1 / 3)
+        rad = rng.uniform(radius_min, radius_max) * r_px
+        d = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
+        vol += 0.5 * (1 - np.tanh((d - rad) / 0.5))
+    return vol.astype(np.float32)
+
+
+def match_power(volume: np.ndarray, likelihood: Likelihood, spectra: ImageSpectra) -> float:
+    """Scale a making E_R Σ_q w C² |a P_R V̂|² equal the data's excess power Σ_q w (|Î|² − 1)."""
+    slices = likelihood.slicer.forward(volume)
+    dw = likelihood.quadrature.direction_weights
+    mean_power = (np.abs(slices.astype(complex)) ** 2 * dw[:, None]).sum(0)        # (Np,)
+    freq = likelihood.points / (likelihood.box * likelihood.pixel_size)
+    from .ctf import evaluate_ctf
+    ctf2 = (evaluate_ctf(spectra.ctf, freq[:, 0], freq[:, 1]) * spectra.inv_sigma[:, None]) ** 2
+    w = likelihood.point_weights.astype(float)
+    model = float((ctf2 * mean_power * w).sum())
+    excess = float((2 * spectra.half_norms - w.sum()).sum())
+    return float(np.sqrt(max(excess, 0.0) / model)) if model > 0 else 1.0
+
+
+def load_task(name_or_path, scale: str = "ci", data_dir=None, progress: bool = True,
+              dtype=np.float32, tasks_dir: Path = TASKS_DIR) -> Task:
+    """Load task ``name_or_path`` (a name in ``tasks/`` or a TOML path) at ``scale``."""
+    spec = load_spec(name_or_path, tasks_dir)
+    sc = spec.scale(scale)
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    data = load_dataset(spec, sc, data_dir, progress)
+    box = data.images.shape[-1]
+    objective, protocol, init_spec = (spec.section(s) for s in ("objective", "protocol", "init"))
+    rmax = sc.rmax_px(box)
+    if not 0 < rmax < box / 2:
+        raise ValueError(f"{spec.path}: r_max = {rmax} px must lie in (0, {box / 2}) for box {box}")
+    quad = quadrature_for(rmax, box, objective.get("shift_sigma", 0.0) / data.pixel_size,
+                          objective.get("shift_truncation", 2.0))
+    lik = Likelihood(box, data.pixel_size, rmax, quad, objective.get("oversampling", 2), dtype)
+    prior = Prior(objective.get("prior_lambda_pos", 1e-4), objective.get("prior_lambda_neg", 1e-4),
+                  objective.get("prior_beta", 1.0))
+    splits = make_splits(spec.name, spec.seed, len(data.images), protocol.get("n_test", 100),
+                         sc.n_validation)
+    spectra = lik.prepare(data.images, data.ctf, data.sigma)
+    thash = content_hash({"format": FORMAT_VERSION, "files": data.files_hash, "scale": sc.__dict__,
+                          "objective": objective, "protocol": protocol, "init": init_spec,
+                          "dtype": np.dtype(dtype).name})
+    derived = data_dir / spec.name / f"{sc.name}-derived-{thash[:12]}"
+    init = _initial_density(spec, sc, data, lik, spectra, splits, init_spec, derived)
+    batch = int(protocol.get("batch_size", 100))
+    budget = int(protocol.get("budget_epochs", 10) * len(splits["train"]))
+    return Task(spec, sc, data, lik, prior, spectra, splits, init.astype(dtype), thash, derived,
+                batch, budget)
+
+
+def _initial_density(spec, scale, data, lik, spectra, splits, init_spec, derived: Path):
+    path = derived / "init.mrc"
+    if path.is_file():
+        return read_volume(path)[0]
+    rng = rng_for(spec.name, spec.seed, "init")
+    vol = random_spheres(lik.box, data.pixel_size, data.particle_radius, rng,
+                         int(init_spec.get("n_spheres", 30)), init_spec.get("radius_min", 0.1),
+                         init_spec.get("radius_max", 0.3))
+    train = lik.subset(spectra, splits["train"][:2000])
+    vol *= match_power(vol, lik, train)
+    derived.mkdir(parents=True, exist_ok=True)
+    write_volume(path, vol, data.pixel_size)
+    (derived / "init.json").write_text(json.dumps({"seed_parts": [spec.name, spec.seed, "init"],
+                                                   **init_spec}, indent=1))
+    return vol
