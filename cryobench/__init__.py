@@ -1,0 +1,15 @@
+"""cryobench: cryo-EM density estimation as a standard benchmark for stochastic optimizers.
+
+    >>> import cryobench
+    >>> task = cryobench.load_task("synthetic-cylinder", scale="ci")
+    >>> oracle = task.oracle()
+    >>> batch = oracle.next_batch(task.batch_size)
+    >>> value, grad = oracle.value_and_grad(task.init, batch)
+    >>> task.test_nll(task.init)
+"""
+from .io import InputError
+from .oracle import BudgetExhausted, Oracle
+from .task import Task, load_task
+
+__version__ = "0.1.0"
+__all__ = ["BudgetExhausted", "InputError", "Oracle", "Task", "load_task", "__version__"]
