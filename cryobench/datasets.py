@@ -117,8 +117,8 @@ def _load_simulated(spec, scale, data_dir, progress) -> Dataset:
     truth, _ = read_volume(folder / "ground_truth.mrc")
     sigma = np.full(len(particles.images), float(meta["noise_sigma"]))
     return Dataset(particles.images, particles.ctf, sigma, particles.pixel_size,
-                   float(meta["particle_radius"]), (folder / "manifest.json").read_text(), folder,
-                   truth)
+                   float(meta["particle_radius_px"]) * particles.pixel_size,
+                   (folder / "manifest.json").read_text(), folder, truth)
 
 
 def _load_star(spec, scale) -> Dataset:
@@ -141,6 +141,11 @@ def _load_star(spec, scale) -> Dataset:
         images = fourier_crop(images, scale.box)
     radius_px = float(recipe["particle_radius"]) / pixel_size
     sigma = estimate_noise_sigma(images, radius_px)
-    files_hash = file_sha256(star)
+    if not np.all(sigma > 0):
+        bad = int(np.argmin(sigma))
+        raise InputError(f"{star}: image {bad + 1} has zero noise outside the particle radius "
+                         f"({recipe['particle_radius']} Å); cannot whiten it")
+    files_hash = content_hash({"star": file_sha256(star),
+                               "images": hashlib.sha256(np.ascontiguousarray(images)).hexdigest()})
     return Dataset(np.asarray(images, np.float32), particles.ctf, sigma, pixel_size,
                    float(recipe["particle_radius"]), files_hash, None)

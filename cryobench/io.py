@@ -38,6 +38,12 @@ def _atomic_target(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def _fixed_label(mrc) -> None:
+    """Replace mrcfile's timestamped label so equal data give byte-identical files."""
+    mrc.header.label[0] = b"Created by cryobench".ljust(80)
+    mrc.header.nlabl = 1
+
+
 def write_volume(path, volume: np.ndarray, pixel_size: float) -> None:
     """Write a map V[z, y, x] as MRC (mode 2, float32) with the voxel size in Å, atomically."""
     path = Path(path)
@@ -45,6 +51,7 @@ def write_volume(path, volume: np.ndarray, pixel_size: float) -> None:
     with mrcfile.new(tmp, overwrite=True) as mrc:
         mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
         mrc.voxel_size = float(pixel_size)
+        _fixed_label(mrc)
     os.replace(tmp, path)
 
 
@@ -92,6 +99,7 @@ def write_particles(star_path, stack_path, images: np.ndarray, ctf: CTFParams,
         mrc.set_data(np.ascontiguousarray(images, dtype=np.float32))
         mrc.set_image_stack()
         mrc.voxel_size = float(pixel_size)
+        _fixed_label(mrc)
     os.replace(tmp, stack_path)
 
     optics_keys = np.stack([ctf.voltage, ctf.cs, ctf.amplitude_contrast], axis=1)
@@ -112,6 +120,9 @@ def write_particles(star_path, stack_path, images: np.ndarray, ctf: CTFParams,
     tmp = _atomic_target(star_path)
     starfile.write({"optics": optics, "particles": particles}, tmp, overwrite=True,
                    float_format=STAR_FLOAT_FORMAT)
+    lines = tmp.read_text().split("\n")   # starfile stamps the time in its first comment
+    if lines and lines[0].startswith("# Created by the starfile"):
+        tmp.write_text("\n".join(["# Created by cryobench (RELION 3.1 layout)"] + lines[1:]))
     os.replace(tmp, star_path)
 
 

@@ -1,0 +1,18 @@
+import os
+
+import pytest
+
+import cryobench
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """The dataset cache for the test session ($CRYOBENCH_DATA if set, so CI can keep it)."""
+    env = os.environ.get("CRYOBENCH_DATA")
+    return env if env else tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session", params=["synthetic-cylinder", "thermus-style"])
+def ci_task(request, data_dir):
+    """Each shipped task at the ci scale."""
+    return cryobench.load_task(request.param, scale="ci", data_dir=data_dir, progress=False)
