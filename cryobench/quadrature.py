@@ -3,7 +3,7 @@
     p(I | θ, V) ≈ Σ_j w_j N(I | S_tj C_θ P_Rj V, 1),   R_j = R_d(j) R_z(ψ_a(j))
 
 Sizes follow r_max (in Fourier pixels) automatically (SPEC §1): with θ = arctan(1 / r_max),
-the smallest Lebedev rule with at least (3.6/θ)² points and ⌈2π/θ⌉ in-plane angles. Shifts
+the smallest Lebedev rule with at least (3.6/θ)² points (and positive weights) and ⌈2π/θ⌉ in-plane angles. Shifts
 lie on a square lattice of spacing D / (4 r_max) pixels (a quarter of the period of the
 highest frequency used) inside the truncation radius of an isotropic Gaussian shift prior,
 weighted by its density. Every factor's weights sum to 1, so the joint weights do too.
@@ -27,10 +27,14 @@ def _lebedev(order: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def lebedev_directions(min_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unit vectors (n, 3) and weights (sum 1) of the smallest Lebedev rule with ≥ min_points."""
+    """Unit vectors (n, 3) and weights (sum 1) of the smallest Lebedev rule with ≥ min_points.
+
+    Rules with a negative weight (74, 230 and 266 points) are skipped: the weights are mixture
+    weights of the marginal likelihood and must be positive.
+    """
     for order in LEBEDEV_ORDERS:
         x, w = _lebedev(order)
-        if len(w) >= min_points:
+        if len(w) >= min_points and np.all(w > 0):
             return x, w
     raise ValueError(f"no Lebedev rule has {min_points} points (largest: {len(_lebedev(131)[1])})")
 

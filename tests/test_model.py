@@ -74,6 +74,14 @@ def test_quadrature_sizes_follow_rmax_at_paper_settings():
     assert synthetic.n_rotations == 24190
 
 
+def test_lebedev_rules_with_negative_weights_are_skipped():
+    from cryobench.quadrature import lebedev_directions
+    for wanted, got in ((60, 86), (200, 302), (146, 146), (1369, 1454)):
+        x, w = lebedev_directions(wanted)
+        assert len(w) == got and np.all(w > 0) and w.sum() == pytest.approx(1.0)
+        np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0)
+
+
 @pytest.mark.parametrize("sigma", [0.0, 1.6, 5.0])
 def test_quadrature_weights_sum_to_one(sigma):
     q = quadrature_for(10.24, 128, shift_sigma_px=sigma, shift_truncation=2.0)
