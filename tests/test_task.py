@@ -141,3 +141,14 @@ def test_bad_star_input_gets_one_clear_error_line(tmp_path):
 def test_cli_bad_input_is_one_line(args, needle):
     code, err = run_cli(*args)
     assert code == 2 and len(err) == 1 and needle in err[0] and err[0].startswith("cryobench: error:")
+
+
+def test_info_reports_paper_sizes_without_simulating(tmp_path):
+    code = subprocess.run([sys.executable, "-m", "cryobench.cli", "info", "thermus-style", "--scale",
+                           "paper", "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    assert code.returncode == 0, code.stderr
+    out = code.stdout
+    assert "46105" in out and "45005 / 1000 / 100" in out
+    assert "1454 directions × 65 in-plane × 5 shifts = 472,550 points" in out
+    assert "10.24 px = 1/35 Å (16 % of Nyquist)" in out and "not simulated yet" in out
+    assert not any(tmp_path.iterdir())
