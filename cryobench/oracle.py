@@ -20,29 +20,30 @@ class BudgetExhausted(RuntimeError):
     """The requested evaluations would exceed the oracle's budget."""
 
 
-class Oracle:
-    """Minibatches of the shared training stream and counted evaluations on them."""
+def stream_slice(start: int, size: int, n: int, epoch_order) -> np.ndarray:
+    """Positions [start, start + size) of the stream epoch_order(0) ‖ epoch_order(1) ‖ …,
+    where ``epoch_order(e)`` is the order of the n examples in epoch e."""
+    pos = np.arange(start, start + size)
+    out = np.empty(size, dtype=np.int64)
+    for epoch in np.unique(pos // n):
+        sel = pos // n == epoch
+        out[sel] = epoch_order(int(epoch))[pos[sel] % n]
+    return out
 
-    def __init__(self, task, budget: int):
+
+class CountedOracle:
+    """Counting, budget and minibatch serving shared by every oracle; subclasses evaluate.
+
+    A subclass provides ``n_train``, ``train_indices``, ``_stream(position, size)`` and
+    ``_evaluate(x, batch, gradient) -> (mean value, mean gradient or None)``.
+    """
+
+    def __init__(self, budget: int):
         if budget <= 0:
             raise ValueError(f"budget must be a positive number of gradient evaluations, got {budget}")
-        self._task = task
         self.budget = int(budget)
         self.counts = {"grad": 0, "value": 0, "hvp": 0}
         self.position = 0
-        self._is_train = np.zeros(len(task.spectra), bool)
-        self._is_train[task.splits["train"]] = True
-
-    # ------------------------------------------------------------- the stream
-    @property
-    def n_train(self) -> int:
-        """K, the number of training images (the size of one epoch)."""
-        return self._task.n_train
-
-    @property
-    def train_indices(self) -> np.ndarray:
-        """All training image indices (for finite-sum methods that sweep the data)."""
-        return self._task.splits["train"]
 
     @property
     def evaluations(self) -> int:
@@ -54,17 +55,16 @@ class Oracle:
         return self.budget - self.evaluations
 
     def next_batch(self, size: int) -> np.ndarray:
-        """The next ``size`` images of the shared training stream (serving is not counted)."""
-        batch = self._task.stream(self.position, int(size))
+        """The next ``size`` examples of the shared training stream (serving is not counted)."""
+        batch = self._stream(self.position, int(size))
         self.position += int(size)
         return batch
 
-    # ------------------------------------------------------------ evaluations
     def _charge(self, kind: str, batch) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.int64).reshape(-1)
         if len(batch) == 0:
             raise ValueError("empty minibatch")
-        if batch.min() < 0 or batch.max() >= len(self._is_train) or not self._is_train[batch].all():
+        if not self._is_train(batch):
             raise ValueError("the minibatch contains images that are not training images")
         if self.evaluations + len(batch) > self.budget:
             raise BudgetExhausted(f"{kind} on {len(batch)} images would exceed the budget of "
@@ -72,25 +72,15 @@ class Oracle:
         self.counts[kind] += len(batch)
         return batch
 
-    def _value_grad(self, x, batch, gradient: bool):
-        task = self._task
-        data = task.likelihood.subset(task.spectra, batch)
-        k = task.n_train
-        if not gradient:
-            return float(task.likelihood.nll(x, data).mean() + task.prior.value(x) / k), None
-        nll, grad = task.likelihood.nll_and_grad(x, data)
-        grad = grad / len(batch) + task.prior.grad(x) / k
-        return float(nll.mean() + task.prior.value(x) / k), grad.astype(x.dtype, copy=False)
-
     def value_and_grad(self, x: np.ndarray, batch) -> tuple[float, np.ndarray]:
         """f_B(x) and ∇f_B(x); costs |B| gradient evaluations."""
         batch = self._charge("grad", batch)
-        return self._value_grad(x, batch, gradient=True)
+        return self._evaluate(x, batch, gradient=True)
 
     def value(self, x: np.ndarray, batch) -> float:
         """f_B(x); costs |B| value evaluations."""
         batch = self._charge("value", batch)
-        return self._value_grad(x, batch, gradient=False)[0]
+        return self._evaluate(x, batch, gradient=False)[0]
 
     def hvp(self, x: np.ndarray, v: np.ndarray, batch, grad: np.ndarray | None = None,
             eps: float | None = None) -> np.ndarray:
@@ -107,5 +97,42 @@ class Oracle:
             return np.zeros_like(x)
         if eps is None:
             eps = np.sqrt(np.finfo(x.dtype).eps) * max(1.0, float(np.linalg.norm(x))) / vnorm
-        g_eps = self._value_grad((x + eps * v).astype(x.dtype), batch, gradient=True)[1]
+        g_eps = self._evaluate((x + eps * v).astype(x.dtype), batch, gradient=True)[1]
         return ((g_eps - grad) / eps).astype(x.dtype)
+
+
+class Oracle(CountedOracle):
+    """Minibatches of a task's shared training stream and counted evaluations on them."""
+
+    def __init__(self, task, budget: int):
+        super().__init__(budget)
+        self._task = task
+        self._train_mask = np.zeros(len(task.spectra), bool)
+        self._train_mask[task.splits["train"]] = True
+
+    @property
+    def n_train(self) -> int:
+        """K, the number of training images (the size of one epoch)."""
+        return self._task.n_train
+
+    @property
+    def train_indices(self) -> np.ndarray:
+        """All training image indices (for finite-sum methods that sweep the data)."""
+        return self._task.splits["train"]
+
+    def _stream(self, position: int, size: int) -> np.ndarray:
+        return self._task.stream(position, size)
+
+    def _is_train(self, batch: np.ndarray) -> bool:
+        return bool(batch.min() >= 0 and batch.max() < len(self._train_mask)
+                    and self._train_mask[batch].all())
+
+    def _evaluate(self, x, batch, gradient: bool):
+        task = self._task
+        data = task.likelihood.subset(task.spectra, batch)
+        k = task.n_train
+        if not gradient:
+            return float(task.likelihood.nll(x, data).mean() + task.prior.value(x) / k), None
+        nll, grad = task.likelihood.nll_and_grad(x, data)
+        grad = grad / len(batch) + task.prior.grad(x) / k
+        return float(nll.mean() + task.prior.value(x) / k), grad.astype(x.dtype, copy=False)

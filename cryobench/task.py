@@ -66,13 +66,8 @@ class Task:
 
     def stream(self, start: int, size: int) -> np.ndarray:
         """Images at positions [start, start + size) of the training stream."""
-        k = self.n_train
-        pos = np.arange(start, start + size)
-        out = np.empty(size, dtype=np.int64)
-        for epoch in np.unique(pos // k):
-            sel = pos // k == epoch
-            out[sel] = self.epoch_order(int(epoch))[pos[sel] % k]
-        return out
+        from .oracle import stream_slice
+        return stream_slice(start, size, self.n_train, self.epoch_order)
 
     def nll(self, volume: np.ndarray, index) -> np.ndarray:
         """−log p(I_i | θ_i, V) for the images ``index`` (float64, no prior), in chunks."""
