@@ -17,11 +17,17 @@ def _data_dir(args) -> Path:
 
 
 def cmd_list(args) -> None:
-    """Print the tasks with their description."""
+    """Print the tasks and the optimizers with their hyper-parameter defaults and ranges."""
+    from .registry import discover
     print("tasks:")
     for name in known_tasks():
         spec = load_spec(name)
         print(f"  {name:22s} {spec.raw.get('description', '')}")
+    print("optimizers:")
+    for name, m in sorted(discover().items()):
+        hypers = "  ".join(f"{k}={h.default:g} [{h.low:g}, {h.high:g}{', log' if h.log else ''}]"
+                           for k, h in m.hypers.items())
+        print(f"  {name:16s} {hypers}")
 
 
 def describe(spec, scale_name: str, data_dir: Path) -> dict:
@@ -100,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("list", cmd_list, "list tasks", task=False)
+    add("list", cmd_list, "list tasks and optimizers", task=False)
     add("info", cmd_info, "sizes of a task at a scale: images, r_max, quadrature, flops")
     p = add("simulate", cmd_simulate, "simulate a task's dataset (cached unless --out)")
     p.add_argument("--out", help="write the dataset into this folder instead of the cache")

@@ -1,7 +1,9 @@
 """A toy finite-sum problem behind the same counted-oracle interface, for conformance tests.
 
 f_i(x) = ½ (x − b_i)ᵀ H (x − b_i) with H diagonal and condition number ``condition``; the
-minimiser of the mean is x* = mean_i b_i. Examples are served in a fixed per-epoch permutation
+minimiser of the mean is x* = mean_i b_i. Lengths are of the order of a density's voxel values
+(x* entries ~ ``scale``, start at x* + ``scale``), so step sizes declared in density units make
+sense here too. Examples are served in a fixed per-epoch permutation
 exactly like a task's training stream.
 """
 from __future__ import annotations
@@ -16,13 +18,13 @@ class QuadraticOracle(CountedOracle):
     """Counted oracle of an ill-conditioned least-squares problem with ``n`` examples."""
 
     def __init__(self, budget: int, dim: int = 50, n: int = 400, condition: float = 100.0,
-                 noise: float = 0.1, seed: int = 0, dtype=np.float32):
+                 noise: float = 0.1, scale: float = 0.05, seed: int = 0, dtype=np.float32):
         super().__init__(budget)
         rng = rng_for("toy-quadratic", seed)
         self.h = np.geomspace(1.0, 1.0 / condition, dim).astype(dtype)
-        self.b = (rng.normal(size=dim) + noise * rng.normal(size=(n, dim))).astype(dtype)
+        self.b = (scale * (rng.normal(size=dim) + noise * rng.normal(size=(n, dim)))).astype(dtype)
         self.x_star = self.b.mean(axis=0)
-        self._seed, self._n = seed, n
+        self._seed, self._n, self._scale = seed, n, scale
 
     @property
     def n_train(self) -> int:
@@ -48,7 +50,7 @@ class QuadraticOracle(CountedOracle):
 
     def initial_point(self) -> np.ndarray:
         """A fixed start away from x*."""
-        return (self.x_star + 3.0).astype(self.b.dtype)
+        return (self.x_star + self._scale).astype(self.b.dtype)
 
     def suboptimality(self, x: np.ndarray) -> float:
         """f(x) − f(x*) over the whole sum: ½ (x − x*)ᵀ H (x − x*)."""

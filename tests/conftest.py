@@ -16,3 +16,17 @@ def data_dir(tmp_path_factory):
 def ci_task(request, data_dir):
     """Each shipped task at the ci scale."""
     return cryobench.load_task(request.param, scale="ci", data_dir=data_dir, progress=False)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--optimizer", action="append", default=[],
+                     help="run the conformance suite on this optimizer only: a registered name, "
+                          "module:attr or path/file.py:attr (repeatable)")
+
+
+def pytest_generate_tests(metafunc):
+    if "method" in metafunc.fixturenames:
+        from cryobench.registry import discover, resolve
+        refs = metafunc.config.getoption("optimizer")
+        methods = [resolve(r) for r in refs] if refs else list(discover().values())
+        metafunc.parametrize("method", methods, ids=[m.name for m in methods])
