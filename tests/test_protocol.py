@@ -55,3 +55,11 @@ def test_cli_lists_optimizers_with_defaults():
     out = subprocess.run([sys.executable, "-m", "cryobench.cli", "list"], capture_output=True,
                          text=True, check=True).stdout
     assert "optimizers:" in out and "sgd" in out and "lr=1" in out and "batch_size=100" in out
+
+
+def test_readme_example_is_the_tested_file():
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    code = (root / "docs/examples/rmsprop.py").read_text()
+    assert len(code.splitlines()) <= 30 and code in (root / "README.md").read_text()
+    assert resolve(str(root / "docs/examples/rmsprop.py") + ":rmsprop").name == "rmsprop"
