@@ -14,7 +14,7 @@ from cryobench.seeding import rng_for
 
 budget = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 tasks = [cryobench.load_task(t, "ci", progress=False) for t in ("synthetic-cylinder", "thermus-style")]
-print(f"| optimizer | " + " | ".join(t.name for t in tasks) + " |")
+print("| optimizer | " + " | ".join(t.name for t in tasks) + " |")
 print("|---|" + "---|" * len(tasks))
 print("| (initial density) | " + " | ".join(f"{t.test_nll(t.init):.1f}" for t in tasks) + " |")
 for name, m in sorted(discover().items()):
