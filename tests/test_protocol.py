@@ -63,3 +63,25 @@ def test_readme_example_is_the_tested_file():
     code = (root / "docs/examples/rmsprop.py").read_text()
     assert len(code.splitlines()) <= 30 and code in (root / "README.md").read_text()
     assert resolve(str(root / "docs/examples/rmsprop.py") + ":rmsprop").name == "rmsprop"
+
+
+def test_installed_packages_register_through_the_entry_point_group(monkeypatch):
+    import cryobench.registry as registry
+    from cryobench.optim import GradientMethod, Hyper, method
+
+    @method(lr=Hyper(0.5, 0.1, 1.0))
+    def plugin_sgd(lr):
+        """A plugin."""
+        return GradientMethod(None, None)
+
+    class EntryPoint:
+        def load(self):
+            return plugin_sgd
+
+    def fake_entry_points(group):
+        assert group == "cryobench.optimizers"
+        return [EntryPoint()]
+
+    monkeypatch.setattr(registry, "entry_points", fake_entry_points)
+    assert registry.resolve("plugin-sgd") is plugin_sgd
+    assert "sgd" in registry.discover()           # the folder's methods are still there
