@@ -33,8 +33,7 @@ def cmd_list(args) -> None:
 def describe(spec, scale_name: str, data_dir: Path) -> dict:
     """Sizes of a task at a scale: images, splits, box, r_max, quadrature, flops per evaluation."""
     from .datasets import load_dataset, simulated_dir
-    from .quadrature import quadrature_for
-    from .likelihood import Likelihood
+    from .task import likelihood_for
     scale = spec.scale(scale_name)
     kind = spec.section("dataset").get("kind")
     if kind == "simulated":
@@ -45,11 +44,9 @@ def describe(spec, scale_name: str, data_dir: Path) -> dict:
         data = load_dataset(spec, scale, data_dir, progress=False)
         box, pixel, n_images = data.images.shape[-1], data.pixel_size, len(data.images)
         cached = str(spec.path.parent / spec.section("dataset")["star"])
-    objective, protocol = spec.section("objective"), spec.section("protocol")
-    rmax = scale.rmax_px(box)
-    quad = quadrature_for(rmax, box, objective.get("shift_sigma", 0.0) / pixel,
-                          objective.get("shift_truncation", 2.0))
-    lik = Likelihood(box, pixel, rmax, quad, objective.get("oversampling", 2))
+    protocol = spec.section("protocol")
+    lik = likelihood_for(spec, scale, box, pixel)
+    quad, rmax = lik.quadrature, lik.rmax
     n_test = protocol.get("n_test", 100)
     n_train = n_images - n_test - scale.n_validation
     return {

@@ -76,8 +76,9 @@ class Likelihood:
         f = dft_matrix(self.patch_freqs, d, complex_dtype(self.dtype))
         patches = np.empty((n, len(f), len(f)), f.dtype)
         for lo in range(0, n, 256):
-            block = np.asarray(images[lo:lo + 256], self.dtype) / sigma[lo:lo + 256, None, None]
-            patches[lo:lo + 256] = (f @ block.astype(self.dtype)) @ f.T / d
+            block = (np.asarray(images[lo:lo + 256], self.dtype)
+                     / sigma[lo:lo + 256, None, None].astype(self.dtype))
+            patches[lo:lo + 256] = (f @ block) @ f.T / d
         iy, ix = self._integer_index[:, 0], self._integer_index[:, 1]
         on_grid = patches[:, iy, ix]
         half_norms = 0.5 * (np.abs(on_grid.astype(complex)) ** 2 @ self.point_weights.astype(float))

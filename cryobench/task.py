@@ -141,6 +141,18 @@ def match_power(volume: np.ndarray, likelihood: Likelihood, spectra: ImageSpectr
     return float(np.sqrt(max(excess, 0.0) / model)) if model > 0 else 1.0
 
 
+def likelihood_for(spec: TaskSpec, scale: Scale, box: int, pixel_size: float,
+                   dtype=np.float32) -> Likelihood:
+    """The likelihood (r_max, quadrature, oversampling) a task defines for a box and pixel size."""
+    objective = spec.section("objective")
+    rmax = scale.rmax_px(box)
+    if not 0 < rmax < box / 2:
+        raise ValueError(f"{spec.path}: r_max = {rmax} px must lie in (0, {box / 2}) for box {box}")
+    quad = quadrature_for(rmax, box, objective.get("shift_sigma", 0.0) / pixel_size,
+                          objective.get("shift_truncation", 2.0))
+    return Likelihood(box, pixel_size, rmax, quad, objective.get("oversampling", 2), dtype)
+
+
 def load_task(name_or_path, scale: str = "ci", data_dir=None, progress: bool = True,
               dtype=np.float32, tasks_dir: Path = TASKS_DIR) -> Task:
     """Load task ``name_or_path`` (a name in ``tasks/`` or a TOML path) at ``scale``."""
@@ -150,12 +162,7 @@ def load_task(name_or_path, scale: str = "ci", data_dir=None, progress: bool = T
     data = load_dataset(spec, sc, data_dir, progress)
     box = data.images.shape[-1]
     objective, protocol, init_spec = (spec.section(s) for s in ("objective", "protocol", "init"))
-    rmax = sc.rmax_px(box)
-    if not 0 < rmax < box / 2:
-        raise ValueError(f"{spec.path}: r_max = {rmax} px must lie in (0, {box / 2}) for box {box}")
-    quad = quadrature_for(rmax, box, objective.get("shift_sigma", 0.0) / data.pixel_size,
-                          objective.get("shift_truncation", 2.0))
-    lik = Likelihood(box, data.pixel_size, rmax, quad, objective.get("oversampling", 2), dtype)
+    lik = likelihood_for(spec, sc, box, data.pixel_size, dtype)
     prior = Prior(objective.get("prior_lambda_pos", 1e-4), objective.get("prior_lambda_neg", 1e-4),
                   objective.get("prior_beta", 1.0))
     splits = make_splits(spec.name, spec.seed, len(data.images), protocol.get("n_test", 100),
