@@ -50,6 +50,11 @@ class Hyper:
         return value
 
 
+def dot64(a: np.ndarray, b: np.ndarray) -> float:
+    """⟨a, b⟩ accumulated in float64 (inner products of float32 volumes with ~10⁶ entries)."""
+    return float(np.dot(a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)))
+
+
 def _default_iterate(state) -> np.ndarray:
     return state["x"]
 

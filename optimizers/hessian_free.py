@@ -1,11 +1,7 @@
 """Hessian-free optimization: truncated CG on a damped minibatch Hessian (finite-difference Hv)."""
 import numpy as np
 
-from cryobench.optim import GradientMethod, Hyper, method
-
-
-def _dot(a, b) -> float:
-    return float(np.dot(a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)))
+from cryobench.optim import GradientMethod, Hyper, dot64, method
 
 
 def conjugate_gradient(matvec, b, x0, iters):
@@ -15,18 +11,18 @@ def conjugate_gradient(matvec, b, x0, iters):
     recurrences (q(x0) − Σ ½ α_i r_iᵀr_i), robust to a slightly nonlinear finite-difference A."""
     x = x0.copy()
     r = b - matvec(x) if np.any(x0) else b.copy()
-    q = -0.5 * _dot(x, b + r)
-    d, rr = r.copy(), _dot(r, r)
+    q = -0.5 * dot64(x, b + r)
+    d, rr = r.copy(), dot64(r, r)
     for _ in range(iters):
         if rr == 0:
             break
         Ad = matvec(d)
-        dAd = _dot(d, Ad)
+        dAd = dot64(d, Ad)
         if dAd <= 0:
             break
         a = rr / dAd
         x, r, q = x + a * d, r - a * Ad, q - 0.5 * a * rr
-        rr, rr_old = _dot(r, r), rr
+        rr, rr_old = dot64(r, r), rr
         d = r + (rr / rr_old) * d
     return x, q
 

@@ -1,12 +1,8 @@
 """Online L-BFGS: stochastic quasi-Newton with curvature pairs measured on one minibatch."""
 import numpy as np
 
-from cryobench.optim import GradientMethod, Hyper, method
+from cryobench.optim import GradientMethod, Hyper, dot64, method
 from cryobench.schedules import annealed_lr
-
-
-def _dot(a, b) -> float:
-    return float(np.dot(a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)))
 
 
 def two_loop(g, S, Y, order):
@@ -14,11 +10,11 @@ def two_loop(g, S, Y, order):
     first), with H₀ = (1/n) Σ_i s_iᵀy_i / y_iᵀy_i (the online scaling; 1 without pairs)."""
     q, alpha = g.astype(np.float64), {}
     for i in reversed(order):
-        alpha[i] = _dot(S[i], q) / _dot(S[i], Y[i])
+        alpha[i] = dot64(S[i], q) / dot64(S[i], Y[i])
         q -= alpha[i] * Y[i]
-    q *= np.mean([_dot(S[i], Y[i]) / _dot(Y[i], Y[i]) for i in order]) if order else 1.0
+    q *= np.mean([dot64(S[i], Y[i]) / dot64(Y[i], Y[i]) for i in order]) if order else 1.0
     for i in order:
-        q += (alpha[i] - _dot(Y[i], q) / _dot(S[i], Y[i])) * S[i]
+        q += (alpha[i] - dot64(Y[i], q) / dot64(S[i], Y[i])) * S[i]
     return (-q).astype(g.dtype)
 
 
@@ -52,7 +48,7 @@ def olbfgs(lr, decay, damping, batch_size, memory):
         s = x_new - x
         y = g_new - g + np.asarray(damping, x.dtype) * s
         S, Y = state["S"], state["Y"]
-        if _dot(s, y) > 0:
+        if dot64(s, y) > 0:
             S, Y = S.copy(), Y.copy()
             S[head], Y[head] = s, y
             head, n = (head + 1) % memory, min(n + 1, memory)

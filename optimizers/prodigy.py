@@ -1,7 +1,7 @@
 """Prodigy: Adam with learning-rate-free step sizes."""
 import numpy as np
 
-from cryobench.optim import GradientMethod, Hyper, method
+from cryobench.optim import GradientMethod, Hyper, dot64, method
 from cryobench.schedules import annealed_lr
 
 
@@ -40,7 +40,7 @@ def prodigy(lr, decay, d0, d_coef, beta1, beta2, eps, batch_size):
         x, d = state["x"], state["d"]
         _, g = oracle.value_and_grad(x, oracle.next_batch(batch_size))
         dlr = d * annealed_lr(lr, state["k"], decay)
-        corr = float(np.dot(g.ravel().astype(np.float64), (state["x0"] - x).ravel()))
+        corr = dot64(g, state["x0"] - x)
         r = beta3 * state["r"] + (d / d0) * dlr * corr
         m = (beta1 * state["m"] + d * (1 - beta1) * g).astype(x.dtype)
         v = (beta2 * state["v"] + d * d * (1 - beta2) * g * g).astype(x.dtype)
