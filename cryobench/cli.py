@@ -89,6 +89,87 @@ def cmd_simulate(args) -> None:
     print(f"{spec.name} ({scale.name}): {meta['params']['n_images']} images in {folder}")
 
 
+def _parse_sets(items) -> dict:
+    """``["lr=0.5", "momentum=0.9"]`` → {"lr": 0.5, "momentum": 0.9} (values as numbers)."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InputError(f"--set {item!r}: expected NAME=VALUE, e.g. --set lr=0.5")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"--set {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def cmd_run(args) -> None:
+    """Run one optimizer on one task and write its cell folder (trace, metadata, densities)."""
+    from .cell import make_cell
+    from .grid import run_grid
+    from .registry import resolve
+    from .results import load_results
+    from .run import RunSpec
+    from .task import task_hash
+    from .tuning import DEFAULT_TUNED, load_tuned, resolve_params
+    method = resolve(args.optimizer)
+    if args.budget is not None and args.budget < 1:
+        raise InputError(f"--budget {args.budget}: a budget is a positive number of gradient evaluations")
+    tuned = {} if args.tuned == "none" else load_tuned(args.tuned or DEFAULT_TUNED)
+    params, source = resolve_params(method, _parse_sets(args.set), tuned, args.task, args.scale)
+    spec = RunSpec(args.task, args.scale, args.optimizer, params, args.seed, args.budget,
+                   time_limit=args.time_limit, label=method.name)
+    cell = make_cell(spec, task_hash(args.task, args.scale, _data_dir(args)))
+    run_grid([cell], Path(args.out), workers=1, threads=args.threads, data_dir=_data_dir(args),
+             progress=False)
+    row = load_results(Path(args.out) / "cells" / cell.cell).cells.iloc[0]
+    print("hyper-parameters: " + ", ".join(f"{k}={v:g} ({source[k]})" for k, v in params.items()))
+    print(f"status {row.status}{': ' + row.message if row.message else ''}; {row.evals:,} evaluations "
+          f"in {row.wall_s:.1f} s; final test NLL {row.final_nll:.6g}; FSC 0.5 at "
+          f"{row.resolution_A:.3g} Å")
+    print(f"results: {Path(args.out) / 'cells' / cell.cell}")
+
+
+def cmd_grid(args) -> None:
+    """Run a grid file's cells (cached: finished cells are not recomputed)."""
+    from .grid import expand, load_grid, run_grid
+    grid = load_grid(args.grid)
+    out = Path(args.out) if args.out else grid.path.parent
+    cells = expand(grid, _data_dir(args))
+    status = run_grid(cells, out, args.workers, args.threads, args.scheduler, _data_dir(args),
+                      progress=not args.quiet)
+    counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
+    print(f"{len(cells)} cells in {out / 'cells'}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+def cmd_tune(args) -> None:
+    """Choose hyper-parameters on the validation split and record them for run and grid."""
+    from .tuning import DEFAULT_TUNED, tune
+    chosen = tune(args.task, args.scale, args.optimizers.split(","), args.params.split(","),
+                  args.points, args.budget, args.out, Path(args.record or DEFAULT_TUNED),
+                  args.workers, _data_dir(args), progress=not args.quiet)
+    for (task, name), entry in sorted(chosen.items()):
+        values = ", ".join(f"{k}={v:g}" for k, v in entry["params"].items())
+        print(f"{task:20s} {name:14s} {values}  (validation NLL {entry['validation_nll']:.6g})")
+    print(f"recorded in {args.record or DEFAULT_TUNED}")
+
+
+def cmd_report(args) -> None:
+    """Figures, tables and profiles of one or more results folders."""
+    from .report import write_report
+    from .results import load_results
+    out = Path(args.out) if args.out else Path(args.results[0]) / "report"
+    paths = write_report(load_results(*args.results), out)
+    print(f"wrote {len(paths)} files into {out} (start with {out / 'report.md'})")
+
+
+def cmd_leaderboard(args) -> None:
+    """Regenerate the leaderboard (markdown and figures) from the committed results."""
+    from .report import write_leaderboard
+    paths = write_leaderboard(Path(args.results))
+    print(f"wrote {len(paths)} files; see {Path(args.results) / 'LEADERBOARD.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryobench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +189,49 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("simulate", cmd_simulate, "simulate a task's dataset (cached unless --out)")
     p.add_argument("--out", help="write the dataset into this folder instead of the cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("run", cmd_run, "run one optimizer on one task: trace, status, densities, FSC")
+    p.add_argument("optimizer", help="registered name, module:attr or path/file.py:attr")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="a hyper-parameter value (repeatable); others come from --tuned or defaults")
+    p.add_argument("--seed", type=int, default=0, help="training stream and optimizer RNG (default 0)")
+    p.add_argument("--budget", type=int, help="gradient evaluations (default: the task's 10 epochs)")
+    p.add_argument("--time-limit", type=float, help="stop after this many seconds of optimizer time")
+    p.add_argument("--tuned", help="tuned values file (default results/tuned.json); 'none' for defaults")
+    p.add_argument("--threads", type=int, help="BLAS and numba threads (default: all cores)")
+    p.add_argument("--out", default="runs", help="results folder (default ./runs)")
+
+    p = add("grid", cmd_grid, "run a TOML grid of tasks × scales × optimizers × values × seeds",
+            task=False)
+    p.add_argument("grid", help="grid file, e.g. results/paper-small/grid.toml")
+    p.add_argument("--out", help="results folder (default: the grid file's folder)")
+    p.add_argument("--workers", type=int, help="local processes (default: one per core)")
+    p.add_argument("--threads", type=int, help="threads per cell (default: cores / workers; 1 on Dask)")
+    p.add_argument("--scheduler", help="address of a Dask distributed scheduler, e.g. tcp://host:8786")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("tune", cmd_tune, "choose hyper-parameters on the validation split", task=False)
+    p.add_argument("task", nargs="+", help="task names or .toml paths")
+    p.add_argument("--scale", default="ci", help=f"one of {', '.join(SCALES)} (default ci)")
+    p.add_argument("--optimizers", default="sgd,momentum,nesterov,adagrad,tonga,olbfgs,hessian-free",
+                   help="comma-separated (default: the paper's seven)")
+    p.add_argument("--params", default="lr", help="hyper-parameters to search (default lr)")
+    p.add_argument("--points", type=int, default=9, help="values per hyper-parameter (default 9)")
+    p.add_argument("--budget", type=int, help="gradient evaluations per candidate (default 1 epoch)")
+    p.add_argument("--out", help="folder for the candidate runs (default results/tune/SCALE)")
+    p.add_argument("--record", help="tuned values file to update (default results/tuned.json)")
+    p.add_argument("--workers", type=int, help="local processes (default: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("report", cmd_report, "figures 3 and 4, the 5K/50K/Final table, FSC, profiles",
+            task=False)
+    p.add_argument("results", nargs="+", help="results folders (holding cells/)")
+    p.add_argument("--out", help="output folder (default: RESULTS/report)")
+
+    p = add("leaderboard", cmd_leaderboard, "regenerate results/LEADERBOARD.md from committed results",
+            task=False)
+    p.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "results"),
+                   help="the results folder (default: the repository's results/)")
     return parser
 
 

@@ -104,9 +104,9 @@ class CountedOracle:
 class Oracle(CountedOracle):
     """Minibatches of a task's shared training stream and counted evaluations on them."""
 
-    def __init__(self, task, budget: int):
+    def __init__(self, task, budget: int, stream: int = 0):
         super().__init__(budget)
-        self._task = task
+        self._task, self.stream = task, int(stream)
         self._train_mask = np.zeros(len(task.spectra), bool)
         self._train_mask[task.splits["train"]] = True
 
@@ -121,7 +121,7 @@ class Oracle(CountedOracle):
         return self._task.splits["train"]
 
     def _stream(self, position: int, size: int) -> np.ndarray:
-        return self._task.stream(position, size)
+        return self._task.stream(position, size, self.stream)
 
     def _is_train(self, batch: np.ndarray) -> bool:
         return bool(batch.min() >= 0 and batch.max() < len(self._train_mask)

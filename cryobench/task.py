@@ -57,17 +57,24 @@ class Task:
         """K, the number of training images."""
         return len(self.splits["train"])
 
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """Training image indices in the order of epoch ``epoch`` (shared by every method)."""
-        if epoch not in self._stream_cache:
-            self._stream_cache = {epoch: rng_for(self.name, self.spec.seed, "stream", epoch)
-                                  .permutation(self.splits["train"])}
-        return self._stream_cache[epoch]
+    def epoch_order(self, epoch: int, stream: int = 0) -> np.ndarray:
+        """Training image indices in the order of epoch ``epoch`` of training stream ``stream``.
 
-    def stream(self, start: int, size: int) -> np.ndarray:
-        """Images at positions [start, start + size) of the training stream."""
+        Stream 0 is the task's canonical order (the paper's single run); streams 1, 2, … are
+        independent orders for repeated runs (seed bands). Every method run with the same stream
+        sees the same images in the same order.
+        """
+        key = (stream, epoch)
+        if key not in self._stream_cache:
+            parts = ("stream", epoch) if stream == 0 else ("stream", stream, epoch)
+            self._stream_cache = {key: rng_for(self.name, self.spec.seed, *parts)
+                                  .permutation(self.splits["train"])}
+        return self._stream_cache[key]
+
+    def stream(self, start: int, size: int, stream: int = 0) -> np.ndarray:
+        """Images at positions [start, start + size) of training stream ``stream``."""
         from .oracle import stream_slice
-        return stream_slice(start, size, self.n_train, self.epoch_order)
+        return stream_slice(start, size, self.n_train, lambda e: self.epoch_order(e, stream))
 
     def nll(self, volume: np.ndarray, index) -> np.ndarray:
         """−log p(I_i | θ_i, V) for the images ``index`` (float64, no prior), in chunks."""
@@ -86,10 +93,10 @@ class Task:
         """Σ_{validation} −log p(I_i | θ_i, V), for tuning."""
         return float(self.nll(volume, self.splits["validation"]).sum())
 
-    def oracle(self, budget: int | None = None):
-        """A fresh counted oracle on the training stream (see :mod:`cryobench.oracle`)."""
+    def oracle(self, budget: int | None = None, stream: int = 0):
+        """A fresh counted oracle on training stream ``stream`` (see :mod:`cryobench.oracle`)."""
         from .oracle import Oracle
-        return Oracle(self, self.budget if budget is None else budget)
+        return Oracle(self, self.budget if budget is None else budget, stream)
 
     def write_density(self, volume: np.ndarray, path) -> None:
         """Write a density as MRC with this task's voxel size."""
@@ -168,15 +175,52 @@ def load_task(name_or_path, scale: str = "ci", data_dir=None, progress: bool = T
     splits = make_splits(spec.name, spec.seed, len(data.images), protocol.get("n_test", 100),
                          sc.n_validation)
     spectra = lik.prepare(data.images, data.ctf, data.sigma)
-    thash = content_hash({"format": FORMAT_VERSION, "files": data.files_hash, "scale": sc.__dict__,
-                          "objective": objective, "protocol": protocol, "init": init_spec,
-                          "dtype": np.dtype(dtype).name})
+    thash = _task_hash(spec, sc, data.files_hash, dtype)
     derived = data_dir / spec.name / f"{sc.name}-derived-{thash[:12]}"
     init = _initial_density(spec, sc, data, lik, spectra, splits, init_spec, derived)
     batch = int(protocol.get("batch_size", 100))
     budget = int(protocol.get("budget_epochs", 10) * len(splits["train"]))
     return Task(spec, sc, data, lik, prior, spectra, splits, init.astype(dtype), thash, derived,
                 batch, budget)
+
+
+def _task_hash(spec: TaskSpec, scale: Scale, files_hash: str, dtype) -> str:
+    return content_hash({"format": FORMAT_VERSION, "files": files_hash, "scale": scale.__dict__,
+                         **{s: spec.section(s) for s in ("objective", "protocol", "init")},
+                         "dtype": np.dtype(dtype).name})
+
+
+def task_hash(name_or_path, scale: str, data_dir=None, dtype=np.float32,
+              tasks_dir: Path = TASKS_DIR) -> str:
+    """The content hash a loaded task would have, without preparing its images.
+
+    A simulated task is simulated first if needed (its hash covers the files' SHA-256 manifest);
+    a STAR task's files are read to hash them.
+    """
+    from .datasets import ensure_simulated
+    spec = load_spec(name_or_path, tasks_dir)
+    sc = spec.scale(scale)
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    if spec.section("dataset").get("kind") == "simulated":
+        files = (ensure_simulated(spec, sc, data_dir, progress=False) / "manifest.json").read_text()
+    else:
+        files = load_dataset(spec, sc, data_dir, progress=False).files_hash
+    return _task_hash(spec, sc, files, dtype)
+
+
+def split_sizes(name_or_path, scale: str, data_dir=None, tasks_dir: Path = TASKS_DIR) -> dict:
+    """Numbers of train (K), validation and test images of a task at a scale.
+
+    A simulated task's sizes come from its specification; a STAR task's files are read.
+    """
+    spec = load_spec(name_or_path, tasks_dir)
+    sc = spec.scale(scale)
+    n = sc.n_images
+    if spec.section("dataset").get("kind") != "simulated":
+        data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        n = len(load_dataset(spec, sc, data_dir, progress=False).images)
+    n_test = int(spec.section("protocol").get("n_test", 100))
+    return {"train": n - n_test - sc.n_validation, "validation": sc.n_validation, "test": n_test}
 
 
 def _initial_density(spec, scale, data, lik, spectra, splits, init_spec, derived: Path):

@@ -1,0 +1,197 @@
+"""Results on disk: one folder per run (a grid cell), open formats, a schema version, no pickle.
+
+``RESULTS/cells/<cell id>/`` holds
+
+* ``trace.csv`` — tidy, one row per checkpoint: task, scale, optimizer, label, seed, cell,
+  checkpoint, evals, grad_evals, value_evals, hvp_evals, wall_s, test_nll (or validation_nll
+  for tuning runs), train_obj;
+* ``meta.json`` — ``schema_version``, the run specification, status and message, evaluation
+  counts, task content hash, optimizer code hash, provenance, snapshots (evaluations, FSC
+  resolution in Å, alignment);
+* ``density_<5K|50K|final>.mrc`` — the snapshots; ``fsc.csv`` (label, evals, freq in 1/Å, fsc)
+  and ``views.npz`` (aligned projections along z, y, x; plain arrays) when a ground truth is
+  known.
+
+A cell folder appears only when complete: it is written under a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import InputError, write_volume
+from .run import SCHEMA_VERSION, RunOutput
+
+ID_COLUMNS = ["task", "scale", "optimizer", "label", "seed", "cell"]
+
+
+def atomic_write(path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def to_json(obj) -> str:
+    """Canonical JSON (sorted keys, numpy scalars as numbers, NaN as null)."""
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+    text = json.dumps(obj, indent=1, sort_keys=True, default=default, allow_nan=True)
+    return text.replace("NaN", "null") + "\n"
+
+
+def cell_files(out: RunOutput, cell: str, pixel_size: float) -> dict[str, bytes]:
+    """The files of a cell folder as {name: bytes}."""
+    run = out.meta["run"]
+    trace = out.trace.copy()
+    ids = {"task": run["task"], "scale": run["scale"], "optimizer": out.meta["optimizer_name"],
+           "label": run["label"] or out.meta["optimizer_name"], "seed": run["seed"], "cell": cell}
+    for i, (k, v) in enumerate(ids.items()):
+        trace.insert(i, k, v)
+    files = {"trace.csv": trace.to_csv(index=False, float_format="%.10g").encode(),
+             "meta.json": to_json({**out.meta, "cell": cell}).encode()}
+    if out.fsc is not None:
+        files["fsc.csv"] = out.fsc.to_csv(index=False, float_format="%.6g").encode()
+    if out.views:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: v.astype(np.float32) for k, v in out.views.items()})
+        files["views.npz"] = buf.getvalue()
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, vol in out.densities.items():
+            path = Path(tmp) / f"density_{label}.mrc"
+            write_volume(path, vol, pixel_size)
+            files[path.name] = path.read_bytes()
+    return files
+
+
+def write_cell_folder(folder, files: dict[str, bytes]) -> Path:
+    """Write a cell's files into ``folder`` atomically (temporary folder, then rename)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        # meta.json last, so a folder with meta.json is complete even on filesystems without rename
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def remove_stale_temporaries(cells_dir) -> int:
+    """Delete temporary cell folders left by processes that no longer run; returns how many."""
+    removed = 0
+    for tmp in Path(cells_dir).glob(".*.tmp-*"):
+        try:
+            pid = int(tmp.name.split(".tmp-")[1].split("-")[0])
+            os.kill(pid, 0)
+            continue                                    # its writer is alive
+        except (ValueError, IndexError, ProcessLookupError, PermissionError):
+            pass
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def read_meta(folder) -> dict:
+    """A cell's meta.json, refusing other schema versions with a message naming the file."""
+    path = Path(folder) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read cell metadata: {exc}") from None
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise InputError(f"{path}: schema_version {version}, but this cryobench reads schema "
+                         f"{SCHEMA_VERSION}; rerun the grid or use the matching cryobench version")
+    return meta
+
+
+def cell_folders(root) -> list[Path]:
+    """Complete cell folders under a results folder (recursively), sorted; or the cell itself."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such results folder")
+    if (root / "meta.json").is_file():
+        return [root]
+    return sorted(p.parent for p in root.rglob("cells/*/meta.json") if not p.parent.name.startswith("."))
+
+
+@dataclass
+class Results:
+    """Loaded results: the traces (one row per checkpoint), one row per cell, FSC curves."""
+
+    trace: pd.DataFrame
+    cells: pd.DataFrame
+    fsc: pd.DataFrame
+    folders: dict = field(default_factory=dict)     # cell id → folder
+
+    def views(self, cell: str) -> dict[str, np.ndarray]:
+        """The aligned projections of a cell's snapshots and of the ground truth."""
+        path = self.folders[cell] / "views.npz"
+        if not path.is_file():
+            return {}
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+
+def load_results(*roots, task_hashes: dict | None = None) -> Results:
+    """Every cell under ``roots``; refuses mixed schema versions or task content hashes.
+
+    ``task_hashes`` {(task, scale): hash}, if given, is what the results must have been computed
+    on (e.g. the tasks as currently defined).
+    """
+    traces, rows, fscs, folders, seen = [], [], [], {}, {}
+    for folder in sorted({f for root in roots for f in cell_folders(root)}):
+        meta = read_meta(folder)
+        run, cell = meta["run"], meta["cell"]
+        key = (run["task"], run["scale"])
+        expected = (task_hashes or {}).get(key) or seen.get(key, (meta["task_hash"], folder))[0]
+        if meta["task_hash"] != expected:
+            other = seen.get(key, (None, "the current task definition"))[1]
+            raise InputError(f"{folder / 'meta.json'}: task {key[0]} ({key[1]}) has content hash "
+                             f"{meta['task_hash'][:12]}, but {other} has {expected[:12]}; results "
+                             "of different task definitions cannot be compared")
+        seen.setdefault(key, (meta["task_hash"], folder / "meta.json"))
+        folders[cell] = folder
+        trace = pd.read_csv(folder / "trace.csv")
+        traces.append(trace)
+        snaps = {s["label"]: s for s in meta.get("snapshots", [])}
+        last = trace.iloc[-1]
+        rows.append({"task": run["task"], "scale": run["scale"], "optimizer": meta["optimizer_name"],
+                     "label": run["label"] or meta["optimizer_name"], "seed": run["seed"],
+                     "cell": cell, "status": meta["status"], "message": meta["message"],
+                     "budget": meta["budget"], "evals": meta["evaluations"],
+                     "wall_s": meta["wall_s"], "final_nll": last.get("test_nll", np.nan),
+                     "resolution_A": snaps.get("final", {}).get("resolution_A", np.nan),
+                     "params": json.dumps(run["params"], sort_keys=True),
+                     "task_hash": meta["task_hash"]})
+        if (folder / "fsc.csv").is_file():
+            fsc = pd.read_csv(folder / "fsc.csv")
+            fsc.insert(0, "cell", cell)
+            fscs.append(fsc)
+    if not rows:
+        raise InputError(f"{', '.join(map(str, roots))}: no results (no cells/*/meta.json)")
+    trace = pd.concat(traces, ignore_index=True)
+    cells = pd.DataFrame(rows).sort_values(["task", "scale", "label", "seed"], ignore_index=True)
+    fsc = pd.concat(fscs, ignore_index=True) if fscs else pd.DataFrame(
+        columns=["cell", "label", "evals", "freq", "fsc"])
+    return Results(trace, cells, fsc, folders)

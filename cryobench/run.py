@@ -1,0 +1,251 @@
+"""One run: (task, scale, optimizer, hyper-parameters, seed, budget) → a trace.
+
+The optimizer steps on the task's counted oracle (training stream ``seed``; stream 0 is the
+task's canonical order). At log-spaced checkpoints of the gradient-evaluation count — always
+including 5K and 50K where the budget reaches them, and the end — the iterate is scored:
+
+* ``test_nll``  Σ over the 100 test images of −log p(I | θ, V) (the paper's y-axis);
+* ``train_obj`` the training objective (eq. 6 / K, as the oracle defines it) estimated on a fixed
+  subset of training images.
+
+Scoring is neither counted nor timed: ``wall_s`` is the optimizer's own time. Densities are kept
+at 5K, 50K and the end; against a known ground truth each is aligned (rotation, shift,
+handedness) and its FSC computed.
+
+Status: ``ok`` (the budget was spent), ``diverged`` (the iterate or the objective stopped being
+finite, or the objective grew past 10× its initial size), ``budget`` (stopped by the wall-clock
+limit before the evaluation budget was spent), ``error`` (the optimizer raised; the message and
+traceback are kept). Whatever the status, the checkpoints reached are kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import platform
+import subprocess
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .oracle import BudgetExhausted
+from .seeding import content_hash, rng_for
+from .threads import thread_info
+
+SCHEMA_VERSION = 1
+SNAPSHOTS = (5_000, 50_000)
+TRAIN_ESTIMATE_IMAGES = 500
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run (with the task's content hash and the optimizer code)."""
+
+    task: str
+    scale: str
+    optimizer: str                       # registered name, module:attr or path.py:attr
+    params: dict = field(default_factory=dict)   # the full hyper-parameter values used
+    seed: int = 0                        # training stream and optimizer RNG index
+    budget: int | None = None            # gradient evaluations; None = the task's (10 epochs)
+    per_decade: int = 5                  # checkpoints per decade of evaluations
+    snapshots: tuple = SNAPSHOTS
+    time_limit: float | None = None      # seconds of optimizer time; None = no limit
+    label: str = ""                      # how the configuration is shown in reports
+    score: str = "test"                  # split scored at checkpoints: test, or validation (tune)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["snapshots"] = list(self.snapshots)
+        return d
+
+
+def checkpoints(budget: int, first: int, per_decade: int = 5, always=SNAPSHOTS) -> np.ndarray:
+    """Evaluation counts at which to score: log-spaced from ``first`` to ``budget``, with 0,
+    ``always`` (where ≤ budget) and ``budget`` itself."""
+    if budget < 1:
+        raise ValueError(f"budget must be at least 1 gradient evaluation, got {budget}")
+    first = max(1, min(first, budget))
+    n = max(2, int(np.ceil(per_decade * np.log10(budget / first))) + 1)
+    marks = np.round(np.geomspace(first, budget, n)).astype(np.int64)
+    extra = [a for a in always if a <= budget]
+    return np.unique(np.concatenate([[0], marks, extra, [budget]]))
+
+
+def snapshot_label(evaluations: int) -> str:
+    """5000 → '5K', 50000 → '50K', 1234 → '1234'."""
+    return f"{evaluations // 1000}K" if evaluations % 1000 == 0 else str(evaluations)
+
+
+def optimizer_code_hash(method) -> str:
+    """SHA-256 of the source file defining an optimizer (its code determines its results)."""
+    try:
+        return hashlib.sha256(Path(inspect.getsourcefile(method.factory)).read_bytes()).hexdigest()
+    except (TypeError, OSError):
+        return "unknown"
+
+
+def git_commit() -> tuple[str | None, bool]:
+    """(commit of the repository holding cryobench, whether its tree has changes) or (None, …)."""
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(REPO_DIR), *a], capture_output=True,
+                                        text=True, timeout=10, check=True).stdout.strip()
+        return run("rev-parse", "HEAD"), bool(run("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+
+
+def provenance(task) -> dict:
+    """Package version, git commit, task content hash, CPU, BLAS and thread counts."""
+    from . import __version__
+    commit, dirty = git_commit()
+    return {"cryobench": __version__, "git_commit": commit, "git_dirty": dirty,
+            "task_hash": task.content_hash, "python": platform.python_version(),
+            "numpy": np.__version__, "platform": platform.platform(), **thread_info()}
+
+
+def cell_id(spec: RunSpec, task_hash: str, code_hash: str) -> str:
+    """Content hash of everything that determines a run's numbers."""
+    from . import __version__
+    key = {**spec.to_dict(), "label": None, "task_hash": task_hash, "optimizer_code": code_hash,
+           "cryobench": __version__, "schema": SCHEMA_VERSION}
+    return content_hash(key)[:16]
+
+
+@dataclass
+class RunOutput:
+    """A finished run: the trace, its metadata, density snapshots and their FSC curves."""
+
+    trace: pd.DataFrame
+    meta: dict
+    densities: dict = field(default_factory=dict)    # label → V
+    fsc: pd.DataFrame | None = None                  # label, evals, freq (1/Å), fsc
+    views: dict = field(default_factory=dict)        # label → (3, D, D) aligned projections
+
+
+class _Scorer:
+    """Uncounted, untimed scoring of iterates on a held-out split and a fixed training subset."""
+
+    def __init__(self, task, split: str):
+        if split not in ("test", "validation"):
+            raise ValueError(f"runs are scored on the test or validation split, not {split!r}")
+        self.task, self.split = task, split
+        train = task.splits["train"]
+        pick = rng_for(task.name, task.spec.seed, "train-estimate").choice(
+            len(train), size=min(len(train), TRAIN_ESTIMATE_IMAGES), replace=False)
+        self.subset = np.sort(train[pick])
+
+    def __call__(self, x: np.ndarray) -> tuple[float, float]:
+        task = self.task
+        if not np.all(np.isfinite(x)):
+            return float("nan"), float("nan")
+        train = float(task.nll(x, self.subset).mean() + task.prior.value(x) / task.n_train)
+        return float(task.nll(x, task.splits[self.split]).sum()), train
+
+
+def execute(spec: RunSpec, task, method, progress=None) -> RunOutput:
+    """Run ``method`` configured with ``spec.params`` on ``task`` and score it (see module doc)."""
+    budget = int(spec.budget if spec.budget is not None else task.budget)
+    marks = checkpoints(budget, task.batch_size, spec.per_decade, spec.snapshots)
+    snaps = [s for s in spec.snapshots if s <= budget]
+    opt = method.configure(**spec.params)
+    oracle = task.oracle(budget, stream=spec.seed)
+    rng = rng_for(task.name, method.name, "optimizer", spec.seed)
+    score = _Scorer(task, spec.score)
+    rows, densities, taken_at = [], {}, {}
+    wall, status, message, tb = 0.0, "ok", "", None
+
+    def record(x):
+        test, train = score(x)
+        rows.append({"evals": oracle.evaluations, **{f"{k}_evals": v for k, v in oracle.counts.items()},
+                     "wall_s": wall, f"{spec.score}_nll": test, "train_obj": train})
+        return train
+
+    x = task.init
+    initial = record(x)
+    next_mark = 1
+    idle = 0
+    try:
+        t = time.perf_counter()
+        state = opt.init(task.init, budget=budget, rng=rng)
+        wall += time.perf_counter() - t
+        while oracle.remaining > 0:
+            before = oracle.evaluations
+            t = time.perf_counter()
+            try:
+                state = opt.step(state, oracle)
+            except BudgetExhausted:
+                break
+            finally:
+                wall += time.perf_counter() - t
+            x = opt.iterate(state)
+            idle = idle + 1 if oracle.evaluations == before else 0
+            if idle >= 1000:
+                raise RuntimeError("1000 steps in a row spent no evaluations")
+            if not np.all(np.isfinite(x)):
+                status, message = "diverged", f"iterate not finite after {oracle.evaluations:,} evaluations"
+                record(x)
+                break
+            for s in [s for s in snaps if s <= oracle.evaluations and snapshot_label(s) not in densities]:
+                densities[snapshot_label(s)] = np.array(x, np.float32)
+                taken_at[snapshot_label(s)] = oracle.evaluations
+            if next_mark < len(marks) and oracle.evaluations >= marks[next_mark]:
+                while next_mark < len(marks) and oracle.evaluations >= marks[next_mark]:
+                    next_mark += 1
+                train = record(x)
+                if progress:
+                    progress(oracle.evaluations, budget)
+                if not np.isfinite(train) or train > initial + 10 * abs(initial):
+                    status = "diverged"
+                    message = f"training objective {train:.6g} after {oracle.evaluations:,} evaluations"
+                    break
+            if spec.time_limit is not None and wall > spec.time_limit:
+                status, message = "budget", f"time limit of {spec.time_limit:g} s reached"
+                break
+    except Exception as exc:                                   # recorded, never lost
+        status, message, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+    if rows[-1]["evals"] != oracle.evaluations:
+        record(x)
+    if status != "diverged" and np.all(np.isfinite(x)):
+        densities["final"] = np.array(x, np.float32)
+        taken_at["final"] = oracle.evaluations
+    trace = pd.DataFrame(rows)
+    trace.insert(0, "checkpoint", np.arange(len(trace)))
+    meta = {"schema_version": SCHEMA_VERSION, "run": spec.to_dict(), "optimizer_name": method.name,
+            "budget": budget, "status": status, "message": message, "traceback": tb,
+            "evaluations": oracle.evaluations, "counts": dict(oracle.counts), "wall_s": wall,
+            "task_hash": task.content_hash, "optimizer_code": optimizer_code_hash(method),
+            "provenance": provenance(task)}
+    out = RunOutput(trace, meta, densities)
+    _compare_to_truth(out, task, taken_at)
+    return out
+
+
+def _compare_to_truth(out: RunOutput, task, taken_at: dict) -> None:
+    """FSC of each snapshot against the ground truth after alignment, and aligned views."""
+    truth = getattr(task.dataset, "ground_truth", None)
+    snaps = []
+    for label, vol in out.densities.items():
+        evals = int(taken_at[label])
+        entry = {"label": label, "evals": evals, "file": f"density_{label}.mrc"}
+        if truth is not None:
+            from .fsc import aligned_fsc, transform
+            res = aligned_fsc(vol, truth, task.dataset.pixel_size)
+            a = res.alignment
+            entry.update(resolution_A=res.resolution, mirrored=a.mirrored, align_score=a.score)
+            out.views[label] = projections(transform(vol, a.rotation, a.shift, a.mirrored))
+            frame = pd.DataFrame({"label": label, "evals": evals, "freq": res.freq, "fsc": res.curve})
+            out.fsc = frame if out.fsc is None else pd.concat([out.fsc, frame], ignore_index=True)
+        snaps.append(entry)
+    if truth is not None:
+        out.views["ground_truth"] = projections(truth)
+    out.meta["snapshots"] = snaps
+
+
+def projections(volume: np.ndarray) -> np.ndarray:
+    """Sums of V[z, y, x] along z, y and x: a (3, D, D) float32 array of views."""
+    v = np.asarray(volume, np.float64)
+    return np.stack([v.sum(axis=0), v.sum(axis=1), v.sum(axis=2)]).astype(np.float32)

@@ -1,0 +1,213 @@
+"""The harness: runs, grids (local processes and Dask), kill-and-resume, tuning, results files."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cryobench.cell import make_cell
+from cryobench.cli import main as cli
+from cryobench.grid import expand, load_grid, run_grid
+from cryobench.io import InputError, read_volume
+from cryobench.registry import resolve
+from cryobench.results import load_results
+from cryobench.run import RunSpec, checkpoints, execute
+from cryobench.task import task_hash
+from cryobench.tuning import load_tuned, resolve_params, tune
+
+BAD_OPTIMIZERS = '''
+import numpy as np
+from cryobench.optim import GradientMethod, Hyper, method
+
+
+@method(scale=Hyper(1e30, 1.0, 1e40))
+def exploding(scale):
+    """Multiplies the density by a huge factor: diverges on its first step."""
+    def step(state, oracle):
+        oracle.value_and_grad(state["x"], oracle.next_batch(100))
+        return {"x": (state["x"] * np.float32(scale)) * np.float32(scale)}
+    return GradientMethod(lambda x0, *, budget, rng: {"x": x0.copy()}, step)
+
+
+@method(after=Hyper(2, 1, 100, integer=True))
+def failing(after):
+    """Raises on step ``after``."""
+    def step(state, oracle):
+        if state["t"] + 1 >= after:
+            raise RuntimeError("deliberate failure")
+        oracle.value_and_grad(state["x"], oracle.next_batch(100))
+        return {"x": state["x"], "t": state["t"] + 1}
+    return GradientMethod(lambda x0, *, budget, rng: {"x": x0.copy(), "t": 0}, step)
+'''
+
+
+@pytest.fixture(scope="module")
+def bad_optimizers(tmp_path_factory):
+    path = tmp_path_factory.mktemp("opt") / "bad.py"
+    path.write_text(BAD_OPTIMIZERS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cylinder(data_dir):
+    import cryobench
+    return cryobench.load_task("synthetic-cylinder", "ci", data_dir, progress=False)
+
+
+def write_grid(path: Path, optimizers, budget=400, extra="") -> Path:
+    path.write_text(f'tasks = ["synthetic-cylinder"]\nscales = ["ci"]\n'
+                    f'optimizers = {json.dumps([str(o) for o in optimizers])}\n'
+                    f'budget = {budget}\ntuned = ""\n{extra}')
+    return path
+
+
+def test_checkpoints_are_log_spaced_and_include_paper_marks():
+    marks = checkpoints(100_000, 100, per_decade=5)
+    assert marks[0] == 0 and marks[-1] == 100_000
+    assert {5000, 50_000} <= set(marks.tolist())
+    ratios = marks[2:] / marks[1:-1]
+    assert ratios.max() < 10 ** (1 / 5) + 0.05 and np.all(np.diff(marks) > 0)
+    assert 5000 not in checkpoints(4000, 100)
+    with pytest.raises(ValueError, match="budget"):
+        checkpoints(0, 100)
+
+
+def test_run_trace_is_deterministic_and_scored_uncounted(cylinder):
+    spec = RunSpec("synthetic-cylinder", "ci", "sgd", {"lr": 1.0}, seed=0, budget=600)
+    a, b = (execute(spec, cylinder, resolve("sgd")) for _ in range(2))
+    assert a.meta["status"] == "ok" and a.meta["evaluations"] == 600
+    assert a.meta["counts"] == {"grad": 600, "value": 0, "hvp": 0}     # scoring is not counted
+    pd.testing.assert_series_equal(a.trace["test_nll"], b.trace["test_nll"])
+    assert a.trace["evals"].tolist()[0] == 0 and a.trace["evals"].tolist()[-1] == 600
+    assert a.trace["test_nll"].iloc[-1] < a.trace["test_nll"].iloc[0]
+    assert a.trace["wall_s"].is_monotonic_increasing
+    assert set(a.densities) == {"final"} and a.meta["snapshots"][0]["resolution_A"] > 0
+    prov = a.meta["provenance"]
+    assert prov["task_hash"] == cylinder.content_hash and prov["blas"] and prov["cpu"]
+    other = execute(RunSpec("synthetic-cylinder", "ci", "sgd", {"lr": 1.0}, seed=1, budget=600),
+                    cylinder, resolve("sgd"))
+    assert other.trace["test_nll"].iloc[-1] != a.trace["test_nll"].iloc[-1]   # another stream
+
+
+def test_diverging_and_failing_runs_keep_their_checkpoints(cylinder, bad_optimizers):
+    out = execute(RunSpec("synthetic-cylinder", "ci", f"{bad_optimizers}:exploding", {}, budget=600),
+                  cylinder, resolve(f"{bad_optimizers}:exploding"))
+    assert out.meta["status"] == "diverged" and "not finite" in out.meta["message"]
+    assert "final" not in out.densities and len(out.trace) == 2
+    out = execute(RunSpec("synthetic-cylinder", "ci", f"{bad_optimizers}:failing", {"after": 3},
+                          budget=600), cylinder, resolve(f"{bad_optimizers}:failing"))
+    assert out.meta["status"] == "error" and "deliberate failure" in out.meta["message"]
+    assert out.meta["evaluations"] == 200 and out.trace["evals"].iloc[-1] == 200
+
+
+def test_grid_records_every_status_and_resumes_without_recomputing(tmp_path, data_dir, bad_optimizers):
+    grid = write_grid(tmp_path / "grid.toml", ["sgd", f"{bad_optimizers}:exploding",
+                                               f"{bad_optimizers}:failing"])
+    cells = expand(load_grid(grid), data_dir)
+    status = run_grid(cells, tmp_path, workers=2, data_dir=data_dir, progress=False)
+    assert sorted(status.values()) == ["diverged", "error", "ok"]
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("cells/*/meta.json")}
+    assert run_grid(cells, tmp_path, workers=2, data_dir=data_dir, progress=False) == status
+    assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("cells/*/meta.json")}
+    results = load_results(tmp_path)
+    assert len(results.cells) == 3 and (results.trace.groupby("cell")["evals"].max() <= 400).all()
+    final, size = read_volume(next(tmp_path.glob("cells/*/density_final.mrc")))
+    assert final.shape == (24, 24, 24) and size > 0
+
+
+def test_killed_grid_resumes_without_redoing_finished_cells(tmp_path, data_dir):
+    grid = write_grid(tmp_path / "grid.toml", ["sgd"], budget=300,
+                      extra="seeds = 5\n[params.sgd]\nlr = [0.5, 1.0]\n")
+    env = dict(os.environ, CRYOBENCH_DATA=str(data_dir))
+    command = [sys.executable, "-m", "cryobench.cli", "grid", str(grid), "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(command, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(tmp_path.glob("cells/*/meta.json"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)                       # the grid and its cell processes
+    proc.wait()
+    done = {p.parent.name: p.stat().st_mtime_ns for p in tmp_path.glob("cells/*/meta.json")}
+    assert 2 <= len(done) < 10, "the grid should have been killed mid-way"
+    for name in done:                                         # no finished cell is corrupt
+        results = load_results(tmp_path / "cells" / name)
+        assert results.cells["status"].iloc[0] == "ok"
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    after = {p.parent.name: p.stat().st_mtime_ns for p in tmp_path.glob("cells/*/meta.json")}
+    assert len(after) == 10 and all(after[k] == v for k, v in done.items())
+    assert not list(tmp_path.glob("cells/.*")), "temporary folders were left behind"
+    assert set(load_results(tmp_path).cells["status"]) == {"ok"}
+
+
+def test_grid_on_a_dask_local_cluster(tmp_path, data_dir):
+    distributed = pytest.importorskip("dask.distributed")
+    grid = write_grid(tmp_path / "grid.toml", ["sgd", "nesterov"], budget=300)
+    cells = expand(load_grid(grid), data_dir)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                                  dashboard_address=None, processes=True) as cluster:
+        status = run_grid(cells, tmp_path / "dask", scheduler=cluster.scheduler_address,
+                          data_dir=data_dir, progress=False)
+    assert list(status.values()) == ["ok", "ok"]
+    local = run_grid(cells, tmp_path / "local", workers=1, data_dir=data_dir, progress=False)
+    a, b = load_results(tmp_path / "dask"), load_results(tmp_path / "local")
+    pd.testing.assert_frame_equal(a.trace.drop(columns="wall_s"), b.trace.drop(columns="wall_s"))
+    assert local == status
+
+
+def test_results_refuse_other_schema_or_task_hash(tmp_path, data_dir):
+    grid = write_grid(tmp_path / "grid.toml", ["sgd", "nesterov"], budget=200)
+    run_grid(expand(load_grid(grid), data_dir), tmp_path, workers=2, data_dir=data_dir,
+             progress=False)
+    metas = sorted(tmp_path.glob("cells/*/meta.json"))
+    meta = json.loads(metas[0].read_text())
+    with pytest.raises(InputError, match="the current task definition"):
+        load_results(tmp_path, task_hashes={("synthetic-cylinder", "ci"): "0" * 64})
+    metas[0].write_text(json.dumps({**meta, "task_hash": "f" * 64}))
+    with pytest.raises(InputError, match="content hash"):
+        load_results(tmp_path)
+    metas[0].write_text(json.dumps({**meta, "schema_version": 99}))
+    with pytest.raises(InputError, match=f"{metas[0]}: schema_version 99"):
+        load_results(tmp_path)
+
+
+def test_tune_selects_on_validation_and_run_picks_it_up(tmp_path, data_dir):
+    record = tmp_path / "tuned.json"
+    chosen = tune(["synthetic-cylinder"], "ci", ["sgd"], ["lr"], points=3, budget=300,
+                  out=tmp_path / "tune", record_to=record, workers=2, data_dir=data_dir,
+                  progress=False)
+    entry = chosen["synthetic-cylinder", "sgd"]
+    results = load_results(tmp_path / "tune")
+    assert "test_nll" not in results.trace.columns                 # the test set is never used
+    finals = results.trace.groupby("cell").tail(1).set_index("cell")["validation_nll"]
+    ok = results.cells.set_index("cell")["status"] == "ok"
+    best = json.loads(results.cells.set_index("cell").loc[finals[ok].idxmin(), "params"])
+    assert entry["params"] == best and len(entry["candidates"]) == 3
+    tuned = load_tuned(record)
+    params, source = resolve_params(resolve("sgd"), {}, tuned, "synthetic-cylinder", "ci")
+    assert params["lr"] == best["lr"] and source["lr"] == "tuned"
+    params, source = resolve_params(resolve("sgd"), {"lr": 0.1}, tuned, "synthetic-cylinder", "ci")
+    assert params["lr"] == 0.1 and source["lr"] == "explicit"
+
+
+def test_cli_run_and_its_errors(tmp_path, data_dir, capsys):
+    common = ["--scale", "ci", "--data-dir", str(data_dir), "--out", str(tmp_path), "--tuned", "none"]
+    assert cli(["run", "synthetic-cylinder", "sgd", "--budget", "200", "--set", "lr=0.5", *common]) == 0
+    out = capsys.readouterr().out
+    assert "lr=0.5 (explicit)" in out and "status ok" in out
+    for argv, message in [(["run", "synthetic-cylinder", "nosuch", *common], "unknown optimizer"),
+                          (["run", "synthetic-cylinder", "sgd", "--set", "lr=abc", *common], "not a number"),
+                          (["run", "synthetic-cylinder", "sgd", "--set", "mu=1", *common], "no hyper-parameter"),
+                          (["run", "synthetic-cylinder", "sgd", "--budget", "0", *common], "positive")]:
+        assert cli(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("cryobench: error:") and message in err and "\n" not in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('tasks = ["synthetic-cylinder"]\noptimizers = ["sgd"]\nbudgett = 10\n')
+    assert cli(["grid", str(bad)]) == 2
+    assert f"{bad}: unknown key 'budgett'" in capsys.readouterr().err
