@@ -40,6 +40,7 @@ def atomic_write(path, data: bytes | str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(tmp, 0o644)                    # mkstemp's 0600 would hide results from others
     os.replace(tmp, path)
 
 
