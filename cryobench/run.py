@@ -10,7 +10,8 @@ including 5K and 50K where the budget reaches them, and the end — the iterate 
 
 Scoring is neither counted nor timed: ``wall_s`` is the optimizer's own time. Densities are kept
 at 5K, 50K and the end; against a known ground truth each is aligned (rotation, shift,
-handedness) and its FSC computed.
+handedness) and its FSC computed; its views are projections of the aligned density, beside
+those of the ground truth low-passed to r_max.
 
 Status: ``ok`` (the budget was spent), ``diverged`` (the iterate or the objective stopped being
 finite, or the objective grew past 10× its initial size), ``budget`` (stopped by the wall-clock
@@ -243,8 +244,18 @@ def _compare_to_truth(out: RunOutput, task, taken_at: dict) -> None:
             out.fsc = frame if out.fsc is None else pd.concat([out.fsc, frame], ignore_index=True)
         snaps.append(entry)
     if truth is not None:
-        out.views["ground_truth"] = projections(truth)
+        out.views["ground_truth"] = projections(lowpass(truth, task.likelihood.rmax))
     out.meta["snapshots"] = snaps
+
+
+def lowpass(volume: np.ndarray, rmax: float) -> np.ndarray:
+    """V with every Fourier coefficient beyond |k| = r_max (cycles per box) set to zero: the
+    ground truth as the likelihood can see it, for views beside the estimates."""
+    n = volume.shape[0]
+    k = np.fft.fftfreq(n) * n
+    k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, : n // 2 + 1] ** 2
+    spectrum = np.fft.rfftn(np.asarray(volume, np.float64))
+    return np.fft.irfftn(np.where(k2 <= rmax**2, spectrum, 0), s=volume.shape)
 
 
 def projections(volume: np.ndarray) -> np.ndarray:
