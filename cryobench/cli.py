@@ -149,7 +149,8 @@ def cmd_tune(args) -> None:
                   args.points, args.budget, args.out, Path(args.record or DEFAULT_TUNED),
                   args.workers, _data_dir(args), progress=not args.quiet)
     for (task, name), entry in sorted(chosen.items()):
-        values = ", ".join(f"{k}={v:g}" for k, v in entry["params"].items())
+        values = ", ".join(f"{k}={v:g}" for k, v in entry["params"].items()
+                           if k in args.params.split(","))
         print(f"{task:20s} {name:14s} {values}  (validation NLL {entry['validation_nll']:.6g})")
     print(f"recorded in {args.record or DEFAULT_TUNED}")
 

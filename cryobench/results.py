@@ -85,6 +85,7 @@ def write_cell_folder(folder, files: dict[str, bytes]) -> Path:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
+    os.chmod(tmp, 0o755)                    # mkdtemp's 0700 would hide results from others
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
