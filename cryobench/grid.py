@@ -13,7 +13,8 @@ A grid is a TOML file (see ``results/paper-small/grid.toml``)::
 Hyper-parameters not given come from the tuned values (``results/tuned.json`` unless the grid
 says ``tuned = "other.json"`` or ``tuned = ""``), else from the optimizer's defaults.
 
-Each cell is cached under ``OUT/cells/<content hash>``; cells already there are not recomputed,
+Each cell is cached under ``OUT/cells/<content hash>`` (task content, optimizer code, the
+numerical modules' code, hyper-parameters, seed, budget); cells already there are not recomputed,
 so an interrupted grid (even by ``kill -9``) resumes where it stopped. Locally every cell runs
 in its own process (``--workers`` at a time); with a scheduler address the cells go to a Dask
 distributed cluster and their files come back to be written here.

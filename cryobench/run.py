@@ -89,6 +89,20 @@ def optimizer_code_hash(method) -> str:
         return "unknown"
 
 
+PRESENTATION_MODULES = {"bench.py", "cell.py", "cli.py", "grid.py", "report.py", "results.py",
+                        "tuning.py"}
+
+
+def numerics_hash() -> str:
+    """SHA-256 of the cryobench modules that compute a run's numbers (all but those that only
+    schedule, store or present runs): a kernel change, even in the last bits, makes new cells."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name not in PRESENTATION_MODULES:
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def git_commit() -> tuple[str | None, bool]:
     """(commit of the repository holding cryobench, whether its tree has changes) or (None, …)."""
     try:
@@ -112,7 +126,7 @@ def cell_id(spec: RunSpec, task_hash: str, code_hash: str) -> str:
     """Content hash of everything that determines a run's numbers."""
     from . import __version__
     key = {**spec.to_dict(), "label": None, "task_hash": task_hash, "optimizer_code": code_hash,
-           "cryobench": __version__, "schema": SCHEMA_VERSION}
+           "cryobench": __version__, "numerics": numerics_hash(), "schema": SCHEMA_VERSION}
     return content_hash(key)[:16]
 
 
@@ -219,6 +233,7 @@ def execute(spec: RunSpec, task, method, progress=None) -> RunOutput:
             "budget": budget, "status": status, "message": message, "traceback": tb,
             "evaluations": oracle.evaluations, "counts": dict(oracle.counts), "wall_s": wall,
             "task_hash": task.content_hash, "optimizer_code": optimizer_code_hash(method),
+            "numerics": numerics_hash(),
             "provenance": provenance(task)}
     out = RunOutput(trace, meta, densities)
     _compare_to_truth(out, task, taken_at)
