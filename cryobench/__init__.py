@@ -7,6 +7,7 @@
     >>> value, grad = oracle.value_and_grad(task.init, batch)
     >>> task.test_nll(task.init)
 """
+from . import threads  # noqa: F401  (first: sets the BLAS/OpenMP wait policy before they load)
 from .io import InputError
 from .oracle import BudgetExhausted, Oracle
 from .task import Task, load_task

@@ -171,6 +171,13 @@ def cmd_leaderboard(args) -> None:
     print(f"wrote {len(paths)} files; see {Path(args.results) / 'LEADERBOARD.md'}")
 
 
+def cmd_bench(args) -> None:
+    """Kernel and SGEMM throughput, SGD epoch, test NLL and peak memory per task (SPEC §5)."""
+    from .bench import DEFAULT_TASKS, run_benches
+    run_benches(args.task or DEFAULT_TASKS, args.scale, _data_dir(args), threads=args.threads,
+                epoch_batches=args.epoch_batches, repeats=args.repeats)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryobench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
             task=False)
     p.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "results"),
                    help="the results folder (default: the repository's results/)")
+
+    p = add("bench", cmd_bench, "kernel vs SGEMM throughput, SGD epoch, test NLL, peak memory",
+            task=False)
+    p.add_argument("--task", action="append", help="task to bench (repeatable; default: "
+                                                  "synthetic-cylinder and thermus-style)")
+    p.add_argument("--scale", default="ci", help=f"one of {', '.join(SCALES)} (default ci)")
+    p.add_argument("--epoch-batches", type=int, metavar="N",
+                   help="time N SGD minibatches and extrapolate to the epoch (default: the whole "
+                        "epoch; 50 at paper scale)")
+    p.add_argument("--threads", type=int, help="BLAS and numba threads (default: all cores)")
+    p.add_argument("--repeats", type=int, default=5, help="timings are the best of this many "
+                                                         "(default 5)")
     return parser
 
 

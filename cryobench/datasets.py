@@ -33,7 +33,10 @@ def default_data_dir() -> Path:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images (σ-whitened later by the likelihood), CTFs, noise σ per image and provenance."""
+    """Images (σ-whitened later by the likelihood), CTFs, noise σ per image and provenance.
+
+    A simulated dataset's ``images`` are a read-only memory map of its stack (read on demand).
+    """
 
     images: np.ndarray
     ctf: CTFParams
@@ -112,7 +115,7 @@ def load_dataset(spec: TaskSpec, scale: Scale, data_dir: Path, progress: bool = 
 def _load_simulated(spec, scale, data_dir, progress) -> Dataset:
     from .io import read_volume
     folder = ensure_simulated(spec, scale, data_dir, progress)
-    particles = read_particles(folder / "particles.star")
+    particles = read_particles(folder / "particles.star", memory_map=True)
     meta = json.loads((folder / "meta.json").read_text())
     truth, _ = read_volume(folder / "ground_truth.mrc")
     sigma = np.full(len(particles.images), float(meta["noise_sigma"]))

@@ -7,6 +7,7 @@ names the file, the field and the problem.
 """
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,12 +246,48 @@ def _stack_locations(star: Path, table: pd.DataFrame) -> tuple[np.ndarray, list[
     return index, paths
 
 
-def read_particles(star_path, *, max_images: int | None = None) -> Particles:
+READ_CHUNK = 1024   # images copied from a stack per step
+
+
+def release_pages(array) -> None:
+    """Drop this process's resident pages of a read-only memory-mapped array (no-op otherwise).
+
+    The pages stay in the OS page cache and are mapped again when touched, so reading a large
+    stack once, block by block, does not grow the process's resident memory by the stack's size.
+    """
+    mm = getattr(array, "_mmap", None)
+    if mm is not None and getattr(array, "mode", None) == "r" and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
+def image_blocks(images: np.ndarray, size: int = 256):
+    """Yield (start, images[start:start + size]) over the first axis, releasing a memory-mapped
+    stack's pages after each block (see :func:`release_pages`)."""
+    for lo in range(0, len(images), size):
+        yield lo, images[lo:lo + size]
+        release_pages(images)
+
+
+def _check_finite(name, block, wanted, rows, star) -> None:
+    finite = np.isfinite(block).all(axis=(1, 2))
+    if not finite.all():
+        j = int(np.argmin(finite))
+        raise InputError(f"{name}: image {wanted[j] + 1} has NaN or infinite pixels "
+                         f"(column rlnImageName, row {rows[j] + 1} of {star.name})")
+
+
+def read_particles(star_path, *, max_images: int | None = None,
+                   memory_map: bool = False) -> Particles:
     """Read a RELION 3.0 or 3.1 particle STAR file and its stacks (the first ``max_images`` rows).
 
     Images come back float32 (n, D, D) in STAR order. The pixel size is taken from the STAR file
     (rlnImagePixelSize, rlnPixelSize or rlnDetectorPixelSize·1e4/rlnMagnification), else from
     the first stack's MRC header. Any problem raises one :class:`InputError`.
+
+    With ``memory_map=True``, images that are the first rows of one float32 stack in order (as
+    :func:`write_particles` writes them) come back as a read-only memory map instead of a copy.
+    Stacks are read in blocks of ``READ_CHUNK`` images, so reading needs no memory beyond the
+    result.
     """
     star = Path(star_path)
     particles, optics = _read_star(star)
@@ -279,27 +316,33 @@ def read_particles(star_path, *, max_images: int | None = None) -> Particles:
                 if h != w:
                     raise InputError(f"{name}: images are {h}×{w} pixels (y×x); image size must "
                                      f"be square")
+                rows = np.asarray(rows)
+                wanted = index[rows]
+                if wanted.max() >= count:
+                    raise InputError(f"{name}: stack has {count} images but {star.name} refers "
+                                     f"to image {wanted.max() + 1} (column rlnImageName)")
+                if (memory_map and len(groups) == 1 and data.dtype == np.dtype(np.float32)
+                        and np.array_equal(wanted, np.arange(len(wanted)))):
+                    images, first = data[:len(wanted)], name
+                    for lo, block in image_blocks(images, READ_CHUNK):
+                        _check_finite(name, block, wanted[lo:], rows[lo:], star)
+                    continue
                 if images is None:
                     images, first = np.empty((len(paths), h, w), dtype=np.float32), name
                 elif images.shape[1:] != (h, w):
                     raise InputError(f"{name}: image size {h}×{w} differs from "
                                      f"{images.shape[1]}×{images.shape[2]} in {first}")
-                wanted = index[rows := np.asarray(rows)]
-                if wanted.max() >= count:
-                    raise InputError(f"{name}: stack has {count} images but {star.name} refers "
-                                     f"to image {wanted.max() + 1} (column rlnImageName)")
                 order = np.argsort(wanted, kind="stable")
-                block = np.asarray(data[wanted[order]], dtype=np.float32)
+                for lo in range(0, len(order), READ_CHUNK):
+                    part = order[lo:lo + READ_CHUNK]
+                    block = np.asarray(data[wanted[part]], dtype=np.float32)
+                    _check_finite(name, block, wanted[part], rows[part], star)
+                    images[rows[part]] = block
+                    release_pages(data)
         except InputError:
             raise
         except Exception as exc:  # mrcfile raises ValueError and friends for malformed files
             raise InputError(f"{name}: not a readable MRC stack ({exc})") from None
-        finite = np.isfinite(block).all(axis=(1, 2))
-        if not finite.all():
-            j = int(np.argmin(finite))
-            raise InputError(f"{name}: image {wanted[order][j] + 1} has NaN or infinite pixels "
-                             f"(column rlnImageName, row {rows[order][j] + 1} of {star.name})")
-        images[rows[order]] = block
     if pixel_size is None and not header_pixel > 0:
         raise InputError(f"{star}: pixel size is missing: no rlnImagePixelSize, rlnPixelSize or "
                          f"rlnDetectorPixelSize+rlnMagnification column, and the MRC header of "

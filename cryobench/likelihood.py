@@ -13,18 +13,23 @@ Y_ias(q) = Î_i(k) e^{+2πi k·t_s/D} (Î_i interpolated bicubically from its sp
 ×2). c = (N_q − 1) log π + ½ log 2π is the Gaussian normaliser of the retained coefficients.
 
 Written this way the two G terms are matrix products of (image·angle·shift) rows with
-(direction) columns, and so is the gradient (Aᵀ P and Qᵀ Σ_s P), all in the working dtype
-(float32 by default) with a max-shifted log-sum-exp.
+(direction) columns, and so is the gradient (Pᵀ A and (Σ_s P)ᵀ Q), all in the working dtype
+(float32 by default) with a max-shifted log-sum-exp. Everything between the four products —
+the rows A and Q (image gather, CTF, shift phases) and the log-sum-exp — is one compiled pass
+each (:mod:`cryobench.kernels`), writing into work arrays that are reused across calls.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
-from .ctf import CTFParams, evaluate_ctf
-from .fourier import complex_dtype, cube_frequencies, dft_matrix, half_disk
-from .interpolate import gather_images
+from .ctf import CTFParams
+from .fourier import complex_dtype, dft_matrix, half_disk
+from .interpolate import cubic_taps
+from .io import image_blocks
+from .kernels import build_rows, ctf_terms, posterior, scale_rows
 from .quadrature import Quadrature
 from .slicing import SliceOperator
 
@@ -52,7 +57,8 @@ class Likelihood:
         self.points, weights = half_disk(rmax)
         self.point_weights = weights.astype(self.dtype)
         self.slicer = SliceOperator(box, self.points, quadrature.rotations, oversampling, dtype)
-        self.patch_freqs = cube_frequencies(rmax, oversampling)
+        m = int(np.floor(oversampling * rmax)) + 2           # the bicubic taps reach |index| ≤ m
+        self.patch_freqs = np.arange(-m, m + 1) / oversampling
         centre = (len(self.patch_freqs) - 1) // 2
         psi = quadrature.inplane_angles
         c, s = np.cos(psi)[:, None], np.sin(psi)[:, None]
@@ -65,20 +71,54 @@ class Likelihood:
         self._log_w = quadrature.log_weights().astype(dtype)                      # (Na,Ns,Nd)
         self.constant = (len(self.points) - 1) * np.log(np.pi) + 0.5 * np.log(2 * np.pi)
         self._integer_index = (self.points[:, ::-1] * oversampling + centre).astype(int)
+        # bicubic taps of the rotated points in the patches, and the CTF geometry per (angle, point)
+        self._tap_index, self._tap_weight = cubic_taps(self._patch_coords, self.dtype)  # 2, 8
+        self._s2 = (self.points**2).sum(1) / (self.box * self.pixel_size) ** 2   # |s|², Å⁻²
+        azimuth = 2 * np.arctan2(self.rotated_points[..., 1], self.rotated_points[..., 0])
+        self._cos2, self._sin2 = np.cos(azimuth), np.sin(azimuth)               # (Na, Np)
+        self._local = threading.local()                                          # work arrays
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _work(self, name: str, shape) -> np.ndarray:
+        """A work array of this thread, reused while its shape stays the same (no page faults)."""
+        arrays = self._local.__dict__.setdefault("arrays", {})
+        shape = tuple(int(k) for k in shape)
+        if name not in arrays or arrays[name].shape != shape:
+            arrays[name] = np.empty(shape, self.dtype)
+        return arrays[name]
 
     # ------------------------------------------------------------------ data
     def prepare(self, images: np.ndarray, ctf: CTFParams, sigma) -> ImageSpectra:
-        """Spectra of real images (n, D, D) divided by their noise σ (scalar or per image)."""
+        """Spectra of real images (n, D, D) divided by their noise σ (scalar or per image).
+
+        ``images`` may be a memory-mapped stack: it is read in blocks (see
+        :func:`cryobench.io.image_blocks`). Each block is two real and one complex GEMM.
+        """
         n, d = images.shape[0], self.box
         if images.shape[1:] != (d, d):
             raise ValueError(f"images are {images.shape[1:]}, the likelihood expects {(d, d)}")
         sigma = np.broadcast_to(np.asarray(sigma, float), (n,))
-        f = dft_matrix(self.patch_freqs, d, complex_dtype(self.dtype))
-        patches = np.empty((n, len(f), len(f)), f.dtype)
-        for lo in range(0, n, 256):
-            block = (np.asarray(images[lo:lo + 256], self.dtype)
-                     / sigma[lo:lo + 256, None, None].astype(self.dtype))
-            patches[lo:lo + 256] = (f @ block) @ f.T / d
+        f = dft_matrix(self.patch_freqs, d, complex_dtype(self.dtype))        # (P, D)
+        m = len(f)
+        fr_t, fi_t = np.ascontiguousarray(f.real.T), np.ascontiguousarray(f.imag.T)
+        patches = np.empty((n, m, m), f.dtype)
+        for lo, block in image_blocks(images, 256):
+            k = len(block)
+            block = (np.asarray(block, self.dtype)
+                     / sigma[lo:lo + k, None, None].astype(self.dtype)).reshape(k * d, d)
+            t = np.empty((d, k, m), f.dtype)                                 # [y, image, kx]
+            t.real = (block @ fr_t).reshape(k, d, m).transpose(1, 0, 2)
+            t.imag = (block @ fi_t).reshape(k, d, m).transpose(1, 0, 2)
+            out = (f @ t.reshape(d, k * m)).reshape(m, k, m)                 # [ky, image, kx]
+            patches[lo:lo + k] = out.transpose(1, 0, 2) / d
         iy, ix = self._integer_index[:, 0], self._integer_index[:, 1]
         on_grid = patches[:, iy, ix]
         half_norms = 0.5 * (np.abs(on_grid.astype(complex)) ** 2 @ self.point_weights.astype(float))
@@ -91,17 +131,28 @@ class Likelihood:
 
     # ---------------------------------------------------------------- kernel
     def _rows(self, data: ImageSpectra):
-        """A = w C [Re Y, Im Y] per (image, angle, shift) and Q = w C² per (image, angle)."""
-        b, na, np_ = len(data), len(self.quadrature.inplane_angles), len(self.points)
-        y = gather_images(data.patches, self._patch_coords,
-                          np.empty((b, na, np_), data.patches.dtype))
-        freq = self.rotated_points / (self.box * self.pixel_size)
-        ctf = evaluate_ctf(data.ctf, freq[..., 0], freq[..., 1]) * data.inv_sigma[:, None, None]
-        wc = (ctf * self.point_weights).astype(self.dtype)                       # (B,Na,Np)
-        ys = y[:, :, None, :] * self._shift_phase[None]                          # (B,Na,Ns,Np)
-        a = np.concatenate([ys.real, ys.imag], axis=-1) * np.concatenate([wc, wc], -1)[:, :, None]
-        q = (wc * ctf.astype(self.dtype)).reshape(b * na, np_)
-        return a.reshape(-1, 2 * np_), q
+        """A = w C (Re Y, Im Y) interleaved per (image, angle, shift) — a complex row viewed as
+        reals, shape (B·Na·Ns, 2Np) — and Q = w C² per (image, angle), shape (B·Na, Np).
+
+        With one shift, A and Q have the same rows and are the two column blocks of one array
+        [A | Q] (B·Na, 3Np), returned third (else None): the kernel then does one GEMM for both
+        terms of G and one for both gradient products.
+        """
+        b, np_ = len(data), len(self.points)
+        na, ns, _ = self._log_w.shape
+        if ns == 1:
+            aq = self._work("aq", (b, na, 3 * np_))
+            a, q = aq[:, :, None, :2 * np_], aq[:, :, 2 * np_:]
+        else:
+            aq, a, q = None, self._work("a", (b, na, ns, 2 * np_)), self._work("q", (b, na, np_))
+        patches = data.patches.transpose(1, 2, 0)                                 # image last
+        re = np.ascontiguousarray(patches.real, self.dtype)
+        im = np.ascontiguousarray(patches.imag, self.dtype)
+        build_rows(re, im, self._tap_index, self._tap_weight, self._cos2, self._sin2,
+                   *ctf_terms(data.ctf, data.inv_sigma, self._s2), self.point_weights,
+                   self._shift_phase, a, q)
+        return (a.reshape(-1, 2 * np_), q.reshape(b * na, np_),
+                None if aq is None else aq.reshape(b * na, 3 * np_))
 
     def nll(self, volume: np.ndarray, data: ImageSpectra) -> np.ndarray:
         """−log p(I_i | θ_i, V) for each prepared image (float64, shape (n,))."""
@@ -112,29 +163,58 @@ class Likelihood:
         return self._evaluate(volume, data, gradient=True)
 
     def _evaluate(self, volume, data: ImageSpectra, gradient: bool):
-        b = len(data)
+        b, np_ = len(data), len(self.points)
         na, ns, nd = self._log_w.shape
         slices = self.slicer.forward(volume)                                      # (Nd, Np)
-        s_mat = np.concatenate([slices.real, slices.imag], axis=1).T              # (2Np, Nd)
-        s_pow = (slices.real**2 + slices.imag**2).T                               # (Np, Nd)
-        a, q = self._rows(data)
-        g = (a @ s_mat).reshape(b, na, ns, nd)
-        g -= 0.5 * (q @ s_pow).reshape(b, na, 1, nd)
-        g += self._log_w
-        gmax = g.reshape(b, -1).max(axis=1)
-        g -= gmax[:, None, None, None]
-        np.exp(g, out=g)                                                          # unnormalised P
-        total = g.reshape(b, -1).sum(axis=1, dtype=np.float64)
-        nll = data.half_norms + self.constant - (np.log(total) + gmax)
+        s_mat = slices.view(self.dtype)                                           # (Nd, 2Np)
+        s_pow = -0.5 * (slices.real**2 + slices.imag**2)                          # (Nd, Np)
+        a, q, aq = self._rows(data)
+        g = self._work("g", (b * na * ns, nd))
+        if aq is not None:                               # one shift: G = [A | Q] [S | −½|S|²]ᵀ
+            s_all = self._work("s", (nd, 3 * np_))
+            s_all[:, :2 * np_], s_all[:, 2 * np_:] = s_mat, s_pow
+            np.matmul(aq, s_all.T, out=g)
+            qs = g[:0].reshape(0, 0, 0)                                           # (included)
+        else:
+            np.matmul(a, s_mat.T, out=g)                                          # A Sᵀ
+            qs = np.matmul(q, s_pow.T, out=self._work("qs", (b * na, nd)))       # −½ Q |S|²ᵀ
+            qs = qs.reshape(b, na, nd)
+        many = gradient and ns > 1
+        p_as = self._work("p_as", (b, na, nd) if many else (1, 1, 1))
+        row_factor = np.empty((b, na, ns) if gradient else (1, 1, 1))
+        ang_factor = np.empty((b, na) if gradient else (1, 1))
+        gmax, log_total = np.empty(b), np.empty(b)
+        posterior(g.reshape(b, na, ns, nd), qs, self._log_w, self.dtype == np.float32, gradient,
+                  p_as, row_factor, ang_factor, gmax, log_total)
+        nll = data.half_norms + self.constant - (log_total + gmax)
         if not gradient:
             return nll, None
-        g /= total.astype(self.dtype)[:, None, None, None]                       # responsibilities
-        grad_s = -(a.T @ g.reshape(-1, nd))                                       # (2Np, Nd)
-        p_as = g.sum(axis=2).reshape(b * na, nd)
-        grad_s += np.tile(q.T @ p_as, (2, 1)) * s_mat
+        # responsibilities P = row_factor · E and Σ_s P = ang_factor · p_as: scale A and Q instead
+        if aq is not None:
+            scale_rows(aq, row_factor.reshape(-1).astype(self.dtype))
+            r = g.T @ aq                                                          # Pᵀ [A | Q]
+            pa, pq = r[:, :2 * np_], r[:, 2 * np_:]
+        else:
+            scale_rows(a, row_factor.reshape(-1).astype(self.dtype))
+            scale_rows(q, ang_factor.reshape(-1).astype(self.dtype))
+            pa = g.T @ a                                                          # Pᵀ A
+            pq = p_as.reshape(b * na, nd).T @ q                                   # (Σ_s P)ᵀ Q
+        return nll, self.slicer.adjoint(pq * slices - pa.view(slices.dtype))
+
+    def gemm_shapes(self, batch: int) -> list[tuple[str, int, int, int]]:
+        """The matrix products of a value+gradient evaluation of ``batch`` images, as
+        (layout, m, k, n): "AB^T" is X (m, k) @ Y (n, k)ᵀ, "A^TB" is X (k, m)ᵀ @ Y (k, n).
+
+        Their flops sum to :meth:`flops_per_image` · batch. With one shift the two terms of G
+        share their rows, so they are one product (and so are the two gradient products).
+        """
+        na, ns, nd = self._log_w.shape
         np_ = len(self.points)
-        g_complex = (grad_s[:np_] + 1j * grad_s[np_:]).T                          # (Nd, Np)
-        return nll, self.slicer.adjoint(g_complex)
+        rows = batch * na * ns
+        if ns == 1:
+            return [("AB^T", rows, 3 * np_, nd), ("A^TB", nd, rows, 3 * np_)]
+        return [("AB^T", rows, 2 * np_, nd), ("AB^T", batch * na, np_, nd),
+                ("A^TB", nd, rows, 2 * np_), ("A^TB", nd, batch * na, np_)]
 
     def flops_per_image(self) -> int:
         """Flops of the matrix products per image for value and gradient."""

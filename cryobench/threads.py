@@ -2,14 +2,25 @@
 
 The kernel is BLAS matrix products plus numba loops; both pools must agree or a 2-core machine
 is oversubscribed. ``set_threads(n)`` sets both; a grid worker calls it with its share of cores.
+
+The two pools take turns many times per kernel call, so a pool must not busy-wait for work
+after its turn: OpenBLAS workers spin for ~0.1 s after each call by default and numba's OpenMP
+workers spin too, each holding a core the other pool needs (on 2 cores this halved the speed of
+every numba loop). Importing this module — ``cryobench/__init__.py`` does so first — sets
+``OPENBLAS_THREAD_TIMEOUT=4`` and ``OMP_WAIT_POLICY=PASSIVE`` unless already set, so idle
+workers sleep. Both are read when the libraries load: they have no effect if numpy or numba
+were imported before cryobench; then set them in the environment.
 """
 from __future__ import annotations
 
 import os
 import platform
 
-import numba
-from threadpoolctl import threadpool_info, threadpool_limits
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402  (after the environment above)
+from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 
 def set_threads(n: int | None = None) -> int:
@@ -33,8 +44,10 @@ def cpu_name() -> str:
 
 
 def thread_info() -> dict:
-    """CPU, core count, BLAS library/version/threads and numba threads of this process."""
+    """CPU, core count, BLAS library/version/threads (numpy's, if several are loaded) and numba
+    threads of this process."""
     blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    blas.sort(key=lambda p: "numpy" not in str(p.get("filepath", "")))     # numpy's first
     first = blas[0] if blas else {}
     return {"cpu": cpu_name(), "cores": os.cpu_count(),
             "blas": f"{first.get('internal_api', 'unknown')} {first.get('version', '')}".strip(),
