@@ -270,7 +270,7 @@ def lowpass(volume: np.ndarray, rmax: float) -> np.ndarray:
     k = np.fft.fftfreq(n) * n
     k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, : n // 2 + 1] ** 2
     spectrum = np.fft.rfftn(np.asarray(volume, np.float64))
-    return np.fft.irfftn(np.where(k2 <= rmax**2, spectrum, 0), s=volume.shape)
+    return np.fft.irfftn(np.where(k2 <= rmax**2, spectrum, 0), s=volume.shape, axes=(0, 1, 2))
 
 
 def projections(volume: np.ndarray) -> np.ndarray:
