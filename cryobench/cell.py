@@ -33,10 +33,10 @@ class Cell:
         return Cell(RunSpec(**spec), d["cell"], d["task_hash"])
 
 
-def make_cell(spec: RunSpec, task_hash: str) -> Cell:
-    """The cell of a run: its id hashes the spec, the task content and the optimizer's code."""
-    from .registry import resolve
-    return Cell(spec, cell_id(spec, task_hash, optimizer_code_hash(resolve(spec.optimizer))), task_hash)
+def make_cell(spec: RunSpec, task_hash: str, method) -> Cell:
+    """The cell of a run of ``method`` (the resolved ``spec.optimizer``): its id hashes the spec,
+    the task content and the optimizer's code."""
+    return Cell(spec, cell_id(spec, task_hash, optimizer_code_hash(method)), task_hash)
 
 
 def compute_cell(cell: dict, data_dir: str | None, threads: int | None = None) -> dict[str, bytes]:

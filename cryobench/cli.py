@@ -5,7 +5,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from .io import InputError
 from .spec import SCALES, known_tasks, load_spec
@@ -119,7 +118,7 @@ def cmd_run(args) -> None:
     params, source = resolve_params(method, _parse_sets(args.set), tuned, args.task, args.scale)
     spec = RunSpec(args.task, args.scale, args.optimizer, params, args.seed, args.budget,
                    time_limit=args.time_limit, label=method.name)
-    cell = make_cell(spec, task_hash(args.task, args.scale, _data_dir(args)))
+    cell = make_cell(spec, task_hash(args.task, args.scale, _data_dir(args)), method)
     run_grid([cell], Path(args.out), workers=1, threads=args.threads, data_dir=_data_dir(args),
              progress=False)
     row = load_results(Path(args.out) / "cells" / cell.cell).cells.iloc[0]

@@ -124,7 +124,7 @@ def expand(grid: Grid, data_dir=None) -> list[Cell]:
                 for seed in grid.seeds:
                     spec = RunSpec(task, scale, ref, params, seed, budget, grid.per_decade,
                                    time_limit=grid.time_limit, label=label)
-                    cells.append(make_cell(spec, thash))
+                    cells.append(make_cell(spec, thash, method))
     return cells
 
 

@@ -87,9 +87,9 @@ def write_cell_folder(folder, files: dict[str, bytes]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
     os.chmod(tmp, 0o755)                    # mkdtemp's 0700 would hide results from others
     try:
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
         # meta.json last, so a folder with meta.json is complete even on filesystems without rename
+        for name in sorted(files, key=lambda n: n == "meta.json"):
+            (tmp / name).write_bytes(files[name])
         if folder.exists():
             shutil.rmtree(folder)
         os.rename(tmp, folder)

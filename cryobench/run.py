@@ -145,9 +145,10 @@ class _Scorer:
     """Uncounted, untimed scoring of iterates on a held-out split and a fixed training subset."""
 
     def __init__(self, task, split: str):
-        if split not in ("test", "validation"):
+        held_out = {"test": task.test_nll, "validation": task.validation_nll}
+        if split not in held_out:
             raise ValueError(f"runs are scored on the test or validation split, not {split!r}")
-        self.task, self.split = task, split
+        self.task, self.held_out = task, held_out[split]
         train = task.splits["train"]
         pick = rng_for(task.name, task.spec.seed, "train-estimate").choice(
             len(train), size=min(len(train), TRAIN_ESTIMATE_IMAGES), replace=False)
@@ -158,7 +159,7 @@ class _Scorer:
         if not np.all(np.isfinite(x)):
             return float("nan"), float("nan")
         train = float(task.nll(x, self.subset).mean() + task.prior.value(x) / task.n_train)
-        return float(task.nll(x, task.splits[self.split]).sum()), train
+        return self.held_out(x), train
 
 
 def execute(spec: RunSpec, task, method, progress=None) -> RunOutput:

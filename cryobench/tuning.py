@@ -98,12 +98,12 @@ def tune(tasks, scale: str, optimizers, names=("lr",), points: int = 9, budget: 
     from .registry import resolve
     from .results import load_results
     from .run import RunSpec
-    from .task import task_hash
+    from .task import split_sizes, task_hash
     out = Path(out) if out else REPO_DIR / "results" / "tune" / scale
     plan = []
     for task in tasks:
         thash = task_hash(task, scale, data_dir)
-        task_budget = budget or _epoch(task, scale)
+        task_budget = budget or split_sizes(task, scale, data_dir)["train"]    # one epoch
         for ref in optimizers:
             method = resolve(ref)
             tunable = [n for n in names if n in method.hypers]
@@ -114,7 +114,7 @@ def tune(tasks, scale: str, optimizers, names=("lr",), points: int = 9, budget: 
                 params, _ = resolve_params(method, values, {}, task, scale)
                 label = " ".join([method.name] + [f"{k}={v:g}" for k, v in values.items()])
                 spec = RunSpec(task, scale, ref, params, 0, task_budget, label=label, score="validation")
-                cells.append(make_cell(spec, thash))
+                cells.append(make_cell(spec, thash, method))
             plan.append((task, method.name, task_budget, cells))
     run_grid([c for *_, cells in plan for c in cells], out, workers=workers, data_dir=data_dir,
              progress=progress)
@@ -126,8 +126,3 @@ def tune(tasks, scale: str, optimizers, names=("lr",), points: int = 9, budget: 
         chosen[task, name] = record(record_to, task, scale, name, table, task_budget)
     return chosen
 
-
-def _epoch(task: str, scale: str) -> int:
-    """K, the training images of a task at a scale: one epoch of gradient evaluations."""
-    from .task import split_sizes
-    return split_sizes(task, scale)["train"]

@@ -11,14 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cryobench.cell import make_cell
 from cryobench.cli import main as cli
 from cryobench.grid import expand, load_grid, run_grid
 from cryobench.io import InputError, read_volume
 from cryobench.registry import resolve
 from cryobench.results import load_results
 from cryobench.run import RunSpec, checkpoints, execute
-from cryobench.task import task_hash
 from cryobench.tuning import load_tuned, resolve_params, tune
 
 BAD_OPTIMIZERS = '''

@@ -54,6 +54,22 @@ def test_ctf_relion_sign_and_astigmatism_axes():
     assert evaluate_ctf(p, [s], [0.0])[0, 0] > 0  # first lobe positive for underfocus
 
 
+def test_kernel_ctf_terms_reassemble_evaluate_ctf():
+    # The compiled rows evaluate C = env · sin(iso + aniso · cos 2(α_s − α_ast)) from the terms of
+    # kernels.ctf_terms (times 1/σ); they must be the CTF of cryobench.ctf, term by term.
+    from cryobench.kernels import ctf_terms
+    p = CTFParams([21000, 15000, 9000], [17000, 14000, 9500], [10, 70, 135], 300, 2.7, 0.1,
+                  [0, 30, 90], [0, 50, 120])
+    inv_sigma = np.array([1.0, 0.5, 2.0])
+    rng = np.random.default_rng(3)
+    fx, fy = rng.uniform(-0.1, 0.1, 40), rng.uniform(-0.1, 0.1, 40)
+    iso, aniso, env, cos_ast, sin_ast = ctf_terms(p, inv_sigma, fx**2 + fy**2)
+    alpha = np.arctan2(fy, fx)[:, None]
+    chi = iso + aniso * (np.cos(2 * alpha) * cos_ast + np.sin(2 * alpha) * sin_ast)
+    expected = evaluate_ctf(p, fx, fy) * inv_sigma[:, None]
+    np.testing.assert_allclose((env * np.sin(chi)).T, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_ctf_rotation_is_an_azimuth_offset():
     p = CTFParams([21000, 15000], [17000, 14000], [10, 70], 200, 2.0, 0.07, 0, 0)
     psi = np.deg2rad(33.0)
