@@ -1,18 +1,30 @@
-"""Computing one grid cell, in whatever process runs it (a local subprocess or a Dask worker).
+"""Computing one grid cell, in a process of its own (on this machine or on a Dask worker).
 
-``python -m cryobench.cell SPEC.json FOLDER`` computes the run described by SPEC.json (a
-:class:`~cryobench.run.RunSpec` plus ``cell``, ``task_hash``, ``data_dir`` and ``threads``)
-and writes its folder atomically. Each local cell runs in its own process, so a crash (even a
-segmentation fault or the out-of-memory killer) loses that cell only.
+``python -m cryobench.cell JOB.json FOLDER`` computes the run described by JOB.json (a
+:class:`Cell` and the dataset folder) and writes its folder atomically. Exit status 0 means the
+folder holds a result — whatever the method did: ``ok``, ``diverged``, ``budget`` or
+``error``. Any other ending (a harness fault, an exception outside the optimizer, a signal, the
+out-of-memory killer, a full disk) writes nothing: the run was interrupted, and the next
+``grid`` or ``run`` computes it again. The last line of standard error says why.
+
+A cell process dies with the process that started it (``PR_SET_PDEATHSIG`` on Linux), so no cell
+outlives its grid, even after ``kill -9``.
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from .run import RunSpec, cell_id, execute, optimizer_code_hash
+
+EXIT_INTERRUPTED = 3        # the run failed for a reason that is not the method's
+STUCK_GRACE_S = 30.0        # a step still running this long after the time limit ends the process
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,11 @@ class Cell:
         spec["snapshots"] = tuple(spec["snapshots"])
         return Cell(RunSpec(**spec), d["cell"], d["task_hash"])
 
+    def describe(self) -> str:
+        """``label seed n on task (scale)``, for messages."""
+        s = self.spec
+        return f"{s.label or s.optimizer} seed {s.seed} on {s.task} ({s.scale})"
+
 
 def make_cell(spec: RunSpec, task_hash: str, method) -> Cell:
     """The cell of a run of ``method`` (the resolved ``spec.optimizer``): its id hashes the spec,
@@ -39,29 +56,51 @@ def make_cell(spec: RunSpec, task_hash: str, method) -> Cell:
     return Cell(spec, cell_id(spec, task_hash, optimizer_code_hash(method)), task_hash)
 
 
-def compute_cell(cell: dict, data_dir: str | None, threads: int | None = None) -> dict[str, bytes]:
-    """Run a cell (given as :meth:`Cell.to_dict`) and return its folder's files as bytes."""
+def compute_cell(cell: dict, data_dir: str | None, stuck_grace: float | None = None) -> dict[str, bytes]:
+    """Run a cell (given as :meth:`Cell.to_dict`) in this process; its folder's files as bytes."""
+    from .errors import HarnessFault
     from .registry import resolve
     from .results import cell_files
     from .task import load_task
     from .threads import set_threads
-    set_threads(threads)
     c = Cell.from_dict(cell)
+    set_threads(c.spec.threads)
     task = load_task(c.spec.task, c.spec.scale, data_dir, progress=False)
     if task.content_hash != c.task_hash:
-        raise RuntimeError(f"task {c.spec.task} ({c.spec.scale}) here has content hash "
+        raise HarnessFault(f"task {c.spec.task} ({c.spec.scale}) here has content hash "
                            f"{task.content_hash[:12]}, the grid expects {c.task_hash[:12]}: "
-                           "the workers see different data than the scheduler")
-    out = execute(c.spec, task, resolve(c.spec.optimizer))
+                           "this process sees different data than the grid")
+    out = execute(c.spec, task, resolve(c.spec.optimizer), stuck_grace=stuck_grace)
     return cell_files(out, c.cell, task.dataset.pixel_size)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent ends; exit if it already has."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)      # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass                                                           # not Linux
+    if os.getppid() != parent:
+        os._exit(EXIT_INTERRUPTED)
+
+
 def main(argv=None) -> int:
+    """Entry point of a cell process: compute the job, write the folder, or say why not."""
     from .results import write_cell_folder
-    spec_path, folder = (argv or sys.argv[1:])[:2]
-    job = json.loads(Path(spec_path).read_text())
-    files = compute_cell(job["cell"], job.get("data_dir"), job.get("threads"))
-    write_cell_folder(folder, files)
+    job_path, folder = (argv or sys.argv[1:])[:2]
+    job = json.loads(Path(job_path).read_text())
+    if job.get("parent"):
+        _die_with_parent(int(job["parent"]))
+    try:
+        files = compute_cell(job["cell"], job.get("data_dir"), STUCK_GRACE_S)
+        write_cell_folder(folder, files)
+    except KeyboardInterrupt:
+        print("cryobench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException as exc:                       # noqa: BLE001 — reported, not a result
+        traceback.print_exc()
+        print(f"cryobench: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 
-from .io import InputError
+from .errors import InputError
 from .spec import SCALES, known_tasks, load_spec
 
 
@@ -102,43 +102,78 @@ def _parse_sets(items) -> dict:
     return out
 
 
-def cmd_run(args) -> None:
+def _tuned_file(value) -> dict:
+    """Tuned values from --tuned: 'none' for defaults only; a named file must exist."""
+    from .tuning import DEFAULT_TUNED, load_tuned
+    if value == "none":
+        return {}
+    if value is not None and not Path(value).is_file():
+        raise InputError(f"--tuned {value}: no such tuned-values file")
+    return load_tuned(value or DEFAULT_TUNED)
+
+
+def _report_interrupted(status: dict, out: Path) -> int:
+    """Exit status 1 with one line when some cells have no result (they were interrupted)."""
+    lost = [c for c, s in status.items() if s == "interrupted"]
+    if lost:
+        print(f"cryobench: error: {len(lost)} of {len(status)} cells were interrupted and have no "
+              f"result in {out / 'cells'} (the reason is printed above); run the same command "
+              "again to compute them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_run(args) -> int:
     """Run one optimizer on one task and write its cell folder (trace, metadata, densities)."""
     from .cell import make_cell
-    from .grid import run_grid
+    from .grid import config_label, run_grid
     from .registry import resolve
     from .results import load_results
-    from .run import RunSpec
+    from .run import RunSpec, preflight
     from .task import task_hash
-    from .tuning import DEFAULT_TUNED, load_tuned, resolve_params
+    from .tuning import resolve_params
     method = resolve(args.optimizer)
     if args.budget is not None and args.budget < 1:
         raise InputError(f"--budget {args.budget}: a budget is a positive number of gradient evaluations")
-    tuned = {} if args.tuned == "none" else load_tuned(args.tuned or DEFAULT_TUNED)
-    params, source = resolve_params(method, _parse_sets(args.set), tuned, args.task, args.scale)
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise InputError(f"--time-limit {args.time_limit}: a time limit is a positive number of seconds")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads {args.threads}: the thread count is a positive integer")
+    params, source = resolve_params(method, _parse_sets(args.set), _tuned_file(args.tuned),
+                                    args.task, args.scale)
     spec = RunSpec(args.task, args.scale, args.optimizer, params, args.seed, args.budget,
-                   time_limit=args.time_limit, label=method.name)
+                   time_limit=args.time_limit, label=config_label(method, params),
+                   threads=args.threads or 1)
+    preflight(spec, method, _data_dir(args))
     cell = make_cell(spec, task_hash(args.task, args.scale, _data_dir(args)), method)
-    run_grid([cell], Path(args.out), workers=1, threads=args.threads, data_dir=_data_dir(args),
-             progress=False)
-    row = load_results(Path(args.out) / "cells" / cell.cell).cells.iloc[0]
+    out = Path(args.out)
+    status = run_grid([cell], out, workers=1, data_dir=_data_dir(args), progress=False)
     print("hyper-parameters: " + ", ".join(f"{k}={v:g} ({source[k]})" for k, v in params.items()))
+    if status[cell.cell] == "interrupted":
+        return _report_interrupted(status, out)
+    row = load_results(out / "cells" / cell.cell).cells.iloc[0]
     print(f"status {row.status}{': ' + row.message if row.message else ''}; {row.evals:,} evaluations "
-          f"in {row.wall_s:.1f} s; final test NLL {row.final_nll:.6g}; FSC 0.5 at "
+          f"in {row.wall_s or 0:.1f} s; final test NLL {row.final_nll:.6g}; FSC 0.5 at "
           f"{row.resolution_A:.3g} Å")
-    print(f"results: {Path(args.out) / 'cells' / cell.cell}")
+    print(f"results: {out / 'cells' / cell.cell}")
+    return 0
 
 
-def cmd_grid(args) -> None:
+def cmd_grid(args) -> int:
     """Run a grid file's cells (cached: finished cells are not recomputed)."""
     from .grid import expand, load_grid, run_grid
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads {args.threads}: the thread count is a positive integer")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers {args.workers}: the number of processes is a positive integer")
     grid = load_grid(args.grid)
     out = Path(args.out) if args.out else grid.path.parent
-    cells = expand(grid, _data_dir(args))
-    status = run_grid(cells, out, args.workers, args.threads, args.scheduler, _data_dir(args),
+    cells = expand(grid, _data_dir(args), threads=args.threads or 1)
+    status = run_grid(cells, out, args.workers, args.scheduler, _data_dir(args),
                       progress=not args.quiet)
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
     print(f"{len(cells)} cells in {out / 'cells'}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return _report_interrupted(status, out)
 
 
 def cmd_tune(args) -> None:
@@ -203,9 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a hyper-parameter value (repeatable); others come from --tuned or defaults")
     p.add_argument("--seed", type=int, default=0, help="training stream and optimizer RNG (default 0)")
     p.add_argument("--budget", type=int, help="gradient evaluations (default: the task's 10 epochs)")
-    p.add_argument("--time-limit", type=float, help="stop after this many seconds of optimizer time")
+    p.add_argument("--time-limit", type=float, help="stop after this many seconds of optimizer time, "
+                                                    "inside a step too (default 6 hours)")
     p.add_argument("--tuned", help="tuned values file (default results/tuned.json); 'none' for defaults")
-    p.add_argument("--threads", type=int, help="BLAS and numba threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="BLAS threads (default 1; part of the run's "
+                                                "identity, since they change the last bits)")
     p.add_argument("--out", default="runs", help="results folder (default ./runs)")
 
     p = add("grid", cmd_grid, "run a TOML grid of tasks × scales × optimizers × values × seeds",
@@ -213,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="grid file, e.g. results/paper-small/grid.toml")
     p.add_argument("--out", help="results folder (default: the grid file's folder)")
     p.add_argument("--workers", type=int, help="local processes (default: one per core)")
-    p.add_argument("--threads", type=int, help="threads per cell (default: cores / workers; 1 on Dask)")
+    p.add_argument("--threads", type=int, help="BLAS threads per cell (default 1; part of each "
+                                                "cell's identity, since they change the last bits)")
     p.add_argument("--scheduler", help="address of a Dask distributed scheduler, e.g. tcp://host:8786")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -255,13 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .grid import GridInterrupted
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (InputError, ValueError, FileNotFoundError) as exc:
         print(f"cryobench: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    except GridInterrupted as exc:
+        print(f"cryobench: {exc}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

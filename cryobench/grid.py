@@ -24,21 +24,22 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import tomllib
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .cell import Cell, compute_cell, make_cell
-from .io import InputError
-from .results import remove_stale_temporaries, to_json, write_cell_folder
-from .run import SCHEMA_VERSION, RunSpec
+from .cell import Cell, make_cell
+from .errors import InputError
+from .results import cell_complete, remove_stale_temporaries
+from .run import RunSpec, check_run
 from .tuning import DEFAULT_TUNED, load_tuned, resolve_params
+
+class GridInterrupted(KeyboardInterrupt):
+    """A grid stopped by Ctrl-C or SIGTERM; finished cells are kept and a rerun resumes."""
+
 
 GRID_KEYS = {"tasks", "scales", "optimizers", "seeds", "budget", "budget_epochs", "params",
              "per_decade", "time_limit", "tuned", "description"}
@@ -61,40 +62,82 @@ class Grid:
     tuned: Path | None = None
 
 
+def _fail(path, message):
+    raise InputError(f"{path}: {message}")
+
+
+def _check_types(path: Path, raw: dict) -> None:
+    """One line naming the file and the key for every value of the wrong type or range."""
+    def strings(key, required=False):
+        v = raw.get(key)
+        if v is None and not required:
+            return
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+            _fail(path, f"{key!r} must be a non-empty list of names, got {v!r}")
+    strings("tasks", required=True)
+    strings("optimizers", required=True)
+    strings("scales")
+    seeds = raw.get("seeds", 1)
+    ok = (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1) or (
+        isinstance(seeds, list) and seeds and all(isinstance(x, int) and not isinstance(x, bool)
+                                                  and x >= 0 for x in seeds))
+    if not ok:
+        _fail(path, f"'seeds' must be a positive count or a non-empty list of stream indices ≥ 0, "
+                    f"got {seeds!r}")
+    if "budget" in raw and "budget_epochs" in raw:
+        _fail(path, "give 'budget' or 'budget_epochs', not both")
+    checks = {"budget": (int, 1, "a positive integer of gradient evaluations"),
+              "budget_epochs": ((int, float), 0, "a positive number of epochs"),
+              "per_decade": (int, 1, "a positive integer (checkpoints per decade)"),
+              "time_limit": ((int, float), 0, "a positive number of seconds")}
+    for key, (kind, low, what) in checks.items():
+        v = raw.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, kind) or not v >= low
+                              or (low == 0 and v <= 0) or v != v):
+            _fail(path, f"{key!r} must be {what}, got {v!r}")
+    for key in ("tuned", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            _fail(path, f"{key!r} must be a string, got {raw[key]!r}")
+    params = raw.get("params", {})
+    if not isinstance(params, dict):
+        _fail(path, f"'params' must be a table of [params.OPTIMIZER] tables, got {params!r}")
+    for opt, values in params.items():
+        if opt not in raw["optimizers"]:
+            _fail(path, f"[params.{opt}] names an optimizer not in 'optimizers'")
+        if not isinstance(values, dict):
+            _fail(path, f"[params.{opt}] must be a table of hyper-parameter values, got {values!r}")
+        for name, v in values.items():
+            items = v if isinstance(v, list) else [v]
+            if not items or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                    for x in items):
+                _fail(path, f"[params.{opt}] {name} must be a number or a non-empty list of "
+                            f"numbers, got {v!r}")
+
+
 def load_grid(path) -> Grid:
     """Read and check a grid TOML file; errors name the file and the key."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise InputError(f"{path}: no such grid file") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid TOML: {exc}") from None
     unknown = sorted(set(raw) - GRID_KEYS)
     if unknown:
         raise InputError(f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(GRID_KEYS))}")
-    for key in ("tasks", "optimizers"):
-        if not isinstance(raw.get(key), list) or not raw[key]:
-            raise InputError(f"{path}: {key!r} must be a non-empty list")
+    _check_types(path, raw)
     seeds = raw.get("seeds", 1)
     seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
-    if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise InputError(f"{path}: 'seeds' must be a positive count or a list of stream indices ≥ 0")
-    budget = raw.get("budget")
-    if budget is not None and (not isinstance(budget, int) or budget < 1):
-        raise InputError(f"{path}: 'budget' must be a positive integer of gradient evaluations, "
-                         f"got {budget!r}")
-    params = raw.get("params", {})
-    for opt, values in params.items():
-        if opt not in raw["optimizers"]:
-            raise InputError(f"{path}: [params.{opt}] names an optimizer not in 'optimizers'")
-        if not isinstance(values, dict):
-            raise InputError(f"{path}: [params.{opt}] must be a table of hyper-parameter values")
     tuned = raw.get("tuned")
-    tuned = DEFAULT_TUNED if tuned is None else (path.parent / tuned if tuned else None)
-    return Grid(path, raw["tasks"], raw.get("scales", ["ci"]), raw["optimizers"], seeds, budget,
-                raw.get("budget_epochs"), params, raw.get("per_decade", 5), raw.get("time_limit"),
-                tuned)
+    if tuned:
+        tuned = path.parent / tuned
+        if not tuned.is_file():
+            raise InputError(f"{path}: 'tuned' names {tuned}, which does not exist")
+    tuned = DEFAULT_TUNED if tuned is None else (tuned or None)
+    return Grid(path, raw["tasks"], raw.get("scales", ["ci"]), raw["optimizers"], seeds,
+                raw.get("budget"), raw.get("budget_epochs"), raw.get("params", {}),
+                raw.get("per_decade", 5), raw.get("time_limit"), tuned)
 
 
 def _budget(grid: Grid, task: str, scale: str, data_dir) -> int | None:
@@ -104,92 +147,83 @@ def _budget(grid: Grid, task: str, scale: str, data_dir) -> int | None:
     return int(grid.budget_epochs * split_sizes(task, scale, data_dir)["train"])
 
 
-def expand(grid: Grid, data_dir=None) -> list[Cell]:
-    """The grid's cells, in a fixed order (tasks are simulated first if needed, to hash them)."""
+def config_label(method, params: dict) -> str:
+    """The method's name and every hyper-parameter that differs from its default
+    (``sgd lr=0.5``): one label per configuration, so no report averages two."""
+    return " ".join([method.name] + [f"{k}={v:g}" for k, v in params.items()
+                                     if v != method.hypers[k].default])
+
+
+def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[Cell]:
+    """The grid's cells, in a fixed order (tasks are simulated first if needed, to hash them);
+    each runs with ``threads`` BLAS threads, which are part of its identity."""
     from .registry import resolve
-    from .task import task_hash
+    from .spec import load_spec
+    from .task import split_sizes, task_hash
     tuned = load_tuned(grid.tuned) if grid.tuned else {}
     cells = []
     for task, scale in itertools.product(grid.tasks, grid.scales):
         thash = task_hash(task, scale, data_dir)
         budget = _budget(grid, task, scale, data_dir)
+        n_train = split_sizes(task, scale, data_dir)["train"]
+        protocol = load_spec(task).section("protocol")
+        run_budget = budget if budget is not None else int(protocol.get("budget_epochs", 10) * n_train)
         for ref in grid.optimizers:
             method = resolve(ref)
             axes = {k: (v if isinstance(v, list) else [v]) for k, v in grid.params.get(ref, {}).items()}
-            varied = [k for k, v in axes.items() if len(v) > 1]
             for values in itertools.product(*axes.values()):
                 explicit = dict(zip(axes, values))
-                params, _ = resolve_params(method, explicit, tuned, task, scale)
-                label = " ".join([method.name] + [f"{k}={explicit[k]:g}" for k in varied])
+                try:
+                    params, _ = resolve_params(method, explicit, tuned, task, scale)
+                except ValueError as exc:
+                    raise InputError(f"{grid.path}: [params.{ref}] {exc}") from None
                 for seed in grid.seeds:
                     spec = RunSpec(task, scale, ref, params, seed, budget, grid.per_decade,
-                                   time_limit=grid.time_limit, label=label)
+                                   time_limit=grid.time_limit, label=config_label(method, params),
+                                   threads=threads)
+                    try:
+                        check_run(spec, method, n_train, int(protocol.get("batch_size", 100)),
+                                  run_budget)
+                    except ValueError as exc:
+                        raise InputError(f"{grid.path}: {exc}") from None
                     cells.append(make_cell(spec, thash, method))
     return cells
 
 
-def error_files(cell: Cell, message: str, detail: str = "") -> dict[str, bytes]:
-    """The folder of a cell whose process died: status ``error`` and what is known."""
-    meta = {"schema_version": SCHEMA_VERSION, "run": cell.spec.to_dict(), "cell": cell.cell,
-            "optimizer_name": cell.spec.label.split(" ")[0] or cell.spec.optimizer,
-            "budget": cell.spec.budget, "status": "error", "message": message, "traceback": detail,
-            "evaluations": 0, "counts": {}, "wall_s": 0.0, "task_hash": cell.task_hash,
-            "snapshots": []}
-    header = "task,scale,optimizer,label,seed,cell,checkpoint,evals,wall_s,test_nll,train_obj\n"
-    return {"trace.csv": header.encode(), "meta.json": to_json(meta).encode()}
-
-
-def _run_local(cell: Cell, folder: Path, data_dir, threads: int) -> None:
-    """Run a cell in its own Python process; record a crash as an error cell."""
-    env = dict(os.environ, **{k: str(threads) for k in (
-        "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")})
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-        json.dump({"cell": cell.to_dict(), "data_dir": str(data_dir) if data_dir else None,
-                   "threads": threads}, fh)
-    try:
-        proc = subprocess.run([sys.executable, "-m", "cryobench.cell", fh.name, str(folder)],
-                              env=env, capture_output=True, text=True)
-    finally:
-        os.unlink(fh.name)
-    if proc.returncode != 0 and not (folder / "meta.json").is_file():
-        lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
-        write_cell_folder(folder, error_files(cell, f"process died: {lines[-1]}", proc.stderr[-4000:]))
-
-
-def run_grid(cells: list[Cell], out: Path, workers: int | None = None, threads: int | None = None,
+def run_grid(cells: list[Cell], out: Path, workers: int | None = None,
              scheduler: str | None = None, data_dir=None, progress: bool = True) -> dict:
-    """Run the cells not yet in ``out/cells``; returns {cell id: status} for every cell."""
+    """Run the cells not yet in ``out/cells``; returns {cell id: status} for every cell, where
+    ``interrupted`` marks a cell that has no result (it is computed again next time).
+
+    Ctrl-C or SIGTERM stops the grid at once: running cells are killed, nothing queued starts,
+    finished cells stay, and :class:`GridInterrupted` says how many remain.
+    """
+    from .processes import check_output_folder, run_dask, run_local
     cells_dir = Path(out) / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder(cells_dir)
     remove_stale_temporaries(cells_dir)
-    todo = [c for c in cells if not (cells_dir / c.cell / "meta.json").is_file()]
+    todo = [c for c in cells if not cell_complete(cells_dir / c.cell)]
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", disable=not progress,
                desc=f"grid {Path(out).name}")
-    if scheduler:
-        _run_dask(todo, cells_dir, scheduler, threads or 1, data_dir, bar)
-    else:
-        workers = max(1, workers or os.cpu_count() or 1)
-        threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        with ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(_run_local, c, cells_dir / c.cell, data_dir, threads) for c in todo]
-            for _ in as_completed(futures):
-                bar.update()
-    bar.close()
-    return {c.cell: json.loads((cells_dir / c.cell / "meta.json").read_text())["status"]
-            for c in cells}
+    failures: dict[str, str] = {}
 
+    def done(cell: Cell, message: str | None) -> None:
+        if message is not None:
+            failures[cell.cell] = message
+            tqdm.write(f"cryobench: {cell.describe()} (cell {cell.cell}) was interrupted: {message}; "
+                       "it has no result and will be computed again", file=sys.stderr)
+        bar.update()
 
-def _run_dask(todo: list[Cell], cells_dir: Path, address: str, threads: int, data_dir, bar) -> None:
-    from dask.distributed import Client, as_completed as dask_completed
-    with Client(address) as client:
-        futures = {client.submit(compute_cell, c.to_dict(), str(data_dir) if data_dir else None,
-                                 threads, key=f"cryobench-cell-{c.cell}", pure=False): c
-                   for c in todo}
-        for future in dask_completed(futures):
-            cell = futures[future]
-            try:
-                files = future.result()
-            except Exception as exc:                   # a worker died or the cell could not start
-                files = error_files(cell, f"{type(exc).__name__}: {exc}")
-            write_cell_folder(cells_dir / cell.cell, files)
-            bar.update()
+    try:
+        if scheduler:
+            run_dask(todo, cells_dir, scheduler, data_dir, done)
+        else:
+            run_local(todo, cells_dir, data_dir, max(1, workers or os.cpu_count() or 1), done)
+    except KeyboardInterrupt:
+        finished = sum(cell_complete(cells_dir / c.cell) for c in cells)
+        raise GridInterrupted(f"interrupted: {finished} of {len(cells)} cells have results in "
+                              f"{cells_dir}; run the same command again to compute the rest") from None
+    finally:
+        bar.close()
+    return {c.cell: (json.loads((cells_dir / c.cell / "meta.json").read_text())["status"]
+                     if cell_complete(cells_dir / c.cell) else "interrupted") for c in cells}

@@ -18,11 +18,8 @@ import pandas as pd
 import starfile
 
 from .ctf import CTFParams
+from .errors import InputError  # noqa: F401  (re-exported: cryobench.io.InputError)
 from .fourier import centered_dft2, centered_idft2
-
-
-class InputError(ValueError):
-    """Bad input: the message names the file, the field and the problem."""
 
 
 @dataclass(frozen=True)

@@ -42,12 +42,29 @@ class Hyper:
     integer: bool = False
 
     def check(self, name: str, value) -> float:
-        """The value cast to the declared type; an error line if it is not a number."""
+        """The value cast to the declared type, or an error line when it cannot be meant.
+
+        Every value must be a finite number; one whose declared range starts at 0 or above
+        must not be negative; ``lr`` (by the naming convention, a step size) must be positive;
+        an integer one must be a whole number, ≥ 1 when its declared range starts at 1 or above
+        (batch sizes, ranks, memories). The search range [low, high] is not a validity range:
+        other values are allowed.
+        """
         try:
-            value = int(value) if self.integer else float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"hyper-parameter {name} must be a number, got {value!r}") from None
-        return value
+        if isinstance(value, bool) or not np.isfinite(number):
+            raise ValueError(f"hyper-parameter {name} must be a finite number, got {value!r}")
+        floor = min(1, self.low) if self.integer else 0
+        if self.low >= 0 and number < floor or name == "lr" and number <= 0:
+            raise ValueError(f"hyper-parameter {name} must be "
+                             f"{'positive' if name == 'lr' else f'≥ {floor:g}'}, got {value!r}")
+        if self.integer:
+            if number != round(number):
+                raise ValueError(f"hyper-parameter {name} must be a whole number, got {value!r}")
+            return int(round(number))
+        return number
 
 
 def dot64(a: np.ndarray, b: np.ndarray) -> float:
@@ -106,11 +123,14 @@ def method(name: str | None = None, **hypers: Hyper) -> Callable[[Callable], Met
 
 def minimize(opt: GradientMethod, x0: np.ndarray, oracle, rng: np.random.Generator,
              callback: Callable[[Any, Any], None] | None = None):
-    """Step until the budget is spent; ``callback(state, oracle)`` after each step. Returns state."""
+    """Step until the budget is spent; ``callback(state, oracle)`` after each step. Returns state.
+
+    The optimizer is handed ``oracle.view()``, never the oracle itself."""
+    view = oracle.view()
     state = opt.init(x0, budget=oracle.budget, rng=rng)
     while oracle.remaining > 0:
         try:
-            state = opt.step(state, oracle)
+            state = opt.step(state, view)
         except BudgetExhausted:
             break
         if callback is not None:

@@ -9,11 +9,15 @@ and its gradient. Every per-image evaluation is counted here, not by the optimiz
 of one image's term is 1 ``grad``, a value-only evaluation is 1 ``value``, a Hessian-vector
 product by directional finite difference is 1 ``hvp`` more. All three count against the budget
 (in gradient evaluations); work that would pass it raises :class:`BudgetExhausted` before it
-is done. The optimizer never sees test or validation images.
+is done. The optimizer never sees test or validation images: it is handed :meth:`CountedOracle.view`.
 """
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
+
+from .errors import AccountingError, HarnessFault
 
 
 class BudgetExhausted(RuntimeError):
@@ -35,41 +39,80 @@ class CountedOracle:
     """Counting, budget and minibatch serving shared by every oracle; subclasses evaluate.
 
     A subclass provides ``n_train``, ``train_indices``, ``_stream(position, size)`` and
-    ``_evaluate(x, batch, gradient) -> (mean value, mean gradient or None)``.
+    ``_evaluate(x, batch, gradient) -> (mean value, mean gradient or None)``, which calls
+    ``self._work(len(batch))`` for every minibatch it evaluates.
+
+    The budget and the counts are read-only (``counts`` is a read-only mapping). Besides the
+    counts the oracle keeps a second tally, of the images its ``_evaluate`` actually processed;
+    :meth:`audit` checks the two agree, so evaluations obtained around the charging (or counts
+    edited behind it) are detected. Optimizers get :meth:`view`, which has no path to the data.
     """
 
     def __init__(self, budget: int):
-        if budget <= 0:
+        if int(budget) <= 0:
             raise ValueError(f"budget must be a positive number of gradient evaluations, got {budget}")
-        self.budget = int(budget)
-        self.counts = {"grad": 0, "value": 0, "hvp": 0}
-        self.position = 0
+        self.__budget = int(budget)
+        self.__counts = {"grad": 0, "value": 0, "hvp": 0}
+        self.__work = 0
+        self.__position = 0
+
+    @property
+    def budget(self) -> int:
+        """The budget in gradient evaluations (read-only)."""
+        return self.__budget
+
+    @property
+    def counts(self) -> MappingProxyType:
+        """Per-image evaluations so far by kind: ``grad``, ``value``, ``hvp`` (read-only)."""
+        return MappingProxyType(dict(self.__counts))
+
+    @property
+    def position(self) -> int:
+        """Position in the training stream of the next minibatch served."""
+        return self.__position
 
     @property
     def evaluations(self) -> int:
         """Per-image evaluations so far, of every kind (the x-axis of the results)."""
-        return sum(self.counts.values())
+        return sum(self.__counts.values())
 
     @property
     def remaining(self) -> int:
-        return self.budget - self.evaluations
+        return self.__budget - self.evaluations
 
     def next_batch(self, size: int) -> np.ndarray:
         """The next ``size`` examples of the shared training stream (serving is not counted)."""
-        batch = self._stream(self.position, int(size))
-        self.position += int(size)
+        if int(size) != size or size < 1:
+            raise ValueError(f"a minibatch size is a positive integer, got {size!r}")
+        batch = self._stream(self.__position, int(size))
+        self.__position += int(size)
         return batch
 
+    def _work(self, n_images: int) -> None:
+        """Tally ``n_images`` images evaluated (called by ``_evaluate``)."""
+        self.__work += int(n_images)
+
+    def audit(self) -> None:
+        """Raise :class:`AccountingError` unless the counts equal the work done and fit the budget."""
+        counted = self.evaluations
+        if counted != self.__work or counted > self.__budget or min(self.__counts.values()) < 0:
+            raise AccountingError(f"the oracle evaluated {self.__work:,} images but counts "
+                                  f"{dict(self.__counts)} (budget {self.__budget:,}): the accounting "
+                                  "was tampered with")
+
     def _charge(self, kind: str, batch) -> np.ndarray:
-        batch = np.asarray(batch, dtype=np.int64).reshape(-1)
+        batch = np.asarray(batch).reshape(-1)
         if len(batch) == 0:
             raise ValueError("empty minibatch")
+        if not np.issubdtype(batch.dtype, np.integer):
+            raise ValueError(f"a minibatch is an array of training image indices, got {batch.dtype}")
+        batch = batch.astype(np.int64)
         if not self._is_train(batch):
             raise ValueError("the minibatch contains images that are not training images")
-        if self.evaluations + len(batch) > self.budget:
+        if self.evaluations + len(batch) > self.__budget:
             raise BudgetExhausted(f"{kind} on {len(batch)} images would exceed the budget of "
-                                  f"{self.budget} evaluations ({self.evaluations} used)")
-        self.counts[kind] += len(batch)
+                                  f"{self.__budget} evaluations ({self.evaluations} used)")
+        self.__counts[kind] += len(batch)
         return batch
 
     def value_and_grad(self, x: np.ndarray, batch) -> tuple[float, np.ndarray]:
@@ -94,11 +137,52 @@ class CountedOracle:
         batch = self._charge("hvp", batch)
         vnorm = float(np.linalg.norm(v))
         if vnorm == 0:
+            self._work(len(batch))                 # charged, and nothing needed evaluating
             return np.zeros_like(x)
         if eps is None:
             eps = np.sqrt(np.finfo(x.dtype).eps) * max(1.0, float(np.linalg.norm(x))) / vnorm
         g_eps = self._evaluate((x + eps * v).astype(x.dtype), batch, gradient=True)[1]
         return ((g_eps - grad) / eps).astype(x.dtype)
+
+    def view(self) -> "OracleView":
+        """What an optimizer is given: the public methods and read-only figures, nothing else."""
+        return _view_of(self)
+
+
+class OracleView:
+    """An optimizer's handle on a counted oracle: ``next_batch``, ``value_and_grad``, ``value``,
+    ``hvp``, and read-only ``budget``, ``counts``, ``evaluations``, ``remaining``, ``position``,
+    ``n_train``, ``train_indices``. It has no attributes of its own (no path to the task's data,
+    the test images or writable counters); see :meth:`CountedOracle.view`."""
+
+    __slots__ = ()
+
+
+def _view_of(oracle: CountedOracle) -> OracleView:
+    """A fresh :class:`OracleView` class bound to ``oracle`` through closures."""
+    def forward(name):
+        def call(self, *args, **kwargs):
+            return getattr(oracle, name)(*args, **kwargs)
+        call.__name__, call.__doc__ = name, getattr(CountedOracle, name).__doc__
+        return call
+
+    def figure(name, copy=lambda v: v):
+        return property(lambda self: copy(getattr(oracle, name)),
+                        doc=getattr(type(oracle), name).__doc__)
+
+    def readonly_indices(a):
+        a = np.array(a)
+        a.flags.writeable = False
+        return a
+
+    members = {n: forward(n) for n in ("next_batch", "value_and_grad", "value", "hvp")}
+    members.update({n: figure(n) for n in ("budget", "counts", "evaluations", "remaining",
+                                           "position", "n_train")})
+    members["train_indices"] = figure("train_indices", readonly_indices)
+    members["__slots__"] = ()
+    members["__repr__"] = lambda self: (f"<oracle view: {oracle.evaluations:,} of "
+                                        f"{oracle.budget:,} evaluations used>")
+    return type("OracleView", (OracleView,), members)()
 
 
 class Oracle(CountedOracle):
@@ -129,10 +213,20 @@ class Oracle(CountedOracle):
 
     def _evaluate(self, x, batch, gradient: bool):
         task = self._task
-        data = task.likelihood.subset(task.spectra, batch)
-        k = task.n_train
-        if not gradient:
-            return float(task.likelihood.nll(x, data).mean() + task.prior.value(x) / k), None
-        nll, grad = task.likelihood.nll_and_grad(x, data)
-        grad = grad / len(batch) + task.prior.grad(x) / k
+        if not isinstance(x, np.ndarray) or x.shape != task.init.shape:
+            raise ValueError(f"the oracle evaluates densities of shape {task.init.shape}, got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        self._work(len(batch))
+        try:
+            data = task.likelihood.subset(task.spectra, batch)
+            k = task.n_train
+            if not gradient:
+                return float(task.likelihood.nll(x, data).mean() + task.prior.value(x) / k), None
+            nll, grad = task.likelihood.nll_and_grad(x, data)
+            grad = grad / len(batch) + task.prior.grad(x) / k
+        except MemoryError:
+            raise
+        except Exception as exc:        # a valid request the kernel could not answer: our fault
+            raise HarnessFault(f"the likelihood failed on a valid request: {type(exc).__name__}: "
+                               f"{exc}") from exc
         return float(nll.mean() + task.prior.value(x) / k), grad.astype(x.dtype, copy=False)

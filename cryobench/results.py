@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import InputError, write_volume
+from .errors import InputError
+from .io import write_volume
 from .run import SCHEMA_VERSION, RunOutput
 
 ID_COLUMNS = ["task", "scale", "optimizer", "label", "seed", "cell"]
@@ -98,6 +99,16 @@ def write_cell_folder(folder, files: dict[str, bytes]) -> Path:
     return folder
 
 
+def cell_complete(folder) -> bool:
+    """Whether a cell folder holds a result (its meta.json, written last, is there)."""
+    return (Path(folder) / "meta.json").is_file()
+
+
+def read_cell_files(folder) -> dict[str, bytes]:
+    """A cell folder's files as {name: bytes} (to send a folder back from a worker)."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
 def remove_stale_temporaries(cells_dir) -> int:
     """Delete temporary cell folders left by processes that no longer run; returns how many."""
     removed = 0
@@ -118,13 +129,42 @@ def read_meta(folder) -> dict:
     path = Path(folder) / "meta.json"
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: cannot read cell metadata: {exc}") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: cell metadata must be a JSON object")
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
         raise InputError(f"{path}: schema_version {version}, but this cryobench reads schema "
                          f"{SCHEMA_VERSION}; rerun the grid or use the matching cryobench version")
+    missing = [k for k in META_FIELDS if k not in meta]
+    if missing or not isinstance(meta.get("run"), dict) or not all(k in meta["run"] for k in RUN_FIELDS):
+        raise InputError(f"{path}: not a cell's metadata: missing "
+                         f"{(missing or ['run fields'])[0]!r}")
     return meta
+
+
+META_FIELDS = ("run", "cell", "status", "message", "budget", "evaluations", "wall_s", "task_hash",
+               "optimizer_name")
+RUN_FIELDS = ("task", "scale", "label", "seed", "params")
+TRACE_COLUMNS = ("evals",)
+
+
+def read_trace(folder) -> pd.DataFrame:
+    """A cell's trace.csv, refusing one that is not a trace with a message naming the file."""
+    path = Path(folder) / "trace.csv"
+    try:
+        trace = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty file, not a trace") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise InputError(f"{path}: cannot read the trace: {str(exc).splitlines()[0]}") from None
+    missing = [c for c in TRACE_COLUMNS if c not in trace.columns]
+    if missing:
+        raise InputError(f"{path}: not a trace: no column {missing[0]!r}")
+    if len(trace) and not pd.api.types.is_numeric_dtype(trace["evals"]):
+        raise InputError(f"{path}: column 'evals' holds non-numbers")
+    return trace
 
 
 def cell_folders(root) -> list[Path]:
@@ -151,8 +191,11 @@ class Results:
         path = self.folders[cell] / "views.npz"
         if not path.is_file():
             return {}
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(f"{path}: cannot read the views: {exc}") from None
 
 
 def load_results(*roots, task_hashes: dict | None = None) -> Results:
@@ -174,10 +217,10 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
                              "of different task definitions cannot be compared")
         seen.setdefault(key, (meta["task_hash"], folder / "meta.json"))
         folders[cell] = folder
-        trace = pd.read_csv(folder / "trace.csv")
+        trace = read_trace(folder)
         traces.append(trace)
-        snaps = {s["label"]: s for s in meta.get("snapshots", [])}
-        last = trace.iloc[-1]
+        snaps = {s["label"]: s for s in meta.get("snapshots") or []}
+        last = trace.iloc[-1] if len(trace) else pd.Series(dtype=float)
         rows.append({"task": run["task"], "scale": run["scale"], "optimizer": meta["optimizer_name"],
                      "label": run["label"] or meta["optimizer_name"], "seed": run["seed"],
                      "cell": cell, "status": meta["status"], "message": meta["message"],
@@ -187,7 +230,11 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
                      "params": json.dumps(run["params"], sort_keys=True),
                      "task_hash": meta["task_hash"]})
         if (folder / "fsc.csv").is_file():
-            fsc = pd.read_csv(folder / "fsc.csv")
+            try:
+                fsc = pd.read_csv(folder / "fsc.csv")
+            except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+                raise InputError(f"{folder / 'fsc.csv'}: cannot read the FSC curve: "
+                                 f"{str(exc).splitlines()[0]}") from None
             fsc.insert(0, "cell", cell)
             fscs.append(fsc)
     if not rows:

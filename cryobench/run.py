@@ -13,10 +13,14 @@ at 5K, 50K and the end; against a known ground truth each is aligned (rotation, 
 handedness) and its FSC computed; its views are projections of the aligned density, beside
 those of the ground truth low-passed to r_max.
 
-Status: ``ok`` (the budget was spent), ``diverged`` (the iterate or the objective stopped being
-finite, or the objective grew past 10× its initial size), ``budget`` (stopped by the wall-clock
-limit before the evaluation budget was spent), ``error`` (the optimizer raised; the message and
-traceback are kept). Whatever the status, the checkpoints reached are kept.
+Status — what the method did with its budget, a result: ``ok`` (the budget was spent),
+``diverged`` (the iterate or the objective stopped being finite, or the objective grew past 10×
+its initial size), ``budget`` (the wall-clock limit on optimizer time was reached, enforced
+inside a step too: :mod:`cryobench.limits`), ``error`` (the optimizer raised, returned an
+iterate that is not a density of the task's shape, made no evaluation, or the oracle's
+accounting disagrees with its work; the message and traceback are kept). Whatever the status,
+the checkpoints reached are kept. A run that fails for any other reason (scoring, memory, a
+signal, the disk) raises instead: it was interrupted, which is not a result.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import AccountingError, HarnessFault
 from .oracle import BudgetExhausted
 from .seeding import content_hash, rng_for
 from .threads import thread_info
@@ -40,6 +45,7 @@ SCHEMA_VERSION = 1
 SNAPSHOTS = (5_000, 50_000)
 TRAIN_ESTIMATE_IMAGES = 500
 REPO_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_TIME_LIMIT = 6 * 3600.0       # seconds of optimizer time per run unless the spec says
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,10 @@ class RunSpec:
     budget: int | None = None            # gradient evaluations; None = the task's (10 epochs)
     per_decade: int = 5                  # checkpoints per decade of evaluations
     snapshots: tuple = SNAPSHOTS
-    time_limit: float | None = None      # seconds of optimizer time; None = no limit
+    time_limit: float | None = None      # seconds of optimizer time; None = DEFAULT_TIME_LIMIT
     label: str = ""                      # how the configuration is shown in reports
     score: str = "test"                  # split scored at checkpoints: test, or validation (tune)
+    threads: int = 1                     # BLAS threads: they change the last bits of the numbers
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -162,42 +169,80 @@ class _Scorer:
         return self.held_out(x), train
 
 
-def execute(spec: RunSpec, task, method, progress=None) -> RunOutput:
-    """Run ``method`` configured with ``spec.params`` on ``task`` and score it (see module doc)."""
+def check_run(spec: RunSpec, method, n_train: int, task_batch: int, budget: int) -> None:
+    """Refuse a run that could not do any work, with one line: a budget below one minibatch,
+    a batch size above the budget or the training set, hyper-parameter values that cannot be
+    meant (:meth:`~cryobench.optim.Hyper.check`)."""
+    for name, hyper in method.hypers.items():
+        if name in spec.params:
+            hyper.check(name, spec.params[name])
+    batch = int(spec.params.get("batch_size", task_batch))
+    where = f"{spec.task} ({spec.scale})"
+    if batch > n_train:
+        raise ValueError(f"batch_size {batch} of {method.name} exceeds the {n_train} training "
+                         f"images of {where}")
+    if budget < batch:
+        raise ValueError(f"a budget of {budget} gradient evaluations is less than one minibatch "
+                         f"({batch} images) of {method.name} on {where}: the run could do no work")
+
+
+def preflight(spec: RunSpec, method, data_dir=None) -> None:
+    """:func:`check_run` before any work, from the task's specification and split sizes."""
+    from .spec import load_spec
+    from .task import split_sizes
+    n_train = split_sizes(spec.task, spec.scale, data_dir)["train"]
+    protocol = load_spec(spec.task).section("protocol")
+    budget = spec.budget if spec.budget is not None else int(
+        protocol.get("budget_epochs", 10) * n_train)
+    check_run(spec, method, n_train, int(protocol.get("batch_size", 100)), budget)
+
+
+def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | None = None) -> RunOutput:
+    """Run ``method`` configured with ``spec.params`` on ``task`` and score it (see module doc).
+
+    What the optimizer does (its exceptions, a non-finite or wrong-shaped iterate, running out
+    of time) is the run's result. Anything else that fails — scoring, the kernel on a valid
+    request, memory — propagates: the run was interrupted and is not a result. With
+    ``stuck_grace`` (cell processes only), a step still running that long after the time limit
+    ends the process (:mod:`cryobench.limits`).
+    """
+    from .limits import StepClock, TimeLimitReached
     budget = int(spec.budget if spec.budget is not None else task.budget)
+    check_run(spec, method, task.n_train, task.batch_size, budget)
     marks = checkpoints(budget, task.batch_size, spec.per_decade, spec.snapshots)
     snaps = [s for s in spec.snapshots if s <= budget]
     opt = method.configure(**spec.params)
     oracle = task.oracle(budget, stream=spec.seed)
+    view = oracle.view()
     rng = rng_for(task.name, method.name, "optimizer", spec.seed)
     score = _Scorer(task, spec.score)
+    limit = spec.time_limit if spec.time_limit is not None else DEFAULT_TIME_LIMIT
+    clock = StepClock(limit, grace=stuck_grace)
     rows, densities, taken_at = [], {}, {}
-    wall, status, message, tb = 0.0, "ok", "", None
+    status, message, tb = "ok", "", None
 
     def record(x):
         test, train = score(x)
         rows.append({"evals": oracle.evaluations, **{f"{k}_evals": v for k, v in oracle.counts.items()},
-                     "wall_s": wall, f"{spec.score}_nll": test, "train_obj": train})
+                     "wall_s": clock.elapsed, f"{spec.score}_nll": test, "train_obj": train})
         return train
 
     x = task.init
     initial = record(x)
-    next_mark = 1
-    idle = 0
+    next_mark, idle = 1, 0
     try:
-        t = time.perf_counter()
-        state = opt.init(task.init, budget=budget, rng=rng)
-        wall += time.perf_counter() - t
+        with clock.step():
+            state = opt.init(task.init.copy(), budget=budget, rng=rng)
         while oracle.remaining > 0:
             before = oracle.evaluations
-            t = time.perf_counter()
             try:
-                state = opt.step(state, oracle)
+                with clock.step():
+                    state = opt.step(state, view)
+                    x = opt.iterate(state)
             except BudgetExhausted:
                 break
-            finally:
-                wall += time.perf_counter() - t
-            x = opt.iterate(state)
+            _check_iterate(x, task.init)
+            oracle.audit()
             idle = idle + 1 if oracle.evaluations == before else 0
             if idle >= 1000:
                 raise RuntimeError("1000 steps in a row spent no evaluations")
@@ -218,11 +263,24 @@ def execute(spec: RunSpec, task, method, progress=None) -> RunOutput:
                     status = "diverged"
                     message = f"training objective {train:.6g} after {oracle.evaluations:,} evaluations"
                     break
-            if spec.time_limit is not None and wall > spec.time_limit:
-                status, message = "budget", f"time limit of {spec.time_limit:g} s reached"
-                break
-    except Exception as exc:                                   # recorded, never lost
+            if clock.expired:
+                raise TimeLimitReached
+    except TimeLimitReached:
+        status, message = "budget", f"time limit of {limit:g} s of optimizer time reached"
+    except (MemoryError, HarnessFault):
+        raise                                                   # interrupted: not a result
+    except Exception as exc:                                    # the method's failure: a result
         status, message, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+    finally:
+        clock.close()
+    try:
+        oracle.audit()
+    except AccountingError as exc:
+        status, message, tb = "error", str(exc), None
+    if status != "error" and oracle.evaluations == 0:
+        status, message = "error", "the optimizer made no evaluation"
+    if not isinstance(x, np.ndarray) or x.shape != task.init.shape or x.dtype != task.init.dtype:
+        x = np.full_like(task.init, np.nan)             # a wrong-shaped iterate has no score
     if rows[-1]["evals"] != oracle.evaluations:
         record(x)
     if status != "diverged" and np.all(np.isfinite(x)):
@@ -232,13 +290,20 @@ def execute(spec: RunSpec, task, method, progress=None) -> RunOutput:
     trace.insert(0, "checkpoint", np.arange(len(trace)))
     meta = {"schema_version": SCHEMA_VERSION, "run": spec.to_dict(), "optimizer_name": method.name,
             "budget": budget, "status": status, "message": message, "traceback": tb,
-            "evaluations": oracle.evaluations, "counts": dict(oracle.counts), "wall_s": wall,
-            "task_hash": task.content_hash, "optimizer_code": optimizer_code_hash(method),
-            "numerics": numerics_hash(),
+            "evaluations": oracle.evaluations, "counts": dict(oracle.counts), "wall_s": clock.elapsed,
+            "time_limit_s": limit, "task_hash": task.content_hash,
+            "optimizer_code": optimizer_code_hash(method), "numerics": numerics_hash(),
             "provenance": provenance(task)}
     out = RunOutput(trace, meta, densities)
     _compare_to_truth(out, task, taken_at)
     return out
+
+
+def _check_iterate(x, x0: np.ndarray) -> None:
+    """Refuse an iterate that is not a density of the task's shape and dtype (the method's fault)."""
+    if not isinstance(x, np.ndarray) or x.shape != x0.shape or x.dtype != x0.dtype:
+        got = f"{x.dtype} array of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise TypeError(f"the iterate is a {got}; expected a {x0.dtype} array of shape {x0.shape}")
 
 
 def _compare_to_truth(out: RunOutput, task, taken_at: dict) -> None:

@@ -44,6 +44,7 @@ class QuadraticOracle(CountedOracle):
         return rng_for("toy-stream", self._seed, epoch).permutation(self._n)
 
     def _evaluate(self, x, batch, gradient: bool):
+        self._work(len(batch))
         r = x[None, :] - self.b[batch]
         value = float(0.5 * np.mean(np.sum(self.h * r * r, axis=1)))
         return value, (self.h * r.mean(axis=0)).astype(x.dtype) if gradient else None

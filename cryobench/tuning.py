@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import InputError
+from .errors import InputError
 from .run import REPO_DIR
 
 DEFAULT_TUNED = REPO_DIR / "results" / "tuned.json"
@@ -97,13 +97,16 @@ def tune(tasks, scale: str, optimizers, names=("lr",), points: int = 9, budget: 
     from .grid import run_grid
     from .registry import resolve
     from .results import load_results
-    from .run import RunSpec
+    from .run import RunSpec, check_run
+    from .spec import load_spec
     from .task import split_sizes, task_hash
     out = Path(out) if out else REPO_DIR / "results" / "tune" / scale
     plan = []
     for task in tasks:
         thash = task_hash(task, scale, data_dir)
-        task_budget = budget or split_sizes(task, scale, data_dir)["train"]    # one epoch
+        n_train = split_sizes(task, scale, data_dir)["train"]
+        task_budget = budget or n_train                                       # one epoch
+        task_batch = int(load_spec(task).section("protocol").get("batch_size", 100))
         for ref in optimizers:
             method = resolve(ref)
             tunable = [n for n in names if n in method.hypers]
@@ -114,6 +117,7 @@ def tune(tasks, scale: str, optimizers, names=("lr",), points: int = 9, budget: 
                 params, _ = resolve_params(method, values, {}, task, scale)
                 label = " ".join([method.name] + [f"{k}={v:g}" for k, v in values.items()])
                 spec = RunSpec(task, scale, ref, params, 0, task_budget, label=label, score="validation")
+                check_run(spec, method, n_train, task_batch, task_budget)
                 cells.append(make_cell(spec, thash, method))
             plan.append((task, method.name, task_budget, cells))
     run_grid([c for *_, cells in plan for c in cells], out, workers=workers, data_dir=data_dir,
