@@ -21,10 +21,15 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .run import RunSpec, cell_id, execute, optimizer_code_hash
+from .run import DEFAULT_TIME_LIMIT, RunSpec, cell_id, execute, optimizer_code_hash
 
 EXIT_INTERRUPTED = 3        # the run failed for a reason that is not the method's
-STUCK_GRACE_S = 30.0        # a step still running this long after the time limit ends the process
+
+
+def stuck_grace(time_limit: float) -> float:
+    """Seconds a step may go on past the time limit before its process is ended: half the
+    limit, between 1 and 30 s."""
+    return min(30.0, max(1.0, time_limit / 2))
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,8 @@ def main(argv=None) -> int:
     if job.get("parent"):
         _die_with_parent(int(job["parent"]))
     try:
-        files = compute_cell(job["cell"], job.get("data_dir"), STUCK_GRACE_S)
+        limit = job["cell"]["spec"].get("time_limit") or DEFAULT_TIME_LIMIT
+        files = compute_cell(job["cell"], job.get("data_dir"), stuck_grace(limit))
         write_cell_folder(folder, files)
     except KeyboardInterrupt:
         print("cryobench: interrupted", file=sys.stderr)

@@ -164,6 +164,8 @@ def read_trace(folder) -> pd.DataFrame:
         raise InputError(f"{path}: not a trace: no column {missing[0]!r}")
     if len(trace) and not pd.api.types.is_numeric_dtype(trace["evals"]):
         raise InputError(f"{path}: column 'evals' holds non-numbers")
+    if not len(trace):                       # a run with no checkpoint: typed, empty columns
+        trace = trace.astype({c: float for c in trace.columns if c not in ID_COLUMNS})
     return trace
 
 
