@@ -21,7 +21,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .run import DEFAULT_TIME_LIMIT, RunSpec, cell_id, execute, optimizer_code_hash
+from .fingerprint import machine, numerics_fingerprint, optimizer_fingerprint, source_digest
+from .run import DEFAULT_TIME_LIMIT, RunSpec, cell_id, execute
 
 EXIT_INTERRUPTED = 3        # the run failed for a reason that is not the method's
 
@@ -57,11 +58,28 @@ class Cell:
 
 def make_cell(spec: RunSpec, task_hash: str, method) -> Cell:
     """The cell of a run of ``method`` (the resolved ``spec.optimizer``): its id hashes the spec,
-    the task content and the optimizer's code."""
-    return Cell(spec, cell_id(spec, task_hash, optimizer_code_hash(method)), task_hash)
+    the task content, the optimizer's fingerprint and the library's numerics fingerprint."""
+    return Cell(spec, cell_id(spec, task_hash, optimizer_fingerprint(method)), task_hash)
 
 
-def compute_cell(cell: dict, data_dir: str | None, stuck_grace: float | None = None) -> dict[str, bytes]:
+def grid_identity() -> dict:
+    """What the grid's process knows of its numerics, passed to its cell processes so that
+    they need not run the fingerprint probe again on the same code and machine."""
+    return {"numerics": numerics_fingerprint(), "source": source_digest(), "machine": machine()}
+
+
+def identity(cell: "Cell", method, known: dict | None = None) -> dict:
+    """The parts of a cell's id, recorded in its meta.json (``verify`` compares them). The
+    numerics fingerprint is taken from ``known`` (:func:`grid_identity`) when the code and the
+    machine are those it was computed on, and computed here otherwise."""
+    same = known and known.get("source") == source_digest() and known.get("machine") == machine()
+    return {"cell": cell.cell, "task_hash": cell.task_hash,
+            "numerics": known["numerics"] if same else numerics_fingerprint(),
+            "optimizer": optimizer_fingerprint(method), "threads": cell.spec.threads}
+
+
+def compute_cell(cell: dict, data_dir: str | None, stuck_grace: float | None = None,
+                 known: dict | None = None) -> dict[str, bytes]:
     """Run a cell (given as :meth:`Cell.to_dict`) in this process; its folder's files as bytes."""
     from .errors import HarnessFault
     from .registry import resolve
@@ -75,7 +93,13 @@ def compute_cell(cell: dict, data_dir: str | None, stuck_grace: float | None = N
         raise HarnessFault(f"task {c.spec.task} ({c.spec.scale}) here has content hash "
                            f"{task.content_hash[:12]}, the grid expects {c.task_hash[:12]}: "
                            "this process sees different data than the grid")
-    out = execute(c.spec, task, resolve(c.spec.optimizer), stuck_grace=stuck_grace)
+    method = resolve(c.spec.optimizer)
+    ident = identity(c, method, known)
+    if cell_id(c.spec, c.task_hash, ident["optimizer"], ident["numerics"]) != c.cell:
+        raise HarnessFault(f"cell {c.cell} computes here under another identity (other code, "
+                           "numerics or platform than the grid's): its result would be mislabelled")
+    out = execute(c.spec, task, method, stuck_grace=stuck_grace)
+    out.meta["identity"] = ident
     return cell_files(out, c.cell, task.dataset.pixel_size)
 
 
@@ -98,7 +122,7 @@ def main(argv=None) -> int:
         _die_with_parent(int(job["parent"]))
     try:
         limit = job["cell"]["spec"].get("time_limit") or DEFAULT_TIME_LIMIT
-        files = compute_cell(job["cell"], job.get("data_dir"), stuck_grace(limit))
+        files = compute_cell(job["cell"], job.get("data_dir"), stuck_grace(limit), job.get("known"))
         write_cell_folder(folder, files)
     except KeyboardInterrupt:
         print("cryobench: interrupted", file=sys.stderr)

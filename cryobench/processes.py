@@ -24,6 +24,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from .cell import grid_identity
 from .errors import HarnessFault, InputError
 from .limits import EXIT_STUCK
 from .results import cell_complete, read_cell_files, to_json, write_cell_folder
@@ -65,7 +66,7 @@ class CellProcess:
         fd, self.job = tempfile.mkstemp(prefix="cryobench-cell-", suffix=".json")
         with os.fdopen(fd, "w") as fh:
             json.dump({"cell": cell.to_dict(), "data_dir": str(data_dir) if data_dir else None,
-                       "parent": os.getpid()}, fh)
+                       "parent": os.getpid(), "known": grid_identity()}, fh)
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "cryobench.cell", self.job, str(folder)],
                                      env=env, stdout=subprocess.DEVNULL, stderr=self.stderr,

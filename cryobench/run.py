@@ -24,8 +24,6 @@ signal, the disk) raises instead: it was interrupted, which is not a result.
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
 import platform
 import subprocess
 import time
@@ -88,28 +86,6 @@ def snapshot_label(evaluations: int) -> str:
     return f"{evaluations // 1000}K" if evaluations % 1000 == 0 else str(evaluations)
 
 
-def optimizer_code_hash(method) -> str:
-    """SHA-256 of the source file defining an optimizer (its code determines its results)."""
-    try:
-        return hashlib.sha256(Path(inspect.getsourcefile(method.factory)).read_bytes()).hexdigest()
-    except (TypeError, OSError):
-        return "unknown"
-
-
-PRESENTATION_MODULES = {"bench.py", "cell.py", "cli.py", "grid.py", "report.py", "results.py",
-                        "tuning.py"}
-
-
-def numerics_hash() -> str:
-    """SHA-256 of the cryobench modules that compute a run's numbers (all but those that only
-    schedule, store or present runs): a kernel change, even in the last bits, makes new cells."""
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        if path.name not in PRESENTATION_MODULES:
-            h.update(path.name.encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
-
-
 def git_commit() -> tuple[str | None, bool]:
     """(commit of the repository holding cryobench, whether its tree has changes) or (None, …)."""
     try:
@@ -129,11 +105,13 @@ def provenance(task) -> dict:
             "numpy": np.__version__, "platform": platform.platform(), **thread_info()}
 
 
-def cell_id(spec: RunSpec, task_hash: str, code_hash: str) -> str:
-    """Content hash of everything that determines a run's numbers."""
-    from . import __version__
-    key = {**spec.to_dict(), "label": None, "task_hash": task_hash, "optimizer_code": code_hash,
-           "cryobench": __version__, "numerics": numerics_hash(), "schema": SCHEMA_VERSION}
+def cell_id(spec: RunSpec, task_hash: str, optimizer: str, numerics: str | None = None) -> str:
+    """Content hash of everything that determines a run's numbers: the specification (without
+    its label), the task's content hash, the optimizer's fingerprint and the library's
+    numerics fingerprint (:mod:`cryobench.fingerprint`; computed here unless given)."""
+    from .fingerprint import numerics_fingerprint
+    key = {**spec.to_dict(), "label": None, "task_hash": task_hash, "optimizer": optimizer,
+           "numerics": numerics or numerics_fingerprint(), "schema": SCHEMA_VERSION}
     return content_hash(key)[:16]
 
 
@@ -291,9 +269,7 @@ def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | Non
     meta = {"schema_version": SCHEMA_VERSION, "run": spec.to_dict(), "optimizer_name": method.name,
             "budget": budget, "status": status, "message": message, "traceback": tb,
             "evaluations": oracle.evaluations, "counts": dict(oracle.counts), "wall_s": clock.elapsed,
-            "time_limit_s": limit, "task_hash": task.content_hash,
-            "optimizer_code": optimizer_code_hash(method), "numerics": numerics_hash(),
-            "provenance": provenance(task)}
+            "time_limit_s": limit, "task_hash": task.content_hash, "provenance": provenance(task)}
     out = RunOutput(trace, meta, densities)
     _compare_to_truth(out, task, taken_at)
     return out
