@@ -10,8 +10,9 @@ A grid is a TOML file (see ``results/paper-small/grid.toml``)::
     [params.sgd]
     lr = [0.3, 1.0]                       # a list is a grid axis; a number fixes the value
 
-Hyper-parameters not given come from the tuned values (``results/tuned.json`` unless the grid
-says ``tuned = "other.json"`` or ``tuned = ""``), else from the optimizer's defaults.
+Hyper-parameters not given come from the tuned values (each task's own file — see
+:func:`cryobench.tuning.default_tuned_file` — unless the grid says ``tuned = "other.json"`` or
+``tuned = ""``), else from the optimizer's defaults.
 
 Each cell is cached under ``OUT/cells/<content hash>`` (task content, optimizer code, the
 numerical modules' code, hyper-parameters, seed, budget); cells already there are not recomputed,
@@ -38,7 +39,7 @@ from .cell import Cell, compute_cell, make_cell
 from .io import InputError
 from .results import remove_stale_temporaries, to_json, write_cell_folder
 from .run import SCHEMA_VERSION, RunSpec
-from .tuning import DEFAULT_TUNED, load_tuned, resolve_params
+from .tuning import DEFAULT_TUNED, default_tuned_file, load_tuned, resolve_params
 
 GRID_KEYS = {"tasks", "scales", "optimizers", "seeds", "budget", "budget_epochs", "params",
              "per_decade", "time_limit", "tuned", "description"}
@@ -113,13 +114,14 @@ def expand(grid: Grid, data_dir=None) -> list[Cell]:
     for task, scale in itertools.product(grid.tasks, grid.scales):
         thash = task_hash(task, scale, data_dir)
         budget = _budget(grid, task, scale, data_dir)
+        table = load_tuned(default_tuned_file(task)) if grid.tuned == DEFAULT_TUNED else tuned
         for ref in grid.optimizers:
             method = resolve(ref)
             axes = {k: (v if isinstance(v, list) else [v]) for k, v in grid.params.get(ref, {}).items()}
             varied = [k for k, v in axes.items() if len(v) > 1]
             for values in itertools.product(*axes.values()):
                 explicit = dict(zip(axes, values))
-                params, _ = resolve_params(method, explicit, tuned, task, scale)
+                params, _ = resolve_params(method, explicit, table, task, scale, thash)
                 label = " ".join([method.name] + [f"{k}={explicit[k]:g}" for k in varied])
                 for seed in grid.seeds:
                     spec = RunSpec(task, scale, ref, params, seed, budget, grid.per_decade,
