@@ -59,7 +59,12 @@ class Cell:
 def make_cell(spec: RunSpec, task_hash: str, method) -> Cell:
     """The cell of a run of ``method`` (the resolved ``spec.optimizer``): its id hashes the spec,
     the task content, the optimizer's fingerprint and the library's numerics fingerprint."""
-    return Cell(spec, cell_id(spec, task_hash, optimizer_fingerprint(method)), task_hash)
+    return Cell(spec, cell_id(spec, task_hash, optimizer_key(method)), task_hash)
+
+
+def optimizer_key(method) -> str:
+    """``name:fingerprint`` of an optimizer, as its part of a cell's identity."""
+    return f"{method.name}:{optimizer_fingerprint(method)}"
 
 
 def grid_identity() -> dict:
@@ -75,7 +80,7 @@ def identity(cell: "Cell", method, known: dict | None = None) -> dict:
     same = known and known.get("source") == source_digest() and known.get("machine") == machine()
     return {"cell": cell.cell, "task_hash": cell.task_hash,
             "numerics": known["numerics"] if same else numerics_fingerprint(),
-            "optimizer": optimizer_fingerprint(method), "threads": cell.spec.threads}
+            "optimizer": optimizer_key(method), "threads": cell.spec.threads}
 
 
 def compute_cell(cell: dict, data_dir: str | None, stuck_grace: float | None = None,

@@ -9,6 +9,10 @@ from pathlib import Path
 from .errors import InputError
 from .spec import SCALES, known_tasks, load_spec
 
+SCALE_HELP = (f"a scale of the task: {', '.join(SCALES)} for the shipped tasks, or any scale the "
+              "task's own [scales.NAME] tables declare (default: the task's default_scale, else "
+              "its only scale, else ci)")
+
 
 def _data_dir(args) -> Path:
     from .datasets import default_data_dir
@@ -43,6 +47,7 @@ def describe(spec, scale_name: str, data_dir: Path) -> dict:
         data = load_dataset(spec, scale, data_dir, progress=False)
         box, pixel, n_images = data.images.shape[-1], data.pixel_size, len(data.images)
         cached = str(spec.path.parent / spec.section("dataset")["star"])
+        real = _star_lines(spec, data)
     protocol = spec.section("protocol")
     lik = likelihood_for(spec, scale, box, pixel)
     quad, rmax = lik.quadrature, lik.rmax
@@ -61,7 +66,23 @@ def describe(spec, scale_name: str, data_dir: Path) -> dict:
         "budget": f"{protocol.get('budget_epochs', 10)} epochs = "
                   f"{int(protocol.get('budget_epochs', 10) * n_train):,} gradient evaluations",
         "data": cached,
+        **(real if kind != "simulated" else {}),
     }
+
+
+def _star_lines(spec, data) -> dict:
+    """What ``info`` says about a STAR task's origins, reference map and contrast."""
+    from .io import read_particles
+    from .realdata import CONTRAST_Z
+    recipe = spec.section("dataset")
+    origins = read_particles(spec.path.parent / recipe["star"], max_images=1).origins
+    z = data.contrast_z
+    sign = ("as the model expects (white particles)" if z > CONTRAST_Z else
+            "OPPOSITE to the model's: change invert_sign" if z < -CONTRAST_Z else "inconclusive")
+    return {"origins": "applied (images re-centred)" if origins is not None else "none in the STAR file",
+            "reference": (f"{recipe['reference']} (resampled to {data.images.shape[-1]} px, "
+                          f"{data.pixel_size:.4g} Å/px)") if "reference" in recipe else "none",
+            "contrast": f"z = {z:+.1f}, {sign}"}
 
 
 def cmd_info(args) -> None:
@@ -102,14 +123,15 @@ def _parse_sets(items) -> dict:
     return out
 
 
-def _tuned_file(value) -> dict:
-    """Tuned values from --tuned: 'none' for defaults only; a named file must exist."""
-    from .tuning import DEFAULT_TUNED, load_tuned
+def _tuned_file(value, default: Path) -> dict:
+    """Tuned values from --tuned: 'none' for defaults only; a named file must exist; without
+    --tuned, ``default`` if it exists."""
+    from .tuning import load_tuned
     if value == "none":
         return {}
     if value is not None and not Path(value).is_file():
         raise InputError(f"--tuned {value}: no such tuned-values file")
-    return load_tuned(value or DEFAULT_TUNED)
+    return load_tuned(value or default)
 
 
 def _report_interrupted(status: dict, out: Path) -> int:
@@ -131,7 +153,7 @@ def cmd_run(args) -> int:
     from .results import load_results
     from .run import RunSpec, preflight
     from .task import task_hash
-    from .tuning import resolve_params
+    from .tuning import default_tuned_file, resolve_params
     method = resolve(args.optimizer)
     if args.budget is not None and args.budget < 1:
         raise InputError(f"--budget {args.budget}: a budget is a positive number of gradient evaluations")
@@ -139,13 +161,15 @@ def cmd_run(args) -> int:
         raise InputError(f"--time-limit {args.time_limit}: a time limit is a positive number of seconds")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads}: the thread count is a positive integer")
-    params, source = resolve_params(method, _parse_sets(args.set), _tuned_file(args.tuned),
-                                    args.task, args.scale)
-    spec = RunSpec(args.task, args.scale, args.optimizer, params, args.seed, args.budget,
+    scale = load_spec(args.task).scale(args.scale).name
+    thash = task_hash(args.task, scale, _data_dir(args))
+    tuned = _tuned_file(args.tuned, default_tuned_file(args.task))
+    params, source = resolve_params(method, _parse_sets(args.set), tuned, args.task, scale, thash)
+    spec = RunSpec(args.task, scale, args.optimizer, params, args.seed, args.budget,
                    time_limit=args.time_limit, label=config_label(method, params),
                    threads=args.threads or 1)
     preflight(spec, method, _data_dir(args))
-    cell = make_cell(spec, task_hash(args.task, args.scale, _data_dir(args)), method)
+    cell = make_cell(spec, thash, method)
     out = Path(args.out)
     status = run_grid([cell], out, workers=1, data_dir=_data_dir(args), progress=False)
     print("hyper-parameters: " + ", ".join(f"{k}={v:g} ({source[k]})" for k, v in params.items()))
@@ -178,15 +202,15 @@ def cmd_grid(args) -> int:
 
 def cmd_tune(args) -> None:
     """Choose hyper-parameters on the validation split and record them for run and grid."""
-    from .tuning import DEFAULT_TUNED, tune
+    from .tuning import tune
     chosen = tune(args.task, args.scale, args.optimizers.split(","), args.params.split(","),
-                  args.points, args.budget, args.out, Path(args.record or DEFAULT_TUNED),
+                  args.points, args.budget, args.out, args.record,
                   args.workers, _data_dir(args), progress=not args.quiet)
     for (task, name), entry in sorted(chosen.items()):
         values = ", ".join(f"{k}={v:g}" for k, v in entry["params"].items()
                            if k in args.params.split(","))
         print(f"{task:20s} {name:14s} {values}  (validation NLL {entry['validation_nll']:.6g})")
-    print(f"recorded in {args.record or DEFAULT_TUNED}")
+    print("recorded in " + ", ".join(sorted({e["recorded_in"] for e in chosen.values()})))
 
 
 def cmd_report(args) -> None:
@@ -220,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if task:
             p.add_argument("task", help="task name (see `cryobench list`) or path to a .toml")
-            p.add_argument("--scale", default="ci", help=f"one of {', '.join(SCALES)} (default ci)")
+            p.add_argument("--scale", help=SCALE_HELP)
         p.add_argument("--data-dir", help="dataset cache (default $CRYOBENCH_DATA or "
                                           "~/.cache/cryobench)")
         p.set_defaults(func=func)
@@ -240,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, help="gradient evaluations (default: the task's 10 epochs)")
     p.add_argument("--time-limit", type=float, help="stop after this many seconds of optimizer time, "
                                                     "inside a step too (default 6 hours)")
-    p.add_argument("--tuned", help="tuned values file (default results/tuned.json); 'none' for defaults")
+    p.add_argument("--tuned", help="tuned values file (default: results/tuned.json for a shipped "
+                   "task, TASK.tuned.json beside any other task file); 'none' for defaults")
     p.add_argument("--threads", type=int, help="BLAS threads (default 1; part of the run's "
                                                 "identity, since they change the last bits)")
     p.add_argument("--out", default="runs", help="results folder (default ./runs)")
@@ -257,14 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("tune", cmd_tune, "choose hyper-parameters on the validation split", task=False)
     p.add_argument("task", nargs="+", help="task names or .toml paths")
-    p.add_argument("--scale", default="ci", help=f"one of {', '.join(SCALES)} (default ci)")
+    p.add_argument("--scale", help=SCALE_HELP + "; without it each task uses its own")
     p.add_argument("--optimizers", default="sgd,momentum,nesterov,adagrad,tonga,olbfgs,hessian-free",
                    help="comma-separated (default: the paper's seven)")
     p.add_argument("--params", default="lr", help="hyper-parameters to search (default lr)")
     p.add_argument("--points", type=int, default=9, help="values per hyper-parameter (default 9)")
     p.add_argument("--budget", type=int, help="gradient evaluations per candidate (default 1 epoch)")
-    p.add_argument("--out", help="folder for the candidate runs (default results/tune/SCALE)")
-    p.add_argument("--record", help="tuned values file to update (default results/tuned.json)")
+    p.add_argument("--out", help="folder for the candidate runs (default: results/tune/SCALE for "
+                   "a shipped task, TASK.tune/SCALE beside any other task file)")
+    p.add_argument("--record", help="tuned values file to update (default: results/tuned.json for "
+                   "a shipped task; TASK.tuned.json beside any other task file, never the "
+                   "repository's results/)")
     p.add_argument("--workers", type=int, help="local processes (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -282,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
             task=False)
     p.add_argument("--task", action="append", help="task to bench (repeatable; default: "
                                                   "synthetic-cylinder and thermus-style)")
-    p.add_argument("--scale", default="ci", help=f"one of {', '.join(SCALES)} (default ci)")
+    p.add_argument("--scale", default="ci", help=f"a scale of the benched tasks: "
+                   f"{', '.join(SCALES)}, or a --task's own [scales.NAME] (default ci)")
     p.add_argument("--epoch-batches", type=int, metavar="N",
                    help="time N SGD minibatches and extrapolate to the epoch (default: the whole "
                         "epoch; 50 at paper scale)")

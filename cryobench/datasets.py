@@ -46,6 +46,7 @@ class Dataset:
     files_hash: str
     directory: Path | None
     ground_truth: np.ndarray | None = None
+    contrast_z: float | None = None   # STAR data: evidence for the model's sign (realdata.py)
 
 
 def file_sha256(path: Path) -> str:
@@ -125,8 +126,12 @@ def _load_simulated(spec, scale, data_dir, progress) -> Dataset:
 
 
 def _load_star(spec, scale) -> Dataset:
+    """A STAR task's images: read, sign-inverted if asked, re-centred by their origins, Fourier-
+    cropped to the scale's box, σ-estimated; the optional reference map resampled to the same
+    grid; and the contrast checked (one warning when the data prefer the negated density)."""
+    from .realdata import contrast_advice, contrast_z, load_reference, recentre, warn_once
     recipe = spec.section("dataset")
-    allowed = {"kind", "star", "particle_radius", "invert_sign"}
+    allowed = {"kind", "star", "particle_radius", "invert_sign", "reference"}
     unknown = sorted(set(recipe) - allowed)
     if unknown:
         raise InputError(f"{spec.path}: [dataset] has unknown key {unknown[0]!r}; allowed: "
@@ -137,18 +142,33 @@ def _load_star(spec, scale) -> Dataset:
     star = (spec.path.parent / recipe["star"]).resolve()
     particles = read_particles(star, max_images=scale.n_images)
     images, pixel_size = particles.images, particles.pixel_size
-    if recipe.get("invert_sign", False):
+    invert = bool(recipe.get("invert_sign", False))
+    if invert:
         images = -images
+    if particles.origins is not None and np.any(particles.origins != 0):
+        images = recentre(images, particles.origins)
     if scale.box is not None and scale.box < images.shape[-1]:
         pixel_size *= images.shape[-1] / scale.box
         images = fourier_crop(images, scale.box)
-    radius_px = float(recipe["particle_radius"]) / pixel_size
+    radius = float(recipe["particle_radius"])
+    radius_px = radius / pixel_size
     sigma = estimate_noise_sigma(images, radius_px)
     if not np.all(sigma > 0):
         bad = int(np.argmin(sigma))
         raise InputError(f"{star}: image {bad + 1} has zero noise outside the particle radius "
                          f"({recipe['particle_radius']} Å); cannot whiten it")
-    files_hash = content_hash({"star": file_sha256(star),
+    truth, reference_sha = None, None
+    if "reference" in recipe:
+        ref = (spec.path.parent / recipe["reference"]).resolve()
+        truth, reference_sha = load_reference(ref, images.shape[-1], pixel_size, radius,
+                                              f"{spec.path}: [dataset] reference")
+    z = contrast_z(images, particles.ctf, sigma, pixel_size, radius)
+    advice = contrast_advice(z, invert, spec.path)
+    if advice:
+        warn_once(advice)
+    files_hash = content_hash({"star": file_sha256(star), "reference": reference_sha,
+                               "dataset": {k: v for k, v in recipe.items()
+                                           if k not in ("star", "reference")},
                                "images": hashlib.sha256(np.ascontiguousarray(images)).hexdigest()})
     return Dataset(np.asarray(images, np.float32), particles.ctf, sigma, pixel_size,
-                   float(recipe["particle_radius"]), files_hash, None)
+                   radius, files_hash, None, truth, contrast_z=z)

@@ -10,8 +10,9 @@ A grid is a TOML file (see ``results/paper-small/grid.toml``)::
     [params.sgd]
     lr = [0.3, 1.0]                       # a list is a grid axis; a number fixes the value
 
-Hyper-parameters not given come from the tuned values (``results/tuned.json`` unless the grid
-says ``tuned = "other.json"`` or ``tuned = ""``), else from the optimizer's defaults.
+Hyper-parameters not given come from the tuned values (each task's own file — see
+:func:`cryobench.tuning.default_tuned_file` — unless the grid says ``tuned = "other.json"`` or
+``tuned = ""``), else from the optimizer's defaults.
 
 Each cell is cached under ``OUT/cells/<content hash>`` (task content, optimizer code, the
 numerical modules' code, hyper-parameters, seed, budget); cells already there are not recomputed,
@@ -35,7 +36,7 @@ from .cell import Cell, make_cell
 from .errors import InputError
 from .results import cell_complete, remove_stale_temporaries
 from .run import RunSpec, check_run
-from .tuning import DEFAULT_TUNED, load_tuned, resolve_params
+from .tuning import DEFAULT_TUNED, default_tuned_file, load_tuned, resolve_params
 
 class GridInterrupted(KeyboardInterrupt):
     """A grid stopped by Ctrl-C or SIGTERM; finished cells are kept and a rerun resumes."""
@@ -168,13 +169,14 @@ def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[Cell]:
         n_train = split_sizes(task, scale, data_dir)["train"]
         protocol = load_spec(task).section("protocol")
         run_budget = budget if budget is not None else int(protocol.get("budget_epochs", 10) * n_train)
+        table = load_tuned(default_tuned_file(task)) if grid.tuned == DEFAULT_TUNED else tuned
         for ref in grid.optimizers:
             method = resolve(ref)
             axes = {k: (v if isinstance(v, list) else [v]) for k, v in grid.params.get(ref, {}).items()}
             for values in itertools.product(*axes.values()):
                 explicit = dict(zip(axes, values))
                 try:
-                    params, _ = resolve_params(method, explicit, tuned, task, scale)
+                    params, _ = resolve_params(method, explicit, table, task, scale, thash)
                 except ValueError as exc:
                     raise InputError(f"{grid.path}: [params.{ref}] {exc}") from None
                 for seed in grid.seeds:

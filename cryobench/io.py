@@ -30,6 +30,7 @@ class Particles:
     ctf: CTFParams
     pixel_size: float
     source: str = ""
+    origins: np.ndarray | None = None   # (n, 2) RELION origins (x, y) in pixels, or None
 
 
 def _atomic_target(path: Path) -> Path:
@@ -221,6 +222,22 @@ def _star_pixel_size(star, table: pd.DataFrame) -> float | None:
     return float(vals[0])
 
 
+ORIGIN_COLUMNS = {"Å": ("rlnOriginXAngst", "rlnOriginYAngst"), "px": ("rlnOriginX", "rlnOriginY")}
+
+
+def _star_origins(star, table: pd.DataFrame) -> tuple[np.ndarray, str] | None:
+    """(origins (n, 2) as (x, y), unit "Å" or "px") from RELION 3.1's rlnOriginX/YAngst (Å) or
+    RELION 3.0's rlnOriginX/Y (pixels); None when the table has neither pair."""
+    for unit, cols in ORIGIN_COLUMNS.items():
+        present = [c for c in cols if c in table.columns]
+        if len(present) == 1:
+            raise InputError(f"{star}: column {present[0]} is present but "
+                             f"{(set(cols) - set(present)).pop()} is missing")
+        if present:
+            return np.stack([_numeric(star, table, c) for c in cols], axis=1), unit
+    return None
+
+
 def _stack_locations(star: Path, table: pd.DataFrame) -> tuple[np.ndarray, list[Path]]:
     """0-based image indices and resolved stack paths from column rlnImageName."""
     if "rlnImageName" not in table.columns:
@@ -279,7 +296,9 @@ def read_particles(star_path, *, max_images: int | None = None,
 
     Images come back float32 (n, D, D) in STAR order. The pixel size is taken from the STAR file
     (rlnImagePixelSize, rlnPixelSize or rlnDetectorPixelSize·1e4/rlnMagnification), else from
-    the first stack's MRC header. Any problem raises one :class:`InputError`.
+    the first stack's MRC header. Origins (RELION 3.1 rlnOriginX/YAngst in Å, or 3.0
+    rlnOriginX/Y in pixels) come back in pixels as ``Particles.origins``, unapplied (see
+    :func:`cryobench.realdata.recentre`). Any problem raises one :class:`InputError`.
 
     With ``memory_map=True``, images that are the first rows of one float32 stack in order (as
     :func:`write_particles` writes them) come back as a read-only memory map instead of a copy.
@@ -295,6 +314,7 @@ def read_particles(star_path, *, max_images: int | None = None,
     table = _join_optics(star, particles, optics)
     ctf = _ctf_from_table(star, table)
     pixel_size = _star_pixel_size(star, table)
+    origins = _star_origins(star, table)
     index, paths = _stack_locations(star, table)
     groups: dict[Path, list[int]] = {}
     for row, path in enumerate(paths):
@@ -344,8 +364,11 @@ def read_particles(star_path, *, max_images: int | None = None,
         raise InputError(f"{star}: pixel size is missing: no rlnImagePixelSize, rlnPixelSize or "
                          f"rlnDetectorPixelSize+rlnMagnification column, and the MRC header of "
                          f"{first} has voxel size {header_pixel:g}")
-    return Particles(images=images, ctf=ctf, pixel_size=pixel_size or header_pixel,
-                     source=str(star))
+    pixel_size = pixel_size or header_pixel
+    if origins is not None:
+        origins = origins[0] / pixel_size if origins[1] == "Å" else origins[0]
+    return Particles(images=images, ctf=ctf, pixel_size=pixel_size, source=str(star),
+                     origins=origins)
 
 
 def estimate_noise_sigma(images: np.ndarray, radius_px: float, chunk: int = 1024) -> np.ndarray:

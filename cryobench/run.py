@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import platform
 import subprocess
-import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,11 +106,14 @@ def provenance(task) -> dict:
 
 def cell_id(spec: RunSpec, task_hash: str, optimizer: str, numerics: str | None = None) -> str:
     """Content hash of everything that determines a run's numbers: the specification (without
-    its label), the task's content hash, the optimizer's fingerprint and the library's
-    numerics fingerprint (:mod:`cryobench.fingerprint`; computed here unless given)."""
+    its label, and naming the task and optimizer by what they are, not how they were typed),
+    the task's content hash, the optimizer's name and fingerprint (``optimizer``) and the
+    library's numerics fingerprint (:mod:`cryobench.fingerprint`; computed here unless given)."""
     from .fingerprint import numerics_fingerprint
-    key = {**spec.to_dict(), "label": None, "task_hash": task_hash, "optimizer": optimizer,
-           "numerics": numerics or numerics_fingerprint(), "schema": SCHEMA_VERSION}
+    from .spec import load_spec
+    key = {**spec.to_dict(), "label": None, "task": load_spec(spec.task).name, "optimizer": optimizer,
+           "task_hash": task_hash, "numerics": numerics or numerics_fingerprint(),
+           "schema": SCHEMA_VERSION}
     return content_hash(key)[:16]
 
 

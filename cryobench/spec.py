@@ -58,9 +58,30 @@ class TaskSpec:
     def section(self, name: str) -> dict:
         return dict(self.raw.get(name, {}))
 
-    def scale(self, name: str) -> Scale:
-        """The sizes of scale ``name``; an unknown scale is an :class:`InputError`."""
+    @property
+    def default_scale(self) -> str:
+        """The scale used when none is named: ``default_scale`` if the task declares one, else its
+        only scale, else ``ci``; an :class:`InputError` when none of these exists."""
         scales = self.raw.get("scales", {})
+        declared = self.raw.get("default_scale")
+        if declared is not None:
+            if declared not in scales:
+                raise InputError(f"{self.path}: default_scale {declared!r} is not one of its "
+                                 f"scales ({', '.join(scales) or 'none'})")
+            return declared
+        if len(scales) == 1:
+            return next(iter(scales))
+        if "ci" in scales:
+            return "ci"
+        raise InputError(f"{self.path}: no scale given and the task has several "
+                         f"({', '.join(scales)}) but no default_scale; pass --scale NAME or add "
+                         f"default_scale = \"NAME\" at the top of the file")
+
+    def scale(self, name: str | None = None) -> Scale:
+        """The sizes of scale ``name`` (None: :attr:`default_scale`); an unknown scale is an
+        :class:`InputError`."""
+        scales = self.raw.get("scales", {})
+        name = self.default_scale if name is None else name
         if name not in scales:
             raise InputError(f"{self.path}: unknown scale {name!r}; this task has "
                              f"{', '.join(scales) or 'no scales'}")
@@ -101,7 +122,8 @@ def load_spec(name_or_path, tasks_dir: Path = TASKS_DIR) -> TaskSpec:
     for key in ("name", "seed", "dataset", "scales"):
         if key not in raw:
             raise InputError(f"{path}: missing required key {key!r}")
-    _check_keys(path, "top level", raw, {"name", "description", "seed", "scales", *_SECTIONS})
+    _check_keys(path, "top level", raw, {"name", "description", "seed", "scales", "default_scale",
+                                         *_SECTIONS})
     for section, allowed in _SECTIONS.items():
         if allowed is not None:
             _check_keys(path, section, raw.get(section, {}), allowed)

@@ -160,9 +160,10 @@ def likelihood_for(spec: TaskSpec, scale: Scale, box: int, pixel_size: float,
     return Likelihood(box, pixel_size, rmax, quad, objective.get("oversampling", 2), dtype)
 
 
-def load_task(name_or_path, scale: str = "ci", data_dir=None, progress: bool = True,
+def load_task(name_or_path, scale: str | None = None, data_dir=None, progress: bool = True,
               dtype=np.float32, tasks_dir: Path = TASKS_DIR) -> Task:
-    """Load task ``name_or_path`` (a name in ``tasks/`` or a TOML path) at ``scale``."""
+    """Load task ``name_or_path`` (a name in ``tasks/`` or a TOML path) at ``scale`` (None: the
+    task's default scale, see :attr:`TaskSpec.default_scale`; ``ci`` for the shipped tasks)."""
     spec = load_spec(name_or_path, tasks_dir)
     sc = spec.scale(scale)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()

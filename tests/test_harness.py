@@ -187,9 +187,11 @@ def test_tune_selects_on_validation_and_run_picks_it_up(tmp_path, data_dir):
     best = json.loads(results.cells.set_index("cell").loc[finals[ok].idxmin(), "params"])
     assert entry["params"] == best and len(entry["candidates"]) == 3
     tuned = load_tuned(record)
-    params, source = resolve_params(resolve("sgd"), {}, tuned, "synthetic-cylinder", "ci")
+    params, source = resolve_params(resolve("sgd"), {}, tuned, "synthetic-cylinder", "ci",
+                                    data_dir=data_dir)
     assert params["lr"] == best["lr"] and source["lr"] == "tuned"
-    params, source = resolve_params(resolve("sgd"), {"lr": 0.1}, tuned, "synthetic-cylinder", "ci")
+    params, source = resolve_params(resolve("sgd"), {"lr": 0.1}, tuned, "synthetic-cylinder", "ci",
+                                    data_dir=data_dir)
     assert params["lr"] == 0.1 and source["lr"] == "explicit"
 
 

@@ -15,7 +15,6 @@ import pytest
 
 from cryobench.cell import make_cell
 from cryobench.cli import main as cli
-from cryobench.errors import InputError
 from cryobench.grid import expand, load_grid, run_grid
 from cryobench.registry import resolve
 from cryobench.results import load_results
