@@ -229,6 +229,16 @@ def cmd_leaderboard(args) -> None:
     print(f"wrote {len(paths)} files; see {Path(args.results) / 'LEADERBOARD.md'}")
 
 
+def cmd_verify(args) -> int:
+    """Recompute committed cells (or their trace prefixes) and compare with what is stored."""
+    from .verify import verify
+    if args.sample is not None and args.sample < 1:
+        raise InputError(f"--sample {args.sample}: the number of cells is a positive integer")
+    if args.prefix is not None and args.prefix < 1:
+        raise InputError(f"--prefix {args.prefix}: a prefix is a positive number of evaluations")
+    return verify(args.results, args.sample, args.prefix)
+
+
 def cmd_bench(args) -> None:
     """Kernel and SGEMM throughput, SGD epoch, test NLL and peak memory per task (SPEC §5)."""
     from .bench import DEFAULT_TASKS, run_benches
@@ -305,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
             task=False)
     p.add_argument("--results", default=str(Path(__file__).resolve().parent.parent / "results"),
                    help="the results folder (default: the repository's results/)")
+
+    p = add("verify", cmd_verify, "recompute stored cells (or their trace prefixes) and compare: "
+                                  "bit-identical on the same platform, within the seed spread elsewhere",
+            task=False)
+    p.add_argument("results", nargs="+", help="results folders (holding cells/)")
+    p.add_argument("--sample", type=int, help="verify this many cells, spread over the methods "
+                                              "(default: all)")
+    p.add_argument("--prefix", type=int, metavar="EVALS",
+                   help="recompute each trace up to this many evaluations (default: whole runs)")
 
     p = add("bench", cmd_bench, "kernel vs SGEMM throughput, SGD epoch, test NLL, peak memory",
             task=False)
