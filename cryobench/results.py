@@ -177,7 +177,7 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
         trace = pd.read_csv(folder / "trace.csv")
         traces.append(trace)
         snaps = {s["label"]: s for s in meta.get("snapshots", [])}
-        last = trace.iloc[-1]
+        last = trace.iloc[-1] if len(trace) else pd.Series(dtype=float)   # header-only trace
         rows.append({"task": run["task"], "scale": run["scale"], "optimizer": meta["optimizer_name"],
                      "label": run["label"] or meta["optimizer_name"], "seed": run["seed"],
                      "cell": cell, "status": meta["status"], "message": meta["message"],
