@@ -248,6 +248,8 @@ def _save(fig: Figure, stem: Path) -> list[Path]:
 def _figures(results: Results, folder: Path, prefix: str = "") -> dict[str, tuple[str, list[Path]]]:
     """All figures of a results set into ``folder`` as {name: (caption, [png, svg])}."""
     results = comparable(results)
+    if results.cells.empty:
+        return {}
     figs = [("convergence", f"Test NLL vs gradient evaluations (Figure 3): {BAND}",
              convergence_figure, ())]
     figs += [(f"densities-{t}-{s}", f"Densities at 5K / 50K / final: {t} ({s}) (Figure 4)",

@@ -23,6 +23,8 @@ SNAPSHOTS = {"5K": 5_000, "50K": 50_000}
 COLUMNS = [*SNAPSHOTS, "Final"]
 NOT_RESULTS = {"interrupted"}              # not a result of the method: never compared
 IDENTITY = {"task", "scale", "label", "seed", "params", "optimizer"}
+NUMERIC = ["checkpoint", "evals", "grad_evals", "value_evals", "hvp_evals", "wall_s", "test_nll",
+           "validation_nll", "train_obj"]
 
 
 def _fmt(value) -> str:
@@ -84,6 +86,8 @@ def comparable(results: Results) -> Results:
     new = dict(zip(cells["cell"], cells["label"]))
     trace = results.trace[results.trace["cell"].isin(new)].copy()
     trace["label"] = trace["cell"].map(new)
+    numeric = [c for c in NUMERIC if c in trace and trace[c].dtype == object]
+    trace = trace.astype(dict.fromkeys(numeric, float))   # object if a header-only trace.csv came first
     sort = ["task", "scale", "label", "seed", "cell"]
     return Results(trace, cells.sort_values(sort, ignore_index=True), results.fsc, results.folders)
 
@@ -119,7 +123,7 @@ def seed_values(results: Results) -> pd.DataFrame:
     """One row per run: test NLL at the first checkpoint with evals ≥ 5,000 / ≥ 50,000 and at
     the end. A column the run did not reach because it failed (status not ok: diverged, error,
     time limit) is +inf — worse than any finished run; a column beyond an ok run's budget is NaN
-    (not applicable); so is any column of a run with no trace."""
+    (not applicable), as is every column of an ok run without a trace."""
     results = comparable(results)
     rows = []
     traces = dict(tuple(results.trace.groupby("cell")))
@@ -169,13 +173,14 @@ def _status(runs: pd.DataFrame) -> str:
 
 def checkpoint_table(results: Results, alpha: float = ALPHA) -> pd.DataFrame:
     """The 5K / 50K / Final table, one row per (task, scale, label): at each column the median
-    over seeds of the test NLL (failed seeds as +inf, so it is +inf if the median seed failed;
-    NaN if no seed applies), the seed range (max − min over the seeds that reached it), and against the best method
-    of the column (lowest median): the gap (median paired difference), the p-value of
-    ``sign_flip_pvalue``, the number of seeds paired and ``≈best`` (True when the method cannot
-    be told apart from the best at level ``alpha``: p ≥ alpha and no failure on a seed where the
-    best reached the column). Also the seeds, median final evals, median FSC-0.5 resolution (Å)
-    and the status. Interrupted runs are not results and are left out."""
+    over seeds of the test NLL (``seed_values``: +inf if the median seed failed, NaN if no seed
+    applies), the seed range (max − min over the seeds that reached it), and against the best
+    method of the column (lowest finite median, ties by label): the gap (median paired
+    difference), the p-value of ``sign_flip_pvalue`` over the seeds both reached, their number
+    and ``≈best`` — True when the method cannot be told apart from the best at level ``alpha``:
+    p ≥ alpha (or no seed both reached) and no failure on a seed where the best reached the
+    column. Also the seeds, median final evals, median FSC-0.5 resolution (Å) and the status.
+    Interrupted runs are not results and are left out."""
     if "test_nll" not in results.trace:
         raise InputError("these results have no test_nll (tuning runs are scored on the "
                          "validation split); reports compare test NLL")
@@ -208,7 +213,10 @@ def checkpoint_table(results: Results, alpha: float = ALPHA) -> pd.DataFrame:
                     "Resolution (Å)": runs["resolution_A"].median() if "resolution_A" in runs else np.nan,
                     "Status": _status(runs)}
             rows.append(row)
-    table = pd.DataFrame(rows)
+    per_column = [f"{k}{suffix}" for k in COLUMNS
+                  for suffix in ("", " range", " best", " gap", " p", " pairs", " ≈best")]
+    table = pd.DataFrame(rows, columns=["task", "scale", "label", "Seeds", *per_column,
+                                        "Final evals", "Resolution (Å)", "Status"])
     table.attrs["alpha"] = alpha
     return table
 
@@ -275,6 +283,8 @@ def table_markdown(table: pd.DataFrame) -> str:
         shown["Resolution (Å)"] = t["Resolution (Å)"].map(lambda v: num(v, ".1f"))
         shown["Status"] = t["Status"]
         blocks += [line, "", _markdown(shown, set(shown.columns) - {"method", "Status"})]
+    if table.empty:
+        blocks = ["No results to compare (no run other than interrupted ones).", ""]
     return "\n".join(blocks + [table_note(table), ""])
 
 
