@@ -54,8 +54,8 @@ def seed_curves(trace: pd.DataFrame, failed=()) -> pd.DataFrame:
     """Median, min and max of test NLL over seeds on the union of the seeds' evaluation counts
     (each seed interpolated in log evals within its own range; 0 and non-finite values dropped).
     A seed in ``failed`` (its run failed) counts as +inf after its last finite point in the
-    median, which is NaN where it is infinite (over half the seeds have failed); min and max are
-    over the seeds still running."""
+    median, which is NaN where it is infinite (at least half the seeds have failed by then); min
+    and max are over the seeds still running."""
     t = trace[(trace["evals"] > 0) & np.isfinite(trace["test_nll"])].sort_values("evals")
     evals = np.unique(t["evals"].to_numpy(float))
     grid, curves = np.log(evals), {seed: np.full(len(evals), np.inf) for seed in failed}
