@@ -1,6 +1,7 @@
 """Reports from loaded results: the paper's Figure 3 (``convergence_figure``), Figure 4
-(``density_figure``) and 5K / 50K / Final table (``checkpoint_table``, ``table_markdown``), FSC
-curves, time-to-target and Dolan–Moré performance profiles over gradient evaluations.
+(``density_figure``), FSC curves and Dolan–Moré performance profiles over gradient evaluations;
+the 5K / 50K / Final table with seed spreads and significance marks, time-to-target and the
+failed cells come from ``report_tables`` (importable from here too).
 
 ``write_report`` and ``write_leaderboard`` write them; the same results give byte-identical files
 (no timestamps or version strings, a fixed SVG hash salt, fixed float formats, sorted rows).
@@ -19,11 +20,13 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from .io import InputError
+from .report_tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,  # noqa: F401
+                            failed_cells, performance_profile, seed_values, sign_flip_pvalue,
+                            table_markdown, time_to_target)
 from .results import Results, atomic_write, load_results, read_meta
 
 DATASET = ["task", "scale"]
-SNAPSHOTS = {"5K": 5_000, "50K": 50_000}
+BAND = "median over seeds; band: min–max over seeds"
 RC = {"svg.hashsalt": "cryobench", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
       "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8}
 
@@ -47,21 +50,27 @@ def _datasets(results: Results) -> list[tuple]:
     return [(t, s, f"{t} ({s})" if t in several else t) for t, s in pairs]
 
 
-def seed_curves(trace: pd.DataFrame) -> pd.DataFrame:
+def seed_curves(trace: pd.DataFrame, failed=()) -> pd.DataFrame:
     """Median, min and max of test NLL over seeds on the union of the seeds' evaluation counts
-    (each seed interpolated in log evals within its own range; 0 and non-finite values dropped)."""
+    (each seed interpolated in log evals within its own range; 0 and non-finite values dropped).
+    A seed in ``failed`` (its run failed) counts as +inf after its last finite point in the
+    median, which is NaN where it is infinite (at least half the seeds have failed by then); min
+    and max are over the seeds still running."""
     t = trace[(trace["evals"] > 0) & np.isfinite(trace["test_nll"])].sort_values("evals")
     evals = np.unique(t["evals"].to_numpy(float))
-    grid, curves = np.log(evals), {}
+    grid, curves = np.log(evals), {seed: np.full(len(evals), np.inf) for seed in failed}
     for seed, run in t.groupby("seed"):
         x, y = np.log(run["evals"].to_numpy(float)), run["test_nll"].to_numpy(float)
-        curves[seed] = np.where((grid >= x[0]) & (grid <= x[-1]), np.interp(grid, x, y), np.nan)
-    c = pd.DataFrame(curves, index=evals)
-    return pd.DataFrame({"evals": evals, "median": c.median(axis=1).to_numpy(float),
-                         "lo": c.min(axis=1).to_numpy(float), "hi": c.max(axis=1).to_numpy(float)})
+        after = np.inf if seed in set(failed) else np.nan
+        curves[seed] = np.where(grid < x[0], np.nan, np.where(grid > x[-1], after, np.interp(grid, x, y)))
+    c = pd.DataFrame(curves, index=evals, dtype=float)
+    median, finite = c.median(axis=1).to_numpy(float), c.replace(np.inf, np.nan)
+    return pd.DataFrame({"evals": evals, "median": np.where(np.isfinite(median), median, np.nan),
+                         "lo": finite.min(axis=1).to_numpy(float),
+                         "hi": finite.max(axis=1).to_numpy(float)})
 
 
-def _legend(fig: Figure) -> None:
+def _legend(fig: Figure, title: str = "method") -> None:
     """One legend for the figure: every labelled artist once, sorted by label."""
     seen = {}
     for ax in fig.axes:
@@ -69,7 +78,7 @@ def _legend(fig: Figure) -> None:
             seen.setdefault(label, h)
     if seen:
         fig.legend([seen[k] for k in sorted(seen)], sorted(seen), loc="outside right upper",
-                   title="method")
+                   title=title)
 
 
 def _panels(rows: int, cols: int, height: float) -> tuple[Figure, np.ndarray]:
@@ -94,36 +103,50 @@ def _set_ylim(ax, lo: float, hi: float, pad: float = 0.05) -> None:
         ax.set_ylim(lo - margin, hi + margin)
 
 
+def _plain_tick(v: float, _) -> str:
+    """'20,000' at 1, 2 and 5 times a power of ten, else no label (the zoom's log x-axis)."""
+    mantissa = v / 10 ** np.floor(np.log10(v)) if v > 0 else 0
+    return f"{v:,.0f}" if any(np.isclose(mantissa, m) for m in (1, 2, 5)) else ""
+
+
 def convergence_figure(results: Results) -> Figure:
     """Figure 3: per dataset (columns) test NLL vs gradient evaluations (top, log x) and a zoom on
-    the last decade of evaluations (bottom, y fitted there); median over seeds, min–max band;
-    a diverged run's curve ends with ×. The top y-range runs from the best value to the initial
-    NLL (the 0-evaluation point itself is off the log axis; worse values are cut off)."""
+    the last decade of evaluations (bottom, y fitted there); median over seeds, min–max band over
+    seeds (``seed_curves``: a failed seed counts as +inf after its end, so the median curve ends,
+    with ×, where at least half the seeds have failed). The top y-range runs from the best value to
+    the initial NLL (the 0-evaluation point itself is off the log axis; worse values are cut
+    off). Interrupted runs are left out."""
+    results = comparable(results)
     colours, datasets = _colours(results), _datasets(results)
     with _style():
         fig, axes = _panels(2, len(datasets), 6.4)
         for (task, scale, title), top, zoom in zip(datasets, *axes):
             data = results.trace[(results.trace["task"] == task) & (results.trace["scale"] == scale)]
             cells = results.cells[(results.cells["task"] == task) & (results.cells["scale"] == scale)]
-            diverged = set(cells.loc[cells["status"] == "diverged", "label"])
+            failed = cells[cells["status"] != "ok"].groupby("label")["seed"].agg(set)
             f0, start = data.loc[data["evals"] == 0, "test_nll"].median(), data["evals"].max() / 10
             windows = []
             for label, d in data.groupby("label", sort=True):
-                c, colour = seed_curves(d), colours[label]
+                c, colour = seed_curves(d, failed.get(label, ())), colours[label]
                 for ax in (top, zoom):
                     ax.plot(c["evals"], c["median"], color=colour, lw=1.5, label=label, gid=label)
                     if d["seed"].nunique() > 1:
                         ax.fill_between(c["evals"], c["lo"], c["hi"], color=colour, alpha=0.2, lw=0)
-                if label in diverged and len(c):
-                    top.plot(c["evals"].iloc[-1:], c["median"].iloc[-1:], "x", ms=7, mew=2, color=colour)
+                ends = c[np.isfinite(c["median"])].iloc[-1:]
+                if 2 * len(failed.get(label, ())) >= d["seed"].nunique() and len(ends):
+                    top.plot(ends["evals"], ends["median"], "x", ms=7, mew=2, color=colour)
                 windows.append(_window(c, start, f0 if np.isfinite(f0) else np.inf))
             top.set(xscale="log", title=title, ylabel="test NLL")
             _set_ylim(top, data["test_nll"][np.isfinite(data["test_nll"])].min(), f0, pad=0.03)
-            zoom.set(xscale="log", xlim=(start, 10 * start), xlabel="gradient evaluations",
-                     ylabel="test NLL", title=f"last decade (≥ {start:,.0f})")
+            zoom.set(xscale="log", xlabel="gradient evaluations", ylabel="test NLL",
+                     title=f"last decade (≥ {start:,.0f})" if start > 0 else "last decade")
+            if start > 0:
+                zoom.set_xlim(start, 10 * start)
+                for axis in (zoom.xaxis.set_major_formatter, zoom.xaxis.set_minor_formatter):
+                    axis(FuncFormatter(_plain_tick))
             w = pd.DataFrame(windows, columns=["lo", "hi"], dtype=float)
             _set_ylim(zoom, w["lo"].min(), w["hi"].max())
-        _legend(fig)
+        _legend(fig, "method\n(median over seeds;\nband: min–max)")
     return fig
 
 
@@ -136,6 +159,7 @@ def _lowest_seed_cells(results: Results, task: str, scale: str) -> pd.Series:
 def density_figure(results: Results, task: str, scale: str) -> Figure:
     """Figure 4: one row per label (its lowest seed), columns 5K, 50K, final (z-projections of the
     aligned densities, one intensity scale per row, "—" if missing); the ground truth top right."""
+    results = comparable(results)
     cells, columns = _lowest_seed_cells(results, task, scale), ["5K", "50K", "final"]
     with _style(), sns.axes_style("white"):
         fig = Figure(figsize=(7.2, 1.6 * len(cells) + 0.5), layout="constrained")
@@ -162,62 +186,10 @@ def density_figure(results: Results, task: str, scale: str) -> Figure:
     return fig
 
 
-def _status(runs: pd.DataFrame) -> str:
-    """'ok', or e.g. '1/2 ok; seed 1: diverged at 3,100'."""
-    bad = runs[runs["status"] != "ok"]
-    if bad.empty:
-        return "ok"
-    parts = [f"seed {r.seed}: {r.status} at {int(r.evals):,}" for r in bad.itertuples()]
-    return f"{len(runs) - len(bad)}/{len(runs)} ok; " + "; ".join(parts)
-
-
-def checkpoint_table(results: Results) -> pd.DataFrame:
-    """The 5K / 50K / Final table: per (task, scale, label) the median over seeds of the test NLL
-    at the first checkpoint with evals ≥ 5,000 / ≥ 50,000 and at the last checkpoint; the final
-    range over seeds (max − min), median final evals, median FSC-0.5 resolution (Å), status."""
-    if "test_nll" not in results.trace:
-        raise InputError("these results have no test_nll (tuning runs are scored on the "
-                         "validation split); reports compare test NLL")
-    rows = []
-    for (task, scale, label), runs in results.cells.groupby(["task", "scale", "label"], sort=True):
-        per_seed = []
-        for cell in runs["cell"]:
-            t = results.trace[results.trace["cell"] == cell].sort_values("checkpoint")
-            nll = t["test_nll"].where(np.isfinite(t["test_nll"]))           # inf → NaN
-            per_seed.append({k: nll[t["evals"] >= at].iloc[0] if (t["evals"] >= at).any()
-                             else np.nan for k, at in SNAPSHOTS.items()} | {"Final": nll.iloc[-1]})
-        v = pd.DataFrame(per_seed)
-        rows.append({"task": task, "scale": scale, "label": label, **v.median(),
-                     "Final range": v["Final"].max() - v["Final"].min() if v["Final"].count() > 1
-                     else np.nan, "Final evals": int(runs["evals"].median()),
-                     "Resolution (Å)": runs["resolution_A"].median(),
-                     "Seeds": len(runs), "Status": _status(runs)})
-    return pd.DataFrame(rows)
-
-
-def _markdown(df: pd.DataFrame, right: set) -> str:
-    """A GitHub markdown table of already formatted strings (right-aligns the ``right`` columns)."""
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
-    lines = ["| " + " | ".join(map(esc, df.columns)) + " |",
-             "|" + "|".join("---:" if c in right else ":---" for c in df.columns) + "|"]
-    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def table_markdown(table: pd.DataFrame) -> str:
-    """The checkpoint table as markdown: NLL to 0.1, resolution to 0.1 Å, '—' where missing."""
-    fmt = lambda spec: (lambda v: "—" if pd.isna(v) else format(v, spec))
-    formats = {"5K": ",.1f", "50K": ",.1f", "Final": ",.1f", "Final range": ",.1f",
-               "Final evals": ",d", "Resolution (Å)": ".1f", "Seeds": "d"}
-    shown = table.copy()
-    for col, spec in formats.items():
-        shown[col] = shown[col].map(fmt(spec))
-    return _markdown(shown, set(formats))
-
-
 def fsc_figure(results: Results) -> Figure:
     """FSC of the final (aligned) densities against the ground truth, one panel per dataset, one
     line per label (its lowest seed); the 0.5 threshold as a dashed line."""
+    results = comparable(results)
     colours, datasets = _colours(results), _datasets(results)
     with _style():
         fig, (axes,) = _panels(1, len(datasets), 3.4)
@@ -233,37 +205,11 @@ def fsc_figure(results: Results) -> Figure:
     return fig
 
 
-def time_to_target(results: Results, tau=(1e-1, 1e-2)) -> pd.DataFrame:
-    """Per problem (task, scale, seed), tau and label: the evals and wall_s at which the label first
-    reaches f0 − (1 − tau)(f0 − f_best) (f0: initial test NLL, f_best: best over all labels on the
-    problem); inf if never. Labels without a run on a problem get no row."""
-    rows = []
-    for (task, scale, seed), prob in results.trace.groupby(["task", "scale", "seed"], sort=True):
-        f0 = prob.loc[prob["evals"] == 0, "test_nll"].median()
-        f_best = prob["test_nll"][np.isfinite(prob["test_nll"])].min()
-        for t in np.atleast_1d(tau):
-            target = f0 - (1 - t) * (f0 - f_best)
-            for label, run in prob.sort_values("checkpoint").groupby("label", sort=True):
-                hit = run[run["test_nll"] <= target]
-                rows.append({"task": task, "scale": scale, "seed": seed, "tau": float(t),
-                             "label": label, "f0": f0, "f_best": f_best, "target": target,
-                             "evals": float(hit["evals"].iloc[0]) if len(hit) else np.inf,
-                             "wall_s": float(hit["wall_s"].iloc[0]) if len(hit) else np.inf})
-    return pd.DataFrame(rows)
-
-
-def performance_profile(ttt: pd.DataFrame) -> dict:
-    """label → its sorted performance ratios (evals / best label's evals, per problem; inf if never
-    solved or not run there) from one tau's ``time_to_target`` rows."""
-    times = ttt.pivot_table(index=["task", "scale", "seed"], columns="label", values="evals",
-                            aggfunc="first").fillna(np.inf).clip(lower=1)
-    ratios = times.div(times.min(axis=1), axis=0).fillna(np.inf)
-    return {label: np.sort(r.to_numpy(float)) for label, r in ratios.items()}
-
-
 def profile_figure(results: Results, tau=(1e-1, 1e-2)) -> Figure:
-    """Dolan–Moré performance profiles over gradient evaluations, one panel per tau: the fraction
-    of problems a label solves within a factor α of the best label (α on a log2 axis)."""
+    """Dolan–Moré performance profiles over gradient evaluations, one panel per tau, over all runs
+    (``performance_profile``: a problem is a dataset and a seed): the fraction of problems a label
+    solves within a factor α of the fastest label (α on a log2 axis)."""
+    results = comparable(results)
     colours, taus = _colours(results), list(np.atleast_1d(tau))
     ttt = time_to_target(results, taus)
     with _style():
@@ -279,7 +225,7 @@ def profile_figure(results: Results, tau=(1e-1, 1e-2)) -> Figure:
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             n = len(next(iter(prof.values()))) if prof else 0
-            ax.set(xlim=(1, amax), ylim=(-0.02, 1.02), title=f"τ = {t:g} ({n} problems)",
+            ax.set(xlim=(1, amax), ylim=(-0.02, 1.02), title=f"τ = {t:g} ({n} problems: dataset × seed)",
                    xlabel="α (within a factor of the best evaluations)",
                    ylabel="fraction of problems solved")
         _legend(fig)
@@ -301,12 +247,17 @@ def _save(fig: Figure, stem: Path) -> list[Path]:
 
 def _figures(results: Results, folder: Path, prefix: str = "") -> dict[str, tuple[str, list[Path]]]:
     """All figures of a results set into ``folder`` as {name: (caption, [png, svg])}."""
-    figs = [("convergence", "Test NLL vs gradient evaluations (Figure 3)", convergence_figure, ())]
+    results = comparable(results)
+    if results.cells.empty:
+        return {}
+    figs = [("convergence", f"Test NLL vs gradient evaluations (Figure 3): {BAND}",
+             convergence_figure, ())]
     figs += [(f"densities-{t}-{s}", f"Densities at 5K / 50K / final: {t} ({s}) (Figure 4)",
               density_figure, (t, s)) for t, s, _ in _datasets(results)]
     figs += [("fsc", "FSC of the final densities against the ground truth", fsc_figure, ())] * (
         len(results.fsc) > 0)
-    figs += [("profile", "Performance profiles over gradient evaluations", profile_figure, ())]
+    figs += [("profile", "Performance profiles over gradient evaluations (every run; a problem is "
+              "a dataset and a seed; targets from the best final over all runs)", profile_figure, ())]
     return {name: (caption, _save(make(results, *args), folder / f"{prefix}{name}"))
             for name, caption, make, args in figs}
 
@@ -327,20 +278,34 @@ def provenance(results: Results) -> list[str]:
     return [f"- {k}: {', '.join(sorted(v))}" for k, v in seen.items() if v]
 
 
+def _relabelled(results: Results) -> list[str]:
+    """Markdown bullets naming the labels ``comparable`` extended (given label → shown labels)."""
+    c = comparable(results).cells
+    c = c[c["label"] != c["given_label"]].groupby(["task", "scale", "given_label"], sort=True)
+    return [f"- {t} ({s}): `{g}` → " + ", ".join(f"`{x}`" for x in sorted(set(x["label"])))
+            for (t, s, g), x in c]
+
+
 def _section(results: Results, table: pd.DataFrame, figs: dict, rel: str, level: str) -> list[str]:
-    """Markdown for one results set: table, figures (relative links), runs, provenance."""
-    md = [f"{level} Test NLL at 5K / 50K / final gradient evaluations", "",
-          "Median over seeds of Σ −log p over the test images (lower is better); *Final range* is "
-          "max − min over seeds; resolution is FSC = 0.5 after alignment.", "", table_markdown(table)]
+    """Markdown for one results set: table, figures (relative links), runs, failed / incomplete
+    cells, provenance."""
+    md = [f"{level} Test NLL at 5K / 50K / final gradient evaluations", "", table_markdown(table)]
+    if relabelled := _relabelled(results):
+        md += ["Labels extended so that no row averages different configurations or two runs of "
+               "one seed:", "", *relabelled, ""]
     for name, (caption, paths) in figs.items():
         md += [f"{level} {caption}", "",
                f"![{name}]({rel}{paths[0].name}) ([svg]({rel}{paths[1].name}))", ""]
     c = results.cells
     counts = ", ".join(f"{n} {s}" for s, n in c["status"].value_counts().sort_index().items())
     md += [f"{level} Runs", "", f"{len(c)} runs: {counts}.", ""]
-    bad = c.loc[c["status"] != "ok", ["task", "scale", "label", "seed", "status", "evals", "message"]]
+    bad = failed_cells(results)
     if len(bad):
-        md += [_markdown(bad.assign(evals=bad["evals"].map("{:,}".format)), {"seed", "evals"})]
+        evals = bad["evals"].map(lambda v: "—" if pd.isna(v) else f"{int(v):,}")
+        md += [f"{level} Failed / incomplete cells", "",
+               "Diverged, error and time-limited (`budget`) runs are results and enter the table "
+               "as failures; `interrupted` runs are not results and are left out of it.", "",
+               _markdown(bad.assign(evals=evals), {"seed", "evals"})]
     return md + [f"{level} Provenance", "", *provenance(results), ""]
 
 

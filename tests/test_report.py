@@ -111,17 +111,32 @@ def test_convergence_figure_structure(results):
             assert ax.get_ylabel() == "test NLL"
             assert sorted(_labelled_lines(ax)) == ["a", "b", "c"]      # one line per label
         assert axes[1, j].get_xlabel() == "gradient evaluations"
+        crosses = [l for l in axes[0, j].get_lines() if l.get_marker() == "x"]
+        assert len(crosses) == 1 and crosses[0].get_xdata()[0] == 3000   # c's only seed failed
         lo, hi = axes[1, j].get_xlim()
         assert lo >= 60000 / 10 - 1e-6 and hi <= 60000 + 1e-6
         ylo, yhi = axes[1, j].get_ylim()                   # zoom fitted to the last decade
         final = [_nll(l, s, _evals(l)[-1], task) for t, _, l, s, ok in _runs() if t == task and ok == "ok"]
         assert ylo < min(final) and yhi < 1000
-    assert len(fig.legends) == 1
-    # median over seeds: the plotted line of "a" at 5000 is the mean of its two seeds
+    assert len(fig.legends) == 1 and "band: min–max" in fig.legends[0].get_title().get_text()
+    # median over seeds: the plotted line of "a" at 5000 is the median of its three seeds
     line = next(l for l in axes[0, 0].get_lines() if l.get_label() == "a")
     x, y = line.get_data()
     want = _nll("a", 1, 5000, "task-a")                # the median of seeds 0, 1, 2
     assert y[list(x).index(5000)] == pytest.approx(want)
+
+
+def test_seed_curves_count_failed_seeds_as_worst():
+    runs = {0: [5.0, 4, 3], 1: [6.0, 5, 4], 2: [7.0, 6], 3: [8.0, 7]}   # 2 and 3 stop after 100
+    trace = pd.DataFrame([{"seed": seed, "evals": e, "test_nll": v} for seed, nll in runs.items()
+                          for e, v in zip([10, 100, 1000], nll)])
+    plain = report.seed_curves(trace).set_index("evals")
+    assert plain.loc[1000, "median"] == 3.5                         # finished seeds: left out
+    c = report.seed_curves(trace, failed={2}).set_index("evals")
+    assert c.loc[100, "median"] == 5.5 and c.loc[1000, "median"] == 4  # median of [3, 4, +inf]
+    assert c.loc[1000, "lo"] == 3 and c.loc[1000, "hi"] == 4         # band: the seeds still running
+    c = report.seed_curves(trace, failed={2, 3}).set_index("evals")  # half failed: no median
+    assert np.isnan(c.loc[1000, "median"]) and c.loc[100, "median"] == 5.5
 
 
 def test_colours_fixed_per_label(results):
@@ -163,12 +178,14 @@ def test_checkpoint_table_values(results):
         assert b["50K"] == pytest.approx(np.median([_nll("b", s, 50400, task) for s in (0, 1)]))
         assert b["Final evals"] == 54000 and a["Resolution (Å)"] == pytest.approx(41)
         assert a["Seeds"] == 3 and b["Resolution (Å)"] == pytest.approx(40.5)
-        c = table.loc[(task, "c")]
-        assert np.isnan(c["50K"]) and np.isnan(c["Final"]) and np.isnan(c["5K"])
+        c = table.loc[(task, "c")]                  # diverged at 3,100 of 60,000: failed at all three
+        assert (c[["5K", "50K", "Final"]] == np.inf).all() and not c["Final ≈best"]
         assert c["Status"] == "0/1 ok; seed 0: diverged at 3,100" and a["Status"] == "ok"
+        assert b["Final best"] and a["Final pairs"] == 2 and a["Final p"] == pytest.approx(1 / 4)
     md = report.table_markdown(report.checkpoint_table(results))
-    assert f"{_nll('a', 1, 5000, 'task-a'):,.1f}" in md and "| — |" in md
-    assert md.count("\n") == 2 + len(table)
+    assert f"**{_nll('a', 1, 5000, 'task-a'):,.1f}**" in md and "| failed |" in md
+    assert md.count("| a | 3 |") == md.count("| c | 1 |") == len(DATASETS)
+    assert "**task-b (ci)**: 1–3 seeds per method" in md
 
 
 def _tiny():
@@ -249,3 +266,5 @@ def test_write_leaderboard_deterministic(fake_root, tmp_path):
     text = a["LEADERBOARD.md"].decode()
     assert "## small" in text and "## other" in text and "tune" not in text
     assert "(figures/small-convergence.png)" in text and "figures/other-profile.svg" in a
+    assert text.count("noise floor (median over methods of the Final seed range)") == 2
+    assert "| task-a-c-0 | task-a | ci | c | 0 | diverged | 3,100 | iterate not finite |" in text
