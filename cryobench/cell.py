@@ -80,7 +80,7 @@ def identity(cell: "Cell", method, known: dict | None = None) -> dict:
     same = known and known.get("source") == source_digest() and known.get("machine") == machine()
     return {"cell": cell.cell, "task_hash": cell.task_hash,
             "numerics": known["numerics"] if same else numerics_fingerprint(),
-            "optimizer": optimizer_key(method), "threads": cell.spec.threads}
+            "optimizer": optimizer_key(method), "threads": cell.spec.threads, "platform": machine()}
 
 
 def compute_cell(cell: dict, data_dir: str | None, stuck_grace: float | None = None,

@@ -147,11 +147,15 @@ def source_digest() -> str:
 
 
 def machine() -> str:
-    """Host name, CPU and BLAS build: what besides the code decides the probe's bits."""
+    """The platform: CPU, BLAS build, NumPy, numba and Python versions — what besides the code
+    decides the bits a run computes (two machines alike in these compute alike)."""
     import platform
+
+    import numba
     from .threads import thread_info
     info = thread_info()
-    return f"{platform.node()}|{info.get('cpu')}|{info.get('blas')}|{platform.python_version()}"
+    return (f"{info.get('cpu')} | {info.get('blas')} | numpy {np.__version__} | numba "
+            f"{numba.__version__} | python {platform.python_version()}")
 
 
 @lru_cache(maxsize=None)

@@ -22,8 +22,14 @@ import numpy as np
 
 from . import threads  # noqa: F401  (thread pools' wait policy before numba starts)
 
+# Fast-math without 'reassoc': with reassociation allowed, the code a process compiles and the
+# code it later loads from numba's cache round differently (measured: the probe of
+# cryobench.fingerprint gave other bits in the compiling process than in every later one), so a
+# fresh clone's first cells would not reproduce. No NaN, no infinity and no signed zero keep the
+# max and exp loops vectorised; measured speed is that of fastmath=True within noise.
+DETERMINISTIC_FASTMATH = {"nnan", "ninf", "nsz"}
 _JIT = dict(cache=True)
-_FAST = dict(cache=True, fastmath=True)
+_FAST = dict(cache=True, fastmath=DETERMINISTIC_FASTMATH)
 
 
 def ctf_terms(ctf, inv_sigma, s2: np.ndarray):

@@ -17,7 +17,7 @@ import numpy as np
 from . import threads  # noqa: F401  (thread pools' wait policy before numba starts)
 
 
-@nb.njit(cache=True, fastmath=True)
+@nb.njit(cache=True, fastmath={"nnan", "ninf", "nsz"})  # no 'reassoc': see kernels.py
 def _value_beta1(v, lambda_pos, lambda_neg):
     pos = neg = 0.0
     for k in range(v.shape[0]):

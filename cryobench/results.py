@@ -65,7 +65,7 @@ def cell_files(out: RunOutput, cell: str, pixel_size: float) -> dict[str, bytes]
            "label": run["label"] or out.meta["optimizer_name"], "seed": run["seed"], "cell": cell}
     for i, (k, v) in enumerate(ids.items()):
         trace.insert(i, k, v)
-    files = {"trace.csv": trace.to_csv(index=False, float_format="%.10g").encode(),
+    files = {"trace.csv": trace.to_csv(index=False, float_format="%.17g").encode(),   # exact
              "meta.json": to_json({**out.meta, "cell": cell}).encode()}
     if out.fsc is not None:
         files["fsc.csv"] = out.fsc.to_csv(index=False, float_format="%.6g").encode()

@@ -7,9 +7,10 @@ first evaluations of a run do not depend on its budget, since the shipped optimi
 it — a method whose ``init`` uses its budget must be verified in full). The rows of both traces
 at the evaluation counts they share are compared, with the status and the counts.
 
-* **Same platform** — the stored identity (numerics fingerprint, thread count) equals this
-  machine's: the numbers must be bit-identical, since the same code, data, seed and threads
-  give the same bits.
+* **Same platform** — the stored platform (CPU, BLAS, NumPy, numba, Python) and thread count
+  equal this machine's: the numbers must be bit-identical, since the same code, data, seed and
+  threads give the same bits, and the numerics fingerprint must be the stored one (else the
+  code now computes other numbers somewhere, and the results are stale).
 * **Another platform** (another CPU, BLAS or numba changes the last bits, and a chaotic float32
   trajectory amplifies them): each test NLL must lie within the tolerance — the spread (max −
   min) of the committed seeds of that task and configuration at that checkpoint, plus 1e-6
@@ -111,7 +112,8 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     method = resolve(spec.optimizer)
     mine = identity(cell, method)
     theirs = meta.get("identity", {})
-    exact = mine["numerics"] == theirs.get("numerics") and mine["threads"] == theirs.get("threads")
+    exact = mine["platform"] == theirs.get("platform") and mine["threads"] == theirs.get("threads")
+    stale = exact and mine["numerics"] != theirs.get("numerics")
     out = execute(spec, task, method, compare=False)
     now = out.trace.sort_values("evals")
     common = np.intersect1d(stored["evals"].to_numpy(), now["evals"].to_numpy())
@@ -130,7 +132,12 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
         if not same:
             at = common[np.nanargmax(np.nanmax(diff, axis=1))] if diff.size else "?"
             return Verdict(row.cell, what, False, True, len(common), worst,
-                           f"not bit-identical: largest difference {worst:.3g} at {at} evaluations")
+                           f"not bit-identical: largest difference {worst:.3g} at {at} evaluations"
+                           + (" (the numerics fingerprint changed on this platform)" if stale else ""))
+        if stale:
+            return Verdict(row.cell, what, False, True, len(common), 0.0,
+                           f"{len(common)} rows bit-identical, but the numerics fingerprint changed "
+                           "on this platform: the code computes other numbers; regenerate")
         note = "" if mine["cell"] == meta["cell"] else (
             f"{len(common)} rows bit-identical, but this code files the run under id "
             f"{mine['cell']}")
