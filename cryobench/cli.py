@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 from .io import InputError
-from .spec import SCALES, known_tasks, load_spec
+from .spec import SCALES, check_splits, known_tasks, load_spec
 
 
 def _data_dir(args) -> Path:
@@ -17,24 +17,28 @@ def _data_dir(args) -> Path:
 
 def cmd_list(args) -> None:
     """Print the tasks and the optimizers with their hyper-parameter defaults and ranges."""
-    from .registry import discover
+    from .registry import scan
     print("tasks:")
     for name in known_tasks():
         spec = load_spec(name)
         print(f"  {name:22s} {spec.raw.get('description', '')}")
     print("optimizers:")
-    for name, m in sorted(discover().items()):
+    registry = scan()
+    for name, m in sorted(registry.methods.items()):
         hypers = "  ".join(f"{k}={h.default:g} [{h.low:g}, {h.high:g}{', log' if h.log else ''}]"
                            for k, h in m.hypers.items())
         print(f"  {name:16s} {hypers}")
+    for error in registry.broken.values():
+        print(f"  broken: {error}")
 
 
 def describe(spec, scale_name: str, data_dir: Path) -> dict:
     """Sizes of a task at a scale: images, splits, box, r_max, quadrature, flops per evaluation."""
-    from .datasets import load_dataset, simulated_dir
+    from .datasets import dataset_size, load_dataset, simulated_dir
     from .task import likelihood_for
     scale = spec.scale(scale_name)
     kind = spec.section("dataset").get("kind")
+    check_splits(spec, scale, dataset_size(spec, scale))        # before reading any stack
     if kind == "simulated":
         box, pixel, n_images = scale.box, scale.pixel_size, scale.n_images
         folder = simulated_dir(spec, scale, data_dir)
@@ -44,13 +48,13 @@ def describe(spec, scale_name: str, data_dir: Path) -> dict:
         box, pixel, n_images = data.images.shape[-1], data.pixel_size, len(data.images)
         cached = str(spec.path.parent / spec.section("dataset")["star"])
     protocol = spec.section("protocol")
+    sizes = check_splits(spec, scale, n_images)
     lik = likelihood_for(spec, scale, box, pixel)
     quad, rmax = lik.quadrature, lik.rmax
-    n_test = protocol.get("n_test", 100)
-    n_train = n_images - n_test - scale.n_validation
+    n_train = sizes["train"]
     return {
         "task": spec.name, "scale": scale.name, "images": n_images,
-        "splits (train / validation / test)": f"{n_train} / {scale.n_validation} / {n_test}",
+        "splits (train / validation / test)": f"{n_train} / {sizes['validation']} / {sizes['test']}",
         "box": f"{box} px, {pixel:.4g} Å/px", "r_max": f"{rmax:.4g} px = 1/{box * pixel / rmax:.4g} Å"
         f" ({100 * rmax / (box / 2):.3g} % of Nyquist)",
         "Fourier coefficients (half disk)": len(lik.points),
