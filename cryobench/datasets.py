@@ -78,10 +78,13 @@ def ensure_simulated(spec: TaskSpec, scale: Scale, data_dir: Path, progress: boo
 
     A folder whose files differ from ``manifest.json`` (rewritten, truncated, deleted), or that has
     no readable manifest (a killed writer's leftover), is removed and simulated again, with one
-    line on stderr saying why. Temporaries of killed simulations are removed first.
+    line on stderr saying why. Temporaries of killed simulations (see
+    :func:`cryobench.cache.remove_dead_temporaries`) are removed first.
     """
     from .simulate import simulate
     target = simulated_dir(spec, scale, data_dir)
+    if target.parent.is_dir():
+        remove_dead_temporaries(target.parent)
     if target.exists():
         problem = manifest_problem(target, SIMULATED_FILES) if target.is_dir() else "not a folder"
         if problem is None:
@@ -90,7 +93,6 @@ def ensure_simulated(spec: TaskSpec, scale: Scale, data_dir: Path, progress: boo
               file=sys.stderr)
         discard(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(target.parent)
     tmp = temporary_dir(target.parent, target.name)
     try:
         simulate(simulation_params(spec, scale), tmp, progress=progress)
