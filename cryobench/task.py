@@ -237,9 +237,9 @@ def _initial_density(spec, scale, data, lik, spectra, splits, init_spec, derived
     in ``init.json``, else built (again, with one line on stderr saying why)."""
     path, record = derived / "init.mrc", derived / "init.json"
     if path.exists():
-        problem = _init_problem(path, record)
+        vol, problem = _cached_init(path, record)
         if problem is None:
-            return read_volume(path)[0]
+            return vol
         print(f"cryobench: {path}: {problem}; building it again", file=sys.stderr)
     rng = rng_for(spec.name, spec.seed, "init")
     vol = random_spheres(lik.box, data.pixel_size, data.particle_radius, rng,
@@ -256,18 +256,18 @@ def _initial_density(spec, scale, data, lik, spectra, splits, init_spec, derived
     return vol
 
 
-def _init_problem(path: Path, record: Path) -> str | None:
-    """None if ``init.mrc`` is a readable map whose SHA-256 is the one in ``init.json``."""
+def _cached_init(path: Path, record: Path) -> tuple[np.ndarray | None, str | None]:
+    """(the map, None) if ``init.mrc`` is readable and has the SHA-256 recorded in ``init.json``;
+    else (None, what is wrong)."""
     try:
         expected = json.loads(record.read_text()).get("sha256")
     except (OSError, ValueError, AttributeError):
-        return f"{record.name} is missing or unreadable"
+        return None, f"{record.name} is missing or unreadable"
     if not isinstance(expected, str):
-        return f"{record.name} records no SHA-256 of it"
+        return None, f"{record.name} records no SHA-256 of it"
     if not path.is_file() or file_sha256(path) != expected:
-        return f"its SHA-256 differs from the one in {record.name}"
+        return None, f"its SHA-256 differs from the one in {record.name}"
     try:
-        read_volume(path)
+        return read_volume(path)[0], None
     except InputError as exc:
-        return str(exc)
-    return None
+        return None, str(exc)
