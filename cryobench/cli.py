@@ -81,6 +81,7 @@ def cmd_simulate(args) -> None:
     scale = spec.scale(args.scale)
     if spec.section("dataset").get("kind") != "simulated":
         raise InputError(f"{spec.path}: task {spec.name!r} reads a STAR file; nothing to simulate")
+    check_splits(spec, scale, scale.n_images or 0)     # a task whose splits do not fit is refused
     if args.out:
         from .simulate import simulate
         meta = simulate(simulation_params(spec, scale), Path(args.out), progress=not args.quiet)

@@ -68,10 +68,12 @@ def test_bad_split_sizes_are_refused_before_any_work(tmp_path, old, new, needle)
             call()
         assert str(task) in str(info.value) and needle in str(info.value), str(info.value)
     assert not cache.exists()                   # nothing simulated
-    proc = subprocess.run([sys.executable, "-m", "cryobench.cli", "info", str(task), "--scale",
-                           "ci", "--data-dir", str(cache)], capture_output=True, text=True)
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(err) == 1 and needle in err[0] and proc.stdout == ""
+    for command in ("info", "simulate"):
+        proc = subprocess.run([sys.executable, "-m", "cryobench.cli", command, str(task), "--scale",
+                               "ci", "--data-dir", str(cache)], capture_output=True, text=True)
+        err = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(err) == 1 and needle in err[0] and proc.stdout == ""
+    assert not cache.exists()
 
 
 def test_a_missing_n_validation_is_refused(tmp_path):
