@@ -89,7 +89,7 @@ def ensure_simulated(spec: TaskSpec, scale: Scale, data_dir: Path, progress: boo
         problem = manifest_problem(target, SIMULATED_FILES) if target.is_dir() else "not a folder"
         if problem is None:
             return target
-        print(f"cryobench: {target}: {problem}; removing it and simulating the dataset again",
+        print(f"cryobench: {target}: {problem}; removing the folder and simulating the dataset again",
               file=sys.stderr)
         discard(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,12 @@ def ensure_simulated(spec: TaskSpec, scale: Scale, data_dir: Path, progress: boo
 def dataset_size(spec: TaskSpec, scale: Scale) -> int:
     """The number of images a task has at a scale, without simulating or reading any stack."""
     recipe = spec.section("dataset")
-    if recipe.get("kind") == "star" and "star" in recipe:
+    kind = recipe.get("kind")
+    if kind not in ("simulated", "star"):
+        raise InputError(f"{spec.path}: [dataset] kind must be 'simulated' or 'star', got {kind!r}")
+    if kind == "star":
+        if "star" not in recipe:
+            raise InputError(f"{spec.path}: [dataset] needs 'star' for a STAR dataset")
         return count_particles((spec.path.parent / recipe["star"]).resolve(), scale.n_images)
     if scale.n_images is None:
         raise InputError(f"{spec.path}: [scales.{scale.name}] needs n_images for a simulated dataset")

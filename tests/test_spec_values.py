@@ -98,3 +98,17 @@ def test_the_command_line_prints_the_line_and_exits_2(tmp_path, command):
 def test_the_shipped_tasks_pass_their_own_rules():
     for name in ("synthetic-cylinder", "thermus-style"):
         assert load_spec(name).name == name
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ('kind = "simulated"', "[scales.ci] needs n_images for a simulated dataset"),
+    ('kind = "star"', "[dataset] needs 'star' for a STAR dataset"),
+    ('kind = "film"', "[dataset] kind must be 'simulated' or 'star', got 'film'"),
+])
+def test_a_dataset_without_its_source_is_one_line(tmp_path, dataset, message):
+    from cryobench.task import split_sizes
+    path = write(tmp_path, f'name = "t"\nseed = 1\n[dataset]\n{dataset}\n[scales.ci]\nrmax = 3.0\n'
+                           f'n_validation = 5\n')
+    with pytest.raises(InputError) as info:
+        split_sizes(path, "ci")
+    assert str(info.value) == f"{path}: {message}"
