@@ -127,7 +127,10 @@ def manifest_problem(folder: Path, names) -> str | None:
         if stamps.get(name) == _key(st, manifest[name]):
             continue
         since = since or fs_now(folder)
-        digest = file_sha256(folder / name)
+        try:
+            digest = file_sha256(folder / name)
+        except OSError as exc:           # removed or unreadable while we looked
+            return f"{name} cannot be read ({exc.strerror or exc})"
         if digest != manifest[name]:
             return (f"{name} ({st.st_size:,} bytes) has SHA-256 {digest[:12]}…, but {MANIFEST} "
                     f"says {manifest[name][:12]}…")
