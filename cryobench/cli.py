@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 from .errors import InputError
-from .spec import SCALES, known_tasks, load_spec
+from .spec import SCALES, check_splits, known_tasks, load_spec
 
 SCALE_HELP = (f"a scale of the task: {', '.join(SCALES)} for the shipped tasks, or any scale the "
               "task's own [scales.NAME] tables declare (default: the task's default_scale, else "
@@ -21,24 +21,28 @@ def _data_dir(args) -> Path:
 
 def cmd_list(args) -> None:
     """Print the tasks and the optimizers with their hyper-parameter defaults and ranges."""
-    from .registry import discover
+    from .registry import scan
     print("tasks:")
     for name in known_tasks():
         spec = load_spec(name)
         print(f"  {name:22s} {spec.raw.get('description', '')}")
     print("optimizers:")
-    for name, m in sorted(discover().items()):
+    registry = scan()
+    for name, m in sorted(registry.methods.items()):
         hypers = "  ".join(f"{k}={h.default:g} [{h.low:g}, {h.high:g}{', log' if h.log else ''}]"
                            for k, h in m.hypers.items())
         print(f"  {name:16s} {hypers}")
+    for error in registry.broken.values():
+        print(f"  broken: {error}")
 
 
 def describe(spec, scale_name: str, data_dir: Path) -> dict:
     """Sizes of a task at a scale: images, splits, box, r_max, quadrature, flops per evaluation."""
-    from .datasets import load_dataset, simulated_dir
+    from .datasets import dataset_size, load_dataset, simulated_dir
     from .task import likelihood_for
     scale = spec.scale(scale_name)
     kind = spec.section("dataset").get("kind")
+    check_splits(spec, scale, dataset_size(spec, scale))        # before reading any stack
     if kind == "simulated":
         box, pixel, n_images = scale.box, scale.pixel_size, scale.n_images
         folder = simulated_dir(spec, scale, data_dir)
@@ -49,13 +53,13 @@ def describe(spec, scale_name: str, data_dir: Path) -> dict:
         cached = str(spec.path.parent / spec.section("dataset")["star"])
         real = _star_lines(spec, data)
     protocol = spec.section("protocol")
+    sizes = check_splits(spec, scale, n_images)
     lik = likelihood_for(spec, scale, box, pixel)
     quad, rmax = lik.quadrature, lik.rmax
-    n_test = protocol.get("n_test", 100)
-    n_train = n_images - n_test - scale.n_validation
+    n_train = sizes["train"]
     return {
         "task": spec.name, "scale": scale.name, "images": n_images,
-        "splits (train / validation / test)": f"{n_train} / {scale.n_validation} / {n_test}",
+        "splits (train / validation / test)": f"{n_train} / {sizes['validation']} / {sizes['test']}",
         "box": f"{box} px, {pixel:.4g} Å/px", "r_max": f"{rmax:.4g} px = 1/{box * pixel / rmax:.4g} Å"
         f" ({100 * rmax / (box / 2):.3g} % of Nyquist)",
         "Fourier coefficients (half disk)": len(lik.points),
@@ -98,6 +102,7 @@ def cmd_simulate(args) -> None:
     scale = spec.scale(args.scale)
     if spec.section("dataset").get("kind") != "simulated":
         raise InputError(f"{spec.path}: task {spec.name!r} reads a STAR file; nothing to simulate")
+    check_splits(spec, scale, scale.n_images or 0)     # a task whose splits do not fit is refused
     if args.out:
         from .simulate import simulate
         meta = simulate(simulation_params(spec, scale), Path(args.out), progress=not args.quiet)

@@ -11,14 +11,16 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .cache import (MANIFEST, discard, file_sha256, fs_now, manifest_problem, record_verified,
+                    remove_dead_temporaries, temporary_dir)
 from .ctf import CTFParams
-from .io import InputError, estimate_noise_sigma, fourier_crop, read_particles
+from .io import InputError, count_particles, estimate_noise_sigma, fourier_crop, read_particles
 from .seeding import content_hash, derive_seed
 from .spec import Scale, TaskSpec
 
@@ -49,15 +51,6 @@ class Dataset:
     contrast_z: float | None = None   # STAR data: evidence for the model's sign (realdata.py)
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 4 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def simulation_params(spec: TaskSpec, scale: Scale):
     """The :class:`SimulationParams` of a simulated task at a scale."""
     from .simulate import SimulationParams
@@ -82,25 +75,55 @@ def simulated_dir(spec: TaskSpec, scale: Scale, data_dir: Path) -> Path:
 
 
 def ensure_simulated(spec: TaskSpec, scale: Scale, data_dir: Path, progress: bool = True) -> Path:
-    """Simulate the dataset unless it is cached; returns its folder."""
+    """The folder of the task's simulated dataset, verified against its manifest.
+
+    A folder whose files differ from ``manifest.json`` (rewritten, truncated, deleted), or that has
+    no readable manifest (a killed writer's leftover), is removed and simulated again, with one
+    line on stderr saying why. Temporaries of killed simulations (see
+    :func:`cryobench.cache.remove_dead_temporaries`) are removed first.
+    """
     from .simulate import simulate
     target = simulated_dir(spec, scale, data_dir)
-    if (target / "manifest.json").is_file():
-        return target
+    if target.parent.is_dir():
+        remove_dead_temporaries(target.parent)
+    if target.exists():
+        problem = manifest_problem(target, SIMULATED_FILES) if target.is_dir() else "not a folder"
+        if problem is None:
+            return target
+        print(f"cryobench: {target}: {problem}; removing the folder and simulating the dataset again",
+              file=sys.stderr)
+        discard(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = temporary_dir(target.parent, target.name)
     try:
         simulate(simulation_params(spec, scale), tmp, progress=progress)
+        since = fs_now(tmp)
         manifest = {name: file_sha256(tmp / name) for name in SIMULATED_FILES}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        record_verified(tmp, manifest, since)
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished first: keep theirs
-            if not (target / "manifest.json").is_file():
+            if not (target / MANIFEST).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def dataset_size(spec: TaskSpec, scale: Scale) -> int:
+    """The number of images a task has at a scale, without simulating or reading any stack."""
+    recipe = spec.section("dataset")
+    kind = recipe.get("kind")
+    if kind not in ("simulated", "star"):
+        raise InputError(f"{spec.path}: [dataset] kind must be 'simulated' or 'star', got {kind!r}")
+    if kind == "star":
+        if "star" not in recipe:
+            raise InputError(f"{spec.path}: [dataset] needs 'star' for a STAR dataset")
+        return count_particles((spec.path.parent / recipe["star"]).resolve(), scale.n_images)
+    if scale.n_images is None:
+        raise InputError(f"{spec.path}: [scales.{scale.name}] needs n_images for a simulated dataset")
+    return scale.n_images
 
 
 def load_dataset(spec: TaskSpec, scale: Scale, data_dir: Path, progress: bool = True) -> Dataset:

@@ -19,6 +19,7 @@ import starfile
 
 from .ctf import CTFParams
 from .errors import InputError  # noqa: F401  (re-exported: cryobench.io.InputError)
+from .duplicates import IdenticalImages, repeated_names
 from .fourier import centered_dft2, centered_idft2
 
 
@@ -316,6 +317,12 @@ def read_particles(star_path, *, max_images: int | None = None,
     pixel_size = _star_pixel_size(star, table)
     origins = _star_origins(star, table)
     index, paths = _stack_locations(star, table)
+    pair = repeated_names(star, index, paths)
+    if pair:
+        raise InputError(f"{star}: rows {pair[0] + 1} and {pair[1] + 1} both name image "
+                         f"{index[pair[0]] + 1} of {paths[pair[0]].name} (column rlnImageName); "
+                         f"a particle listed twice could fall into two splits")
+    identical = IdenticalImages()
     groups: dict[Path, list[int]] = {}
     for row, path in enumerate(paths):
         groups.setdefault(path, []).append(row)
@@ -343,6 +350,7 @@ def read_particles(star_path, *, max_images: int | None = None,
                     images, first = data[:len(wanted)], name
                     for lo, block in image_blocks(images, READ_CHUNK):
                         _check_finite(name, block, wanted[lo:], rows[lo:], star)
+                        identical.add(block, rows[lo:lo + len(block)])
                     continue
                 if images is None:
                     images, first = np.empty((len(paths), h, w), dtype=np.float32), name
@@ -354,12 +362,19 @@ def read_particles(star_path, *, max_images: int | None = None,
                     part = order[lo:lo + READ_CHUNK]
                     block = np.asarray(data[wanted[part]], dtype=np.float32)
                     _check_finite(name, block, wanted[part], rows[part], star)
+                    identical.add(block, rows[part])
                     images[rows[part]] = block
                     release_pages(data)
         except InputError:
             raise
         except Exception as exc:  # mrcfile raises ValueError and friends for malformed files
             raise InputError(f"{name}: not a readable MRC stack ({exc})") from None
+    pair = identical.first(images)
+    if pair:
+        a, b = pair
+        raise InputError(f"{star}: rows {a + 1} and {b + 1} hold identical images (image "
+                         f"{index[a] + 1} of {paths[a].name} and image {index[b] + 1} of "
+                         f"{paths[b].name}); a duplicated particle could fall into two splits")
     if pixel_size is None and not header_pixel > 0:
         raise InputError(f"{star}: pixel size is missing: no rlnImagePixelSize, rlnPixelSize or "
                          f"rlnDetectorPixelSize+rlnMagnification column, and the MRC header of "
@@ -369,6 +384,12 @@ def read_particles(star_path, *, max_images: int | None = None,
         origins = origins[0] / pixel_size if origins[1] == "Å" else origins[0]
     return Particles(images=images, ctf=ctf, pixel_size=pixel_size, source=str(star),
                      origins=origins)
+
+
+def count_particles(star_path, max_images: int | None = None) -> int:
+    """Rows of a STAR file's particle table (at most ``max_images``), without reading stacks."""
+    particles, _ = _read_star(Path(star_path))
+    return len(particles) if max_images is None else min(len(particles), max_images)
 
 
 def estimate_noise_sigma(images: np.ndarray, radius_px: float, chunk: int = 1024) -> np.ndarray:

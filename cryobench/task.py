@@ -14,18 +14,21 @@ Everything an optimizer is compared on is fixed here and identical for every met
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .datasets import Dataset, default_data_dir, load_dataset
-from .io import read_volume, write_volume
+from .cache import file_sha256
+from .datasets import Dataset, dataset_size, default_data_dir, load_dataset
+from .io import InputError, read_volume, write_volume
 from .likelihood import ImageSpectra, Likelihood
 from .prior import Prior
 from .quadrature import quadrature_for
 from .seeding import content_hash, rng_for
-from .spec import TASKS_DIR, Scale, TaskSpec, load_spec
+from .spec import TASKS_DIR, Scale, TaskSpec, check_splits, load_spec
 
 FORMAT_VERSION = 1
 
@@ -104,10 +107,18 @@ class Task:
 
 
 def make_splits(name: str, seed: int, n_images: int, n_test: int, n_validation: int) -> dict:
-    """Fixed test / validation / train index arrays (sorted) from a seed derived from the task."""
-    if n_test + n_validation >= n_images:
+    """Fixed test / validation / train index arrays (sorted) from a seed derived from the task.
+
+    The three are disjoint and cover 0 … n_images − 1 (a permutation cut in three); a task's
+    sizes are checked first by :func:`cryobench.spec.check_splits`, with its file named.
+    """
+    sizes = (n_images, n_test, n_validation)
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in sizes):
+        raise ValueError(f"make_splits: sizes must be integers, got n_images={n_images!r}, "
+                         f"n_test={n_test!r}, n_validation={n_validation!r}")
+    if n_test < 1 or n_validation < 1 or n_test + n_validation >= n_images:
         raise ValueError(f"{n_images} images cannot hold {n_test} test and {n_validation} "
-                         "validation images and still leave training images")
+                         "validation images (each ≥ 1) and still leave training images")
     order = rng_for(name, seed, "splits").permutation(n_images)
     return {"test": np.sort(order[:n_test]),
             "validation": np.sort(order[n_test:n_test + n_validation]),
@@ -167,14 +178,15 @@ def load_task(name_or_path, scale: str | None = None, data_dir=None, progress: b
     spec = load_spec(name_or_path, tasks_dir)
     sc = spec.scale(scale)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    sizes = check_splits(spec, sc, dataset_size(spec, sc))      # before any simulation or reading
     data = load_dataset(spec, sc, data_dir, progress)
     box = data.images.shape[-1]
     objective, protocol, init_spec = (spec.section(s) for s in ("objective", "protocol", "init"))
     lik = likelihood_for(spec, sc, box, data.pixel_size, dtype)
     prior = Prior(objective.get("prior_lambda_pos", 1e-4), objective.get("prior_lambda_neg", 1e-4),
                   objective.get("prior_beta", 1.0))
-    splits = make_splits(spec.name, spec.seed, len(data.images), protocol.get("n_test", 100),
-                         sc.n_validation)
+    splits = make_splits(spec.name, spec.seed, len(data.images), sizes["test"],
+                         sizes["validation"])
     spectra = lik.prepare(data.images, data.ctf, data.sigma)
     thash = _task_hash(spec, sc, data.files_hash, dtype)
     derived = data_dir / spec.name / f"{sc.name}-derived-{thash[:12]}"
@@ -202,6 +214,7 @@ def task_hash(name_or_path, scale: str, data_dir=None, dtype=np.float32,
     spec = load_spec(name_or_path, tasks_dir)
     sc = spec.scale(scale)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    check_splits(spec, sc, dataset_size(spec, sc))
     if spec.section("dataset").get("kind") == "simulated":
         files = (ensure_simulated(spec, sc, data_dir, progress=False) / "manifest.json").read_text()
     else:
@@ -212,22 +225,23 @@ def task_hash(name_or_path, scale: str, data_dir=None, dtype=np.float32,
 def split_sizes(name_or_path, scale: str, data_dir=None, tasks_dir: Path = TASKS_DIR) -> dict:
     """Numbers of train (K), validation and test images of a task at a scale.
 
-    A simulated task's sizes come from its specification; a STAR task's files are read.
+    A simulated task's sizes come from its specification; a STAR task's table is read (not its
+    stacks). Sizes that do not fit are an :class:`InputError` naming the task file.
     """
     spec = load_spec(name_or_path, tasks_dir)
     sc = spec.scale(scale)
-    n = sc.n_images
-    if spec.section("dataset").get("kind") != "simulated":
-        data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-        n = len(load_dataset(spec, sc, data_dir, progress=False).images)
-    n_test = int(spec.section("protocol").get("n_test", 100))
-    return {"train": n - n_test - sc.n_validation, "validation": sc.n_validation, "test": n_test}
+    return check_splits(spec, sc, dataset_size(spec, sc))
 
 
 def _initial_density(spec, scale, data, lik, spectra, splits, init_spec, derived: Path):
-    path = derived / "init.mrc"
-    if path.is_file():
-        return read_volume(path)[0]
+    """The task's random-sphere init: ``derived/init.mrc`` if it matches the SHA-256 recorded
+    in ``init.json``, else built (again, with one line on stderr saying why)."""
+    path, record = derived / "init.mrc", derived / "init.json"
+    if path.exists():
+        vol, problem = _cached_init(path, record)
+        if problem is None:
+            return vol
+        print(f"cryobench: {path}: {problem}; building it again", file=sys.stderr)
     rng = rng_for(spec.name, spec.seed, "init")
     vol = random_spheres(lik.box, data.pixel_size, data.particle_radius, rng,
                          int(init_spec.get("n_spheres", 30)), init_spec.get("radius_min", 0.1),
@@ -236,6 +250,25 @@ def _initial_density(spec, scale, data, lik, spectra, splits, init_spec, derived
     vol *= match_power(vol, lik, train)
     derived.mkdir(parents=True, exist_ok=True)
     write_volume(path, vol, data.pixel_size)
-    (derived / "init.json").write_text(json.dumps({"seed_parts": [spec.name, spec.seed, "init"],
-                                                   **init_spec}, indent=1))
+    tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"seed_parts": [spec.name, spec.seed, "init"], **init_spec,
+                               "sha256": file_sha256(path)}, indent=1))
+    os.replace(tmp, record)
     return vol
+
+
+def _cached_init(path: Path, record: Path) -> tuple[np.ndarray | None, str | None]:
+    """(the map, None) if ``init.mrc`` is readable and has the SHA-256 recorded in ``init.json``;
+    else (None, what is wrong)."""
+    try:
+        expected = json.loads(record.read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None, f"{record.name} is missing or unreadable"
+    if not isinstance(expected, str):
+        return None, f"{record.name} records no SHA-256 of it"
+    if not path.is_file() or file_sha256(path) != expected:
+        return None, f"its SHA-256 differs from the one in {record.name}"
+    try:
+        return read_volume(path)[0], None
+    except InputError as exc:
+        return None, str(exc)

@@ -107,10 +107,10 @@ def test_shared_stack_non_sequential(tmp_path):
     write_particles(tmp_path / "p.star", tmp_path / "unused.mrcs", np.zeros((4, 8, 8)), ctf, 1.0)
     star = starfile.read(tmp_path / "p.star")
     star["particles"]["rlnImageName"] = ["000003@shared.mrcs", "000001@shared.mrcs",
-                                         "2@other.mrcs", "000003@shared.mrcs"]
+                                         "2@other.mrcs", "000004@shared.mrcs"]
     starfile.write(star, tmp_path / "p.star", float_format="%.12g")
     p = read_particles(tmp_path / "p.star")
-    assert np.array_equal(p.images, np.stack([stack[2], stack[0], -stack[1], stack[2]]))
+    assert np.array_equal(p.images, np.stack([stack[2], stack[0], -stack[1], stack[3]]))
 
 
 def edit_star(tmp_path, fn, name):
