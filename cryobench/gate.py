@@ -19,13 +19,13 @@ The choices, and why:
   0.02 (SVRG) to 9 (Prodigy), so one global tolerance would be either blind or trigger-happy.
 * **K = 2.** Runs of unchanged code on the same platform and thread count are bit-identical, so
   z = 0 exactly. Elsewhere float32 last bits differ; at 2,000 evaluations of the ci tasks that
-  moved no final by more than 0.003 (1 versus 2 threads here), far below every noise. The worst
+  moved no final by more than 0.0012 (1 versus 2 threads here), far below every noise. The worst
   case is a platform whose rounding scrambles every trajectory into a fresh draw from the same
   seed distribution; for normal draws, P(median of 5 new − median of 5 reference > 2 ranges)
   ≈ 0.1 % per (task, method), about 3 % for all 24 at once (simulated), while a step-size bug of
-  10× moves SGD by hundreds of ranges.
+  10× moves SGD by 58 and 117 ranges.
 * **FLOOR = 1e-5** (relative): a method whose seeds agree to the last bits must not fail on
-  rounding. 1e-5 · |median| ≈ 0.03 NLL at these values: ten times the thread-count effect above,
+  rounding. 1e-5 · |median| ≈ 0.03 NLL at these values: 25 times the thread-count effect above,
   and below every measured range but SVRG's.
 * **Divergence**: as ``cryobench run`` does, an iterate that stops being finite; and a final
   test NLL that is not finite or above 10× its initial size (the run's rule, applied to the

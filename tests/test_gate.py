@@ -34,10 +34,9 @@ def small_reference(tmp_path_factory, data_dir):
 def test_gate_passes_on_this_tree(data_dir):
     code, text = _run(data_dir=data_dir)
     assert code == 0, text
-    ref = load_reference(DEFAULT_REFERENCE)
-    assert set(discover()) <= set(ref["entries"]["synthetic-cylinder"]), "reference misses methods"
-    assert "gate: passed (24 comparisons)" in text or "gate: passed" in text
+    assert text.strip().splitlines()[-1].startswith("gate: passed")
     assert "WORSE" not in text and "BROKEN" not in text
+    assert len([l for l in text.splitlines() if l.startswith("ok ")]) >= 24
 
 
 def test_weakened_sgd_fails_named_with_its_size_in_noise_units(tmp_path, data_dir):
