@@ -178,7 +178,8 @@ def write_reference(path, results: dict, config: dict) -> None:
                     "floor_relative": FLOOR,
                     "fails": "(median_now - median_ref) / max(noise_ref, floor * |median_ref|) > k"},
            "made": {"date": datetime.date.today().isoformat(), "git_commit": commit,
-                    "git_dirty": dirty, "numpy": np.__version__, **thread_info()},
+                    "git_dirty": dirty, "numpy": np.__version__,
+                    **{k: v for k, v in thread_info().items() if k in ("cpu", "cores", "blas")}},
            "entries": results}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -156,7 +156,8 @@ def write_reference(path, results: dict, config: dict) -> None:
     commit, dirty = git_commit()
     doc = {"schema": SCHEMA, "config": config,
            "made": {"date": datetime.date.today().isoformat(), "git_commit": commit,
-                    "git_dirty": dirty, "numpy": np.__version__, **thread_info()},
+                    "git_dirty": dirty, "numpy": np.__version__,
+                    **{k: v for k, v in thread_info().items() if k in ("cpu", "cores", "blas")}},
            "results": results}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
