@@ -49,15 +49,12 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def gemm_rate(shapes, repeats: int = 5, dtype=np.float32, seed: int = 0) -> dict:
-    """SGEMM throughput on products given as (layout, m, k, n) (see Likelihood.gemm_shapes).
-
-    Each product is timed on random operands of its layout — "AB^T": X (m, k) @ Y (n, k)ᵀ,
-    "A^TB": X (k, m)ᵀ @ Y (k, n), output C-contiguous — best of ``repeats``. The rate is the
-    products' total flops over the sum of their best times.
-    """
+def gemm_products(shapes, dtype=np.float32, seed: int = 0):
+    """Callables computing products given as (layout, m, k, n) (see Likelihood.gemm_shapes) on
+    random operands of that layout — "AB^T": X (m, k) @ Y (n, k)ᵀ, "A^TB": X (k, m)ᵀ @ Y (k, n),
+    output C-contiguous — yielded one at a time as ((layout, m, k, n), fn), so a caller that
+    drops each before the next holds one product's operands at a time."""
     rng = np.random.default_rng(seed)
-    rows, flops, seconds = [], 0, 0.0
     for layout, m, k, n in shapes:
         out = np.empty((m, n), dtype)
         if layout == "AB^T":
@@ -68,13 +65,24 @@ def gemm_rate(shapes, repeats: int = 5, dtype=np.float32, seed: int = 0) -> dict
             fn = lambda x=x, y=y, out=out: np.matmul(x.T, y, out=out)  # noqa: E731
         else:
             raise ValueError(f"unknown GEMM layout {layout!r}")
+        yield (layout, m, k, n), fn
+        del x, y, out, fn
+
+
+def gemm_rate(shapes, repeats: int = 5, dtype=np.float32, seed: int = 0) -> dict:
+    """SGEMM throughput on products given as (layout, m, k, n) (see :func:`gemm_products`),
+    each timed best of ``repeats``. The rate is the products' total flops over the sum of their
+    best times.
+    """
+    rows, flops, seconds = [], 0, 0.0
+    for (layout, m, k, n), fn in gemm_products(shapes, dtype, seed):
         fn()
         t = _best(fn, repeats)
         rows.append({"layout": layout, "m": m, "k": k, "n": n, "seconds": t,
                      "gflops": 2 * m * k * n / t / 1e9})
         flops += 2 * m * k * n
         seconds += t
-        del x, y, out
+        del fn
     return {"gflops": flops / seconds / 1e9, "products": rows}
 
 

@@ -251,6 +251,21 @@ def cmd_bench(args) -> None:
                 epoch_batches=args.epoch_batches, repeats=args.repeats)
 
 
+def cmd_gate(args) -> int:
+    """The quality gate: every optimizer on the ci tasks against the committed reference."""
+    from .gate import DEFAULT_REFERENCE, gate
+    return gate(reference=Path(args.reference or DEFAULT_REFERENCE), update=args.update,
+                budget=args.budget, seeds=args.seeds, data_dir=_data_dir(args))
+
+
+def cmd_speed_gate(args) -> int:
+    """The speed check: kernel time over GEMM time, interleaved, against the committed reference."""
+    from .speedgate import DEFAULT_REFERENCE, speed_gate
+    return speed_gate(Path(args.reference or DEFAULT_REFERENCE), args.update,
+                      tolerance=args.tolerance, tasks=args.task, scale=args.scale,
+                      data_dir=_data_dir(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cryobench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -342,6 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="BLAS and numba threads (default: all cores)")
     p.add_argument("--repeats", type=int, default=5, help="timings are the best of this many "
                                                          "(default 5)")
+
+    p = add("gate", cmd_gate, "quality gate: each optimizer on the ci tasks vs committed reference "
+                              "values; exit 1 if one got worse beyond its seed noise", task=False)
+    p.add_argument("--reference", help="reference file (default results/gate/reference.json)")
+    p.add_argument("--update", action="store_true", help="rewrite the reference from this tree")
+    p.add_argument("--budget", type=int, help="with --update: gradient evaluations (default 2000)")
+    p.add_argument("--seeds", type=int, help="with --update: seeds per method (default 5)")
+
+    p = add("speed-gate", cmd_speed_gate, "speed check: kernel time over SGEMM time on the same "
+            "shapes, interleaved, vs the committed reference; exit 1 if slower than allowed",
+            task=False)
+    p.add_argument("--reference", help="reference file (default results/gate/speed.json)")
+    p.add_argument("--update", action="store_true", help="rewrite the reference on this machine")
+    p.add_argument("--tolerance", type=float, help="fail above this × the reference ratio "
+                                                   "(default: the reference's, 1.4)")
+    p.add_argument("--task", action="append", help="with --update: task (repeatable; default both)")
+    p.add_argument("--scale", help="with --update: scale (default small)")
     return parser
 
 

@@ -1,4 +1,6 @@
 """`cryobench bench` at ci scale: the report's fields and its last line (no speed is asserted)."""
+import math
+
 import numpy as np
 
 from cryobench import cli
@@ -14,7 +16,7 @@ def test_bench_command_prints_the_ratio_last(data_dir, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0
     ratio = float(lines[-1])
-    assert 0 < ratio < 2
+    assert ratio > 0 and math.isfinite(ratio)    # no upper bound: a timing ratio (3.8 seen under load)
     assert lines[-2].startswith("kernel/GEMM ratio: synthetic-cylinder")
     text = "\n".join(lines)
     for field in ("SGEMM", "kernel ", "kernel/GEMM", "SGD epoch", "test NLL", "peak memory",
