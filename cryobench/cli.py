@@ -210,11 +210,14 @@ def cmd_tune(args) -> None:
     from .tuning import tune
     chosen = tune(args.task, args.scale, args.optimizers.split(","), args.params.split(","),
                   args.points, args.budget, args.out, args.record,
-                  args.workers, _data_dir(args), progress=not args.quiet)
+                  args.workers, _data_dir(args), progress=not args.quiet, seeds=args.seeds)
     for (task, name), entry in sorted(chosen.items()):
         values = ", ".join(f"{k}={v:g}" for k, v in entry["params"].items()
                            if k in args.params.split(","))
-        print(f"{task:20s} {name:14s} {values}  (validation NLL {entry['validation_nll']:.6g})")
+        edge = "; ".join(f"{k} blew up at {v['value']:g} ({v['ratio']:.3g}×)" if v["value"] is not None
+                         else f"no {k} blew up in the range" for k, v in entry["nearest_blow_up"].items())
+        print(f"{task:20s} {name:14s} {values}  (median validation NLL {entry['validation_nll']:.6g}"
+              f" over {len(entry['seeds'])} seeds; {edge})")
     print("recorded in " + ", ".join(sorted({e["recorded_in"] for e in chosen.values()})))
 
 
@@ -317,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated (default: the paper's seven)")
     p.add_argument("--params", default="lr", help="hyper-parameters to search (default lr)")
     p.add_argument("--points", type=int, default=9, help="values per hyper-parameter (default 9)")
+    p.add_argument("--seeds", type=int, default=2, help="training streams per candidate; the "
+                                                       "median decides (default 2, at least 2)")
     p.add_argument("--budget", type=int, help="gradient evaluations per candidate (default 1 epoch)")
     p.add_argument("--out", help="folder for the candidate runs (default: results/tune/SCALE for "
                    "a shipped task, TASK.tune/SCALE beside any other task file)")

@@ -147,14 +147,18 @@ def source_digest() -> str:
 
 
 def machine() -> str:
-    """The platform: CPU, BLAS build, NumPy, numba and Python versions — what besides the code
-    decides the bits a run computes (two machines alike in these compute alike)."""
+    """The platform: CPU, the kernels OpenBLAS and LLVM chose for it, the BLAS build, NumPy,
+    numba and Python versions — what besides the code decides the bits a run computes (two
+    machines alike in these compute alike)."""
     import platform
 
+    import llvmlite.binding
     import numba
+    import numpy  # noqa: F401  (loads numpy's BLAS, which thread_info reads)
     from .threads import thread_info
     info = thread_info()
-    return (f"{info.get('cpu')} | {info.get('blas')} | numpy {np.__version__} | numba "
+    return (f"{info.get('cpu')} | {info.get('blas')} {info.get('blas_architecture')} | llvm "
+            f"{llvmlite.binding.get_host_cpu_name()} | numpy {np.__version__} | numba "
             f"{numba.__version__} | python {platform.python_version()}")
 
 

@@ -75,36 +75,17 @@ def using_threads(n: int):
 
 
 def run_seed(task, method, seed: int, budget: int) -> dict:
-    """One run of ``method`` (defaults) on ``task``: {"status", "final", "message"}; the final
-    is the test NLL of the last iterate (None unless the status is ok)."""
-    from .oracle import BudgetExhausted
-    from .seeding import rng_for
-    initial = task.test_nll(task.init)
-    oracle = task.oracle(budget, stream=seed)
-    try:
-        opt = method.configure()
-        state = opt.init(task.init, budget=budget, rng=rng_for(task.name, method.name,
-                                                                "optimizer", seed))
-        idle = 0
-        while oracle.remaining > 0:
-            before = oracle.evaluations
-            try:
-                state = opt.step(state, oracle)
-            except BudgetExhausted:
-                break
-            idle = idle + 1 if oracle.evaluations == before else 0
-            if idle >= 1000:
-                raise RuntimeError("1000 steps in a row spent no evaluations")
-            if not np.all(np.isfinite(opt.iterate(state))):
-                return {"status": "diverged", "final": None, "message":
-                        f"iterate not finite after {oracle.evaluations:,} evaluations"}
-        final = task.test_nll(opt.iterate(state))
-    except Exception as exc:                              # a method's failure is a result
-        return {"status": "error", "final": None, "message": f"{type(exc).__name__}: {exc}"}
-    if not math.isfinite(final) or final > initial + 10 * abs(initial):
-        return {"status": "diverged", "final": None,
-                "message": f"final test NLL {final:.6g} (initial {initial:.6g})"}
-    return {"status": "ok", "final": float(final), "message": ""}
+    """One run of ``method`` (defaults) on ``task`` through :func:`cryobench.run.execute` (no
+    comparison with the ground truth): {"status", "final", "message"}; the final is the test
+    NLL of the last iterate (None unless the status is ok)."""
+    from .run import RunSpec, execute
+    spec = RunSpec(task.name, task.scale.name, method.name, method.defaults(), seed, budget)
+    out = execute(spec, task, method, compare=False)
+    status, message = out.meta["status"], out.meta["message"]
+    final = float(out.trace["test_nll"].iloc[-1])
+    if status == "ok" and not math.isfinite(final):
+        status, message = "diverged", f"final test NLL {final}"
+    return {"status": status, "final": final if status == "ok" else None, "message": message}
 
 
 def summarise(finals) -> tuple[float | None, float | None]:
@@ -119,7 +100,7 @@ def measure(methods: dict, tasks=TASKS, scale: str = SCALE, budget: int = BUDGET
             seeds: int = SEEDS, threads: int = THREADS, data_dir=None, log=None) -> dict:
     """Run every method on every task and seed; {task: {method: entry}} with per-seed finals,
     statuses and messages, their median and noise, the parameters and the optimizer's code hash."""
-    from .run import optimizer_code_hash
+    from .fingerprint import optimizer_fingerprint
     from .task import load_task
     out = {}
     with using_threads(threads):
@@ -131,7 +112,7 @@ def measure(methods: dict, tasks=TASKS, scale: str = SCALE, budget: int = BUDGET
                 finals = [r["final"] for r in runs]
                 median, noise = summarise(finals)
                 out[task.name][mname] = {
-                    "params": method.defaults(), "code": optimizer_code_hash(method),
+                    "params": method.defaults(), "code": optimizer_fingerprint(method),
                     "finals": finals, "status": [r["status"] for r in runs],
                     "messages": [r["message"] for r in runs], "median": median, "noise": noise}
                 if log:

@@ -51,7 +51,7 @@ def _run_settings(folder) -> dict:
         return {}
     meta = read_meta(folder)
     conf = {k: v for k, v in meta.get("run", {}).items() if k not in IDENTITY | {"budget"}}
-    conf |= {k: meta[k] for k in ("numerics", "optimizer_code") if k in meta}
+    conf |= {k: v for k, v in (meta.get("identity") or {}).items() if k in ("numerics", "optimizer")}
     return {k: _fmt(v) for k, v in conf.items() if v is not None}
 
 

@@ -268,6 +268,11 @@ def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | Non
     if status != "diverged" and np.all(np.isfinite(x)):
         densities["final"] = np.array(x, np.float32)
         taken_at["final"] = oracle.evaluations
+    last = rows[-1]["train_obj"]
+    if status == "ok" and np.isfinite(last) and last > initial:
+        status = "diverged"
+        message = (f"slow blow-up: the training objective ended at {last:.6g}, above its initial "
+                   f"{initial:.6g}")
     trace = pd.DataFrame(rows)
     trace.insert(0, "checkpoint", np.arange(len(trace)))
     meta = {"schema_version": SCHEMA_VERSION, "run": spec.to_dict(), "optimizer_name": method.name,

@@ -51,4 +51,5 @@ def thread_info() -> dict:
     first = blas[0] if blas else {}
     return {"cpu": cpu_name(), "cores": os.cpu_count(),
             "blas": f"{first.get('internal_api', 'unknown')} {first.get('version', '')}".strip(),
+            "blas_architecture": first.get("architecture"),
             "blas_threads": first.get("num_threads"), "numba_threads": numba.get_num_threads()}

@@ -153,8 +153,10 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     return Verdict(row.cell, what, True, False, len(common), worst)
 
 
-def verify(roots, sample: int | None = None, prefix: int | None = None, out=sys.stdout) -> int:
-    """Verify the cells under ``roots``; print a line per cell and a summary; 0 or 1."""
+def verify(roots, sample: int | None = None, prefix: int | None = None, out=None) -> int:
+    """Verify the cells under ``roots``; print a line per cell and a summary (to ``out``, by
+    default standard output); 0 or 1."""
+    out = out or sys.stdout
     from .results import load_results
     results = load_results(*roots)
     cells = results.cells[results.cells["status"].isin(["ok", "diverged", "error"])]

@@ -182,10 +182,13 @@ def test_tune_selects_on_validation_and_run_picks_it_up(tmp_path, data_dir):
     entry = chosen["synthetic-cylinder", "sgd"]
     results = load_results(tmp_path / "tune")
     assert "test_nll" not in results.trace.columns                 # the test set is never used
+    assert sorted(results.cells["seed"].unique()) == [0, 1] and len(results.cells) == 6
     finals = results.trace.groupby("cell").tail(1).set_index("cell")["validation_nll"]
-    ok = results.cells.set_index("cell")["status"] == "ok"
-    best = json.loads(results.cells.set_index("cell").loc[finals[ok].idxmin(), "params"])
-    assert entry["params"] == best and len(entry["candidates"]) == 3
+    cells = results.cells.set_index("cell").join(finals)
+    medians = cells.groupby("params")["validation_nll"].median()
+    best = json.loads(medians.idxmin())
+    assert entry["params"] == best and len(entry["candidates"]) == 3 and entry["seeds"] == [0, 1]
+    assert entry["validation_nll"] == medians.min()
     tuned = load_tuned(record)
     params, source = resolve_params(resolve("sgd"), {}, tuned, "synthetic-cylinder", "ci",
                                     data_dir=data_dir)
@@ -211,3 +214,29 @@ def test_cli_run_and_its_errors(tmp_path, data_dir, capsys):
     bad.write_text('tasks = ["synthetic-cylinder"]\noptimizers = ["sgd"]\nbudgett = 10\n')
     assert cli(["grid", str(bad)]) == 2
     assert f"{bad}: unknown key 'budgett'" in capsys.readouterr().err
+
+
+def test_tuning_selection_rejects_blow_ups_and_records_the_edge():
+    """Median over seeds decides; a seed that failed or ended worse than it started rejects its
+    candidate; the nearest value that blew up is recorded with its ratio."""
+    from cryobench.tuning import nearest_blow_up, select
+    runs = {  # lr: [(status, final validation NLL) per seed]; every run starts at 100
+        0.1: [("ok", 90.0), ("ok", 92.0)], 0.3: [("ok", 80.0), ("ok", 88.0)],
+        1.0: [("ok", 70.0), ("ok", 101.0)], 3.0: [("ok", 60.0), ("diverged", float("nan"))],
+        10.0: [("error", float("nan")), ("ok", 50.0)]}
+    cells, trace = [], []
+    for lr, seeds in runs.items():
+        for seed, (status, final) in enumerate(seeds):
+            cell = f"c{lr}-{seed}"
+            cells.append({"cell": cell, "params": json.dumps({"lr": lr}), "seed": seed,
+                          "status": status, "message": ""})
+            trace += [{"cell": cell, "evals": 0, "validation_nll": 100.0},
+                      {"cell": cell, "evals": 500, "validation_nll": final}]
+    table = select(pd.DataFrame(cells), pd.DataFrame(trace))
+    assert json.loads(table["params"].iloc[0]) == {"lr": 0.3} and table["validation_nll"].iloc[0] == 84.0
+    why = dict(zip(table["params"].map(lambda p: json.loads(p)["lr"]), table["rejected"]))
+    assert why[0.1] == "" and why[0.3] == ""
+    assert "seed 1 ended worse than it started" in why[1.0]
+    assert why[3.0].startswith("seed 1 diverged") and why[10.0].startswith("seed 0 error")
+    edge = nearest_blow_up(table, {"lr": 0.3}, ["lr"])
+    assert edge == {"lr": {"value": 1.0, "ratio": pytest.approx(1 / 0.3)}}

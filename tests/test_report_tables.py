@@ -97,7 +97,8 @@ def _meta(cell, task, label, seed, status, evals, message="", params=None, **ext
                     "params": params or {}, "budget": 60000},
             "status": status, "message": message, "budget": 60000, "evaluations": evals,
             "wall_s": 1.0, "task_hash": f"hash-{task}", "provenance": {"cryobench": "0.1.0"},
-            "snapshots": [], **extra}
+            "snapshots": [], **{k: v for k, v in extra.items() if k != "numerics"},
+            **({"identity": {"numerics": extra["numerics"]}} if "numerics" in extra else {})}
 
 
 def _write(root, cell, task, label, seed, status, evals, nll, **meta):

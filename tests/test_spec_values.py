@@ -36,7 +36,7 @@ BAD_VALUES = [  # (text in synthetic-cylinder.toml, replacement, expected messag
     ("seed = 1501\n", "", "missing required key 'seed'"),
     ('name = "synthetic-cylinder"', "name = 7", "name = 7: must be a string"),
     ("description = ", 'colour = "red"\ndescription = ',
-     "top level has unknown key 'colour'; allowed: dataset, description, init, name, objective, "
+     "top level has unknown key 'colour'; allowed: dataset, default_scale, description, init, name, objective, "
      "protocol, scales, seed"),
     ("batch_size = 100", "batchsize = 100", "[protocol] has unknown key 'batchsize'; allowed: "
      "batch_size, budget_epochs, n_test, n_validation"),
