@@ -122,19 +122,27 @@ def measure(methods: dict, tasks=TASKS, scale: str = SCALE, budget: int = BUDGET
     return out
 
 
-def load_reference(path) -> dict:
-    """The reference file, checked; one InputError line naming the file and problem otherwise."""
+def read_reference(path, what: str, schema: int, command: str) -> dict:
+    """A committed JSON reference of ``schema``; one InputError line naming the file otherwise
+    (``what`` names the reference, ``command`` the one that remakes it)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: gate reference not found; make it with `cryobench gate "
-                         f"--update --reference {path}`")
+        raise InputError(f"{path}: {what} not found; make it with `{command} --update "
+                         f"--reference {path}`")
     try:
         ref = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable JSON gate reference ({exc})") from None
-    if not isinstance(ref, dict) or ref.get("schema") != SCHEMA:
-        raise InputError(f"{path}: gate reference schema {ref.get('schema') if isinstance(ref, dict) else None!r}"
-                         f", expected {SCHEMA}; remake it with `cryobench gate --update`")
+        raise InputError(f"{path}: not a readable JSON {what} ({exc})") from None
+    if not isinstance(ref, dict) or ref.get("schema") != schema:
+        raise InputError(f"{path}: {what} schema {ref.get('schema') if isinstance(ref, dict) else None!r}"
+                         f", expected {schema}; remake it with `{command} --update`")
+    return ref
+
+
+def load_reference(path) -> dict:
+    """The reference file, checked; one InputError line naming the file and problem otherwise."""
+    path = Path(path)
+    ref = read_reference(path, "gate reference", SCHEMA, "cryobench gate")
     for key in ("config", "entries"):
         if not isinstance(ref.get(key), dict):
             raise InputError(f"{path}: gate reference has no {key!r} table")

@@ -117,7 +117,9 @@ def remove_stale_temporaries(cells_dir) -> int:
             pid = int(tmp.name.split(".tmp-")[1].split("-")[0])
             os.kill(pid, 0)
             continue                                    # its writer is alive
-        except (ValueError, IndexError, ProcessLookupError, PermissionError):
+        except PermissionError:
+            continue                                    # alive, and another user's
+        except (ValueError, IndexError, ProcessLookupError):
             pass
         shutil.rmtree(tmp, ignore_errors=True)
         removed += 1

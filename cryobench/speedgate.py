@@ -112,17 +112,9 @@ def measure(tasks=DEFAULT_TASKS, scale: str = SCALE, pairs: int = PAIRS, block_s
 
 def load_reference(path) -> dict:
     """The speed reference, checked; one InputError line naming the file and problem otherwise."""
+    from .gate import read_reference
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: speed reference not found; make it with `cryobench speed-gate "
-                         f"--update --reference {path}`")
-    try:
-        ref = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable JSON speed reference ({exc})") from None
-    if not isinstance(ref, dict) or ref.get("schema") != SCHEMA:
-        raise InputError(f"{path}: not a speed reference of schema {SCHEMA}; remake it with "
-                         "`cryobench speed-gate --update`")
+    ref = read_reference(path, "speed reference", SCHEMA, "cryobench speed-gate")
     for key in ("tasks", "scale", "pairs", "block_s", "threads", "tolerance"):
         if key not in ref.get("config", {}):
             raise InputError(f"{path}: speed reference config has no {key!r}")
