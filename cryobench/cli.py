@@ -166,6 +166,8 @@ def cmd_run(args) -> int:
         raise InputError(f"--time-limit {args.time_limit}: a time limit is a positive number of seconds")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads}: the thread count is a positive integer")
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed}: a seed is a training stream index ≥ 0")
     scale = load_spec(args.task).scale(args.scale).name
     thash = task_hash(args.task, scale, _data_dir(args))
     tuned = _tuned_file(args.tuned, default_tuned_file(args.task))

@@ -171,7 +171,10 @@ def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[Cell]:
         run_budget = budget if budget is not None else int(protocol.get("budget_epochs", 10) * n_train)
         table = load_tuned(default_tuned_file(task)) if grid.tuned == DEFAULT_TUNED else tuned
         for ref in grid.optimizers:
-            method = resolve(ref)
+            try:
+                method = resolve(ref)
+            except ValueError as exc:
+                raise InputError(f"{grid.path}: optimizers: {exc}") from None
             axes = {k: (v if isinstance(v, list) else [v]) for k, v in grid.params.get(ref, {}).items()}
             for values in itertools.product(*axes.values()):
                 explicit = dict(zip(axes, values))

@@ -358,6 +358,8 @@ def test_wrong_shaped_iterate_and_idle_optimizer_are_the_methods_errors(cylinder
     (["--set", "lr=inf"], "finite"),
     (["--tuned", "missing.json"], "no such tuned-values file"),
     (["--time-limit", "0"], "positive number of seconds"),
+    (["--seed", "-1"], "training stream index ≥ 0"),
+    (["--threads", "0"], "thread count is a positive integer"),
 ])
 def test_runs_that_cannot_be_meant_are_refused_up_front(tmp_path, data_dir, capsys, extra, message):
     argv = ["run", "synthetic-cylinder", "sgd", "--data-dir", str(data_dir), "--out", str(tmp_path),
@@ -406,6 +408,7 @@ def test_thread_count_and_configuration_are_part_of_a_cells_identity(tmp_path, d
     ('tasks = ["synthetic-cylinder"]\noptimizers = ["sgd"]\ntime_limit = -1\n', "'time_limit' must be"),
     ('tasks = ["synthetic-cylinder"]\noptimizers = ["sgd"]\ntuned = "nope.json"\n', "which does not exist"),
     ('tasks = ["synthetic-cylinder"\n', "not valid TOML"),
+    ('tasks = ["synthetic-cylinder"]\noptimizers = ["sgd", "nosuch"]\n', "optimizers: unknown optimizer 'nosuch'"),
 ])
 def test_bad_grid_values_get_one_line(tmp_path, capsys, body, message):
     path = tmp_path / "grid.toml"
