@@ -203,7 +203,8 @@ class Results:
 
 
 def load_results(*roots, task_hashes: dict | None = None) -> Results:
-    """Every cell under ``roots``; refuses mixed schema versions or task content hashes.
+    """Every cell under ``roots`` (a cell id found in several folders once, from the first in
+    sorted order); refuses mixed schema versions or task content hashes.
 
     ``task_hashes`` {(task, scale): hash}, if given, is what the results must have been computed
     on (e.g. the tasks as currently defined).
@@ -212,6 +213,8 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
     for folder in sorted({f for root in roots for f in cell_folders(root)}):
         meta = read_meta(folder)
         run, cell = meta["run"], meta["cell"]
+        if cell in folders:             # the same run in two results sets (e.g. SGD as reference)
+            continue
         key = (run["task"], run["scale"])
         expected = (task_hashes or {}).get(key) or seen.get(key, (meta["task_hash"], folder))[0]
         if meta["task_hash"] != expected:

@@ -113,3 +113,14 @@ def test_code_fingerprint_ignores_comments_docstrings_and_layout():
     b = 'def f(x):\n\n    return (x +\n            1)   # other note\n'
     assert code_fingerprint(a) == code_fingerprint(b)
     assert code_fingerprint(a) != code_fingerprint(a.replace("+ 1", "+ 2"))
+
+
+def test_a_cell_in_two_results_sets_is_loaded_and_verified_once(tmp_path, results, capsys):
+    """SGD runs in two committed sets as their common reference: one cell, not two seeds."""
+    from cryobench.results import load_results
+    for name in ("a", "b"):
+        shutil.copytree(results, tmp_path / name)
+    both = load_results(tmp_path / "a", tmp_path / "b")
+    assert len(both.cells) == 4 and not both.trace.duplicated(["cell", "evals"]).any()
+    assert cli(["verify", str(tmp_path / "a"), str(tmp_path / "b"), "--sample", "2"]) == 0
+    assert "verified 2 of 4 cells" in capsys.readouterr().out
