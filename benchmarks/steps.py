@@ -1,8 +1,8 @@
-"""One step of every registered optimizer (``cryobench.registry.discover()``), defaults."""
-from cryobench.registry import discover
-from cryobench.seeding import rng_for
+"""One step of every registered optimizer (``cryobench.harness.registry.discover()``), defaults."""
+from cryobench.harness.registry import discover
+from cryobench.base.seeding import rng_for
 
-from . import common
+from cryobench import common
 
 OPTIMIZERS = sorted(discover())
 WARMUP = 23          # steps taken before the timed one (see OptimizerStep)

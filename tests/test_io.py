@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 import starfile
 
-from cryobench.ctf import CTFParams
-from cryobench.io import (InputError, estimate_noise_sigma, fourier_crop, read_particles,
-                          read_volume, write_particles, write_volume)
+from cryobench.model.ctf import CTFParams
+from cryobench.data.images import estimate_noise_sigma, fourier_crop
+from cryobench.data.mrc import read_volume, write_volume
+from cryobench.data.star import read_particles, write_particles
+from cryobench.errors import InputError
 
 
 def make_ctf(n, rng):

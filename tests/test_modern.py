@@ -4,7 +4,7 @@ import pytest
 
 from cryobench.optim import minimize
 from cryobench.oracle import BudgetExhausted, CountedOracle, stream_slice
-from cryobench.registry import discover
+from cryobench.harness.registry import discover
 from cryobench.toy import QuadraticOracle
 
 METHODS = discover()

@@ -6,8 +6,8 @@ import pytest
 
 from cryobench.optim import minimize
 from cryobench.oracle import CountedOracle
-from cryobench.registry import OPTIMIZERS_DIR, resolve
-from cryobench.seeding import rng_for
+from cryobench.harness.registry import OPTIMIZERS_DIR, resolve
+from cryobench.base.seeding import rng_for
 from cryobench.toy import QuadraticOracle
 
 

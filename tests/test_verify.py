@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cryobench.cli import main as cli
-from cryobench.fingerprint import code_fingerprint
-from cryobench.grid import expand, load_grid, run_grid
+from cryobench.harness.fingerprint import code_fingerprint
+from cryobench.harness.grid import expand, load_grid, run_grid
 
 REPO = Path(__file__).resolve().parent.parent
 
