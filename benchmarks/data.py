@@ -3,12 +3,11 @@ import shutil
 import tempfile
 
 import cryobench
+from cryobench import common
+from cryobench.base.threads import set_threads
 from cryobench.data.datasets import simulation_params
 from cryobench.data.simulate import simulate
 from cryobench.data.spec import load_spec
-from cryobench.base.threads import set_threads
-
-from cryobench import common
 
 
 class Simulate:

@@ -1,8 +1,7 @@
 """One step of every registered optimizer (``cryobench.harness.registry.discover()``), defaults."""
-from cryobench.harness.registry import discover
-from cryobench.base.seeding import rng_for
-
 from cryobench import common
+from cryobench.base.seeding import rng_for
+from cryobench.harness.registry import discover
 
 OPTIMIZERS = sorted(discover())
 WARMUP = 23          # steps taken before the timed one (see OptimizerStep)

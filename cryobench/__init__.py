@@ -7,7 +7,7 @@
     >>> value, grad = oracle.value_and_grad(task.init, batch)
     >>> task.test_nll(task.init)
 """
-from cryobench.base import threads  # noqa: F401  (first: the BLAS/OpenMP wait policy before they load)
+from cryobench.base import threads  # noqa: F401  (first: BLAS/OpenMP wait policy before they load)
 from cryobench.errors import InputError
 from cryobench.oracle import BudgetExhausted, Oracle
 from cryobench.task import Task, load_task

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cryobench.base.seeding import content_hash, rng_for
 from cryobench.data.cache import file_sha256
 from cryobench.data.datasets import Dataset, dataset_size, default_data_dir, load_dataset
 from cryobench.data.mrc import read_volume, write_volume
+from cryobench.data.spec import TASKS_DIR, Scale, TaskSpec, check_splits, load_spec
 from cryobench.errors import InputError
 from cryobench.model.likelihood import ImageSpectra, Likelihood
 from cryobench.model.prior import Prior
 from cryobench.model.quadrature import quadrature_for
-from cryobench.base.seeding import content_hash, rng_for
-from cryobench.data.spec import TASKS_DIR, Scale, TaskSpec, check_splits, load_spec
 
 FORMAT_VERSION = 1
 

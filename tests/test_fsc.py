@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from cryobench.model.fsc import Alignment, FSCResult, align, aligned_fsc, fsc, resolution, transform
 from cryobench.data.phantoms import Phantom
+from cryobench.model.fsc import Alignment, FSCResult, align, aligned_fsc, fsc, resolution, transform
 
 D = 32
 MIRROR = np.diag([1.0, 1.0, -1.0])

@@ -10,8 +10,8 @@ import pytest
 from cryobench import cli
 from cryobench.checks.gate import DEFAULT_REFERENCE, compare, gate, load_reference
 from cryobench.errors import InputError
-from cryobench.optim import GradientMethod, Hyper, method
 from cryobench.harness.registry import OPTIMIZERS_DIR, discover
+from cryobench.optim import GradientMethod, Hyper, method
 
 
 def _run(**kw):

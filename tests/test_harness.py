@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from cryobench.cli import main as cli
-from cryobench.harness.grid import expand, load_grid, run_grid
 from cryobench.data.mrc import read_volume
 from cryobench.errors import InputError
+from cryobench.harness.grid import expand, load_grid, run_grid
 from cryobench.harness.registry import resolve
 from cryobench.harness.results import load_results
 from cryobench.harness.run import RunSpec, checkpoints, execute

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryobench.harness.cell import make_cell
 from cryobench.cli import main as cli
+from cryobench.harness.cell import make_cell
 from cryobench.harness.grid import expand, load_grid, run_grid
 from cryobench.harness.registry import resolve
 from cryobench.harness.results import load_results

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import starfile
 
-from cryobench.model.ctf import CTFParams
 from cryobench.data.images import estimate_noise_sigma, fourier_crop
 from cryobench.data.mrc import read_volume, write_volume
 from cryobench.data.star import read_particles, write_particles
 from cryobench.errors import InputError
+from cryobench.model.ctf import CTFParams
 
 
 def make_ctf(n, rng):

@@ -6,7 +6,7 @@ from scipy.spatial.transform import Rotation
 
 from cryobench.model.ctf import CTFParams, electron_wavelength, evaluate_ctf
 from cryobench.model.fourier import (centered_dft2, cube_frequencies, cube_to_volume_adjoint,
-    half_disk, volume_to_cube)
+                                     half_disk, volume_to_cube)
 from cryobench.model.likelihood import Likelihood
 from cryobench.model.prior import Prior
 from cryobench.model.quadrature import quadrature_for, shift_grid

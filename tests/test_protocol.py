@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from cryobench.optim import GradientMethod, Hyper, method
 from cryobench.harness.registry import discover, resolve
+from cryobench.optim import GradientMethod, Hyper, method
 from cryobench.schedules import annealed_lr, sutskever_momentum
 
 PAPER_METHODS = {"sgd", "momentum", "nesterov", "adagrad", "tonga", "olbfgs", "hessian-free"}

@@ -5,24 +5,24 @@ import json
 import logging
 import re
 
+import foreign as fx
 import mrcfile
 import numpy as np
 import pytest
 
 import cryobench
-import foreign as fx
 from cryobench import InputError
 from cryobench.cli import main
 from cryobench.data.datasets import load_dataset
-from cryobench.model.fsc import aligned_fsc
 from cryobench.data.images import fourier_crop
-from cryobench.data.star import read_particles
 from cryobench.data.realdata import contrast_z, recentre, resample_map
+from cryobench.data.spec import TASKS_DIR, load_spec
+from cryobench.data.star import read_particles
 from cryobench.harness.registry import resolve
 from cryobench.harness.run import REPO_DIR, RunSpec, execute, lowpass
-from cryobench.data.spec import TASKS_DIR, load_spec
-from cryobench.task import task_hash
 from cryobench.harness.tuned import DEFAULT_TUNED, default_tuned_file, load_tuned, resolve_params
+from cryobench.model.fsc import aligned_fsc
+from cryobench.task import task_hash
 
 
 def cryobench_messages(caplog):

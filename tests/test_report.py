@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from matplotlib.image import AxesImage
 
-from cryobench.report import figures as report
 from cryobench.harness.results import Results, load_results
 from cryobench.harness.run import SCHEMA_VERSION
+from cryobench.report import figures as report
 
 DATASETS = [("task-a", "ci"), ("task-b", "ci")]
 D = 12

@@ -9,11 +9,11 @@ import pytest
 import starfile
 from scipy.spatial.transform import Rotation
 
-from cryobench.model.ctf import CTFParams
-from cryobench.model.fourier import centered_dft2, centered_idft2
 from cryobench.data.phantoms import PHANTOMS, Phantom, junk_particle, thermus_style
 from cryobench.data.simulate import (SimulationParams, clean_images, clean_spectra, particle_mask,
-    read_poses, simulate)
+                                     read_poses, simulate)
+from cryobench.model.ctf import CTFParams
+from cryobench.model.fourier import centered_dft2, centered_idft2
 
 FILES = ("particles.mrcs", "particles.star", "ground_truth.mrc", "poses.csv", "meta.json")
 X90 = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # image y → map z

@@ -7,8 +7,8 @@ import pytest
 
 import cryobench
 from cryobench import BudgetExhausted, InputError
-from cryobench.model.ctf import CTFParams
 from cryobench.data.star import write_particles
+from cryobench.model.ctf import CTFParams
 
 
 def test_splits_are_disjoint_and_sized(ci_task):

@@ -101,10 +101,10 @@ def run_bench(task_name: str, scale: str = "ci", data_dir=None, *, threads: int 
     the whole epoch, except 50 minibatches at paper scale). ``log``: a callable for progress
     lines (e.g. that the dataset is being simulated first), or None.
     """
+    from cryobench.base.threads import set_threads, thread_info
     from cryobench.data.datasets import default_data_dir
     from cryobench.data.spec import load_spec
     from cryobench.task import load_task
-    from cryobench.base.threads import set_threads, thread_info
 
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     n_threads = set_threads(threads)

@@ -46,9 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cryobench.base.paths import RESULTS_DIR
 from cryobench.errors import InputError
-
-from cryobench.base.paths import RESULTS_DIR  # noqa: E402
 
 DEFAULT_REFERENCE = RESULTS_DIR / "gate" / "reference.json"
 TASKS = ("synthetic-cylinder", "thermus-style")
@@ -160,8 +159,8 @@ def load_reference(path) -> dict:
 
 def write_reference(path, results: dict, config: dict) -> None:
     """Write the reference (atomically) with its configuration, rule and provenance."""
-    from cryobench.harness.run import git_commit
     from cryobench.base.threads import thread_info
+    from cryobench.harness.run import git_commit
     commit, dirty = git_commit()
     doc = {"schema": SCHEMA, "config": config,
            "rule": {"noise": "range of the per-seed final test NLLs", "k": K,

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cryobench.checks.bench import DEFAULT_TASKS, gemm_products
 from cryobench.base.paths import RESULTS_DIR
+from cryobench.checks.bench import DEFAULT_TASKS, gemm_products
 from cryobench.checks.gate import using_threads
 from cryobench.errors import InputError
 
@@ -144,8 +144,8 @@ def compare(now: dict, ref: dict, tolerance: float) -> list[dict]:
 
 def write_reference(path, results: dict, config: dict) -> None:
     """Write the speed reference (atomically) with its configuration and machine."""
-    from cryobench.harness.run import git_commit
     from cryobench.base.threads import thread_info
+    from cryobench.harness.run import git_commit
     commit, dirty = git_commit()
     doc = {"schema": SCHEMA, "config": config,
            "made": {"date": datetime.date.today().isoformat(), "git_commit": commit,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cryobench.errors import InputError
 from cryobench.data.spec import SCALES, check_splits, known_tasks, load_spec
+from cryobench.errors import InputError
 
 
 def _data_dir(args) -> Path:
@@ -70,8 +70,8 @@ def describe(spec, scale_name: str, data_dir: Path) -> dict:
 
 def _star_lines(spec, data) -> dict:
     """What ``info`` says about a STAR task's origins, reference map and contrast."""
-    from cryobench.data.star import read_particles
     from cryobench.data.realdata import CONTRAST_Z
+    from cryobench.data.star import read_particles
     recipe = spec.section("dataset")
     origins = read_particles(spec.path.parent / recipe["star"], max_images=1).origins
     z = data.contrast_z
@@ -151,8 +151,8 @@ def cmd_run(args) -> int:
     from cryobench.harness.registry import resolve
     from cryobench.harness.results import load_results
     from cryobench.harness.run import RunSpec, preflight
-    from cryobench.task import task_hash
     from cryobench.harness.tuned import default_tuned_file, resolve_params
+    from cryobench.task import task_hash
     method = resolve(args.optimizer)
     if args.budget is not None and args.budget < 1:
         raise InputError(f"--budget {args.budget}: a budget is a positive number of gradient evaluations")
@@ -219,8 +219,8 @@ def cmd_tune(args) -> None:
 
 def cmd_report(args) -> None:
     """Figures, tables and profiles of one or more results folders."""
-    from cryobench.report.figures import write_report
     from cryobench.harness.results import load_results
+    from cryobench.report.figures import write_report
     out = Path(args.out) if args.out else Path(args.results[0]) / "report"
     paths = write_report(load_results(*args.results), out)
     print(f"wrote {len(paths)} files into {out} (start with {out / 'report.md'})")

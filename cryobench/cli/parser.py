@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 
 from cryobench.base.paths import RESULTS_DIR
-from cryobench.cli.commands import (cmd_bench, cmd_gate, cmd_grid, cmd_info, cmd_leaderboard, cmd_list,
-                                    cmd_report, cmd_run, cmd_simulate, cmd_speed_gate, cmd_tune,
-                                    cmd_verify)
+from cryobench.cli.commands import (cmd_bench, cmd_gate, cmd_grid, cmd_info, cmd_leaderboard,
+                                    cmd_list, cmd_report, cmd_run, cmd_simulate, cmd_speed_gate,
+                                    cmd_tune, cmd_verify)
 from cryobench.data.spec import SCALES
 
 SCALE_HELP = (f"a scale of the task: {', '.join(SCALES)} for the shipped tasks, or any scale the "

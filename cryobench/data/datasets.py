@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from cryobench.base.seeding import content_hash, derive_seed
 from cryobench.data.cache import (MANIFEST, discard, file_sha256, fs_now, manifest_problem,
-    record_verified, remove_dead_temporaries, temporary_dir)
-from cryobench.model.ctf import CTFParams
+                                  record_verified, remove_dead_temporaries, temporary_dir)
 from cryobench.data.images import estimate_noise_sigma, fourier_crop
+from cryobench.data.spec import Scale, TaskSpec
 from cryobench.data.star import count_particles, read_particles
 from cryobench.errors import InputError
-from cryobench.base.seeding import content_hash, derive_seed
-from cryobench.data.spec import Scale, TaskSpec
+from cryobench.model.ctf import CTFParams
 
 SIMULATED_FILES = ("particles.star", "particles.mrcs", "ground_truth.mrc", "poses.csv", "meta.json")
 
@@ -155,7 +155,7 @@ def _load_star(spec, scale) -> Dataset:
     cropped to the scale's box, σ-estimated; the optional reference map resampled to the same
     grid; and the contrast checked (one warning when the data prefer the negated density)."""
     from cryobench.data.realdata import (contrast_advice, contrast_z, load_reference, recentre,
-        warn_once)
+                                         warn_once)
     recipe = spec.section("dataset")
     allowed = {"kind", "star", "particle_radius", "invert_sign", "reference"}
     unknown = sorted(set(recipe) - allowed)

@@ -29,10 +29,10 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-from cryobench.model.ctf import CTFParams, evaluate_ctf
-from cryobench.model.fourier import centered_dft2, centered_idft2, dft_matrix, volume_to_cube
 from cryobench.data.mrc import read_volume
 from cryobench.errors import InputError
+from cryobench.model.ctf import CTFParams, evaluate_ctf
+from cryobench.model.fourier import centered_dft2, centered_idft2, dft_matrix, volume_to_cube
 
 log = logging.getLogger("cryobench")
 CONTRAST_Z = 3.0            # |z| beyond which the contrast check is conclusive

@@ -28,10 +28,10 @@ from scipy import fft as sfft
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from cryobench.model.ctf import CTFParams, evaluate_ctf
 from cryobench.data.mrc import write_volume
-from cryobench.data.star import write_particles
 from cryobench.data.phantoms import PHANTOMS, Phantom, junk_particle
+from cryobench.data.star import write_particles
+from cryobench.model.ctf import CTFParams, evaluate_ctf
 
 FORMAT_VERSION = 1
 CALIBRATION_IMAGES = 4096

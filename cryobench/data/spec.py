@@ -13,9 +13,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryobench.base.paths import TASKS_DIR
 from cryobench.errors import InputError
 
-from cryobench.base.paths import TASKS_DIR  # noqa: E402  (re-exported)
 SCALES = ("ci", "small", "paper")
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryobench.harness.fingerprint import (machine, numerics_fingerprint, optimizer_fingerprint,
-    source_digest)
+                                           source_digest)
 from cryobench.harness.run import DEFAULT_TIME_LIMIT, RunSpec, cell_id, execute
 
 EXIT_INTERRUPTED = 3        # the run failed for a reason that is not the method's
@@ -87,11 +87,11 @@ def identity(cell: "Cell", method, known: dict | None = None) -> dict:
 def compute_cell(cell: dict, data_dir: str | None, stuck_grace: float | None = None,
                  known: dict | None = None) -> dict[str, bytes]:
     """Run a cell (given as :meth:`Cell.to_dict`) in this process; its folder's files as bytes."""
+    from cryobench.base.threads import set_threads
     from cryobench.errors import HarnessFault
     from cryobench.harness.registry import resolve
     from cryobench.harness.results import cell_files
     from cryobench.task import load_task
-    from cryobench.base.threads import set_threads
     c = Cell.from_dict(cell)
     set_threads(c.spec.threads)
     task = load_task(c.spec.task, c.spec.scale, data_dir, progress=False)

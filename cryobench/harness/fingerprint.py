@@ -68,11 +68,11 @@ class _Bits:
 
 def _probe_task(shift_sigma_px: float, n_images: int = 60):
     """A small in-memory task (box 16, r_max 4 px) on images drawn from a fixed generator."""
-    from cryobench.model.ctf import CTFParams
-    from cryobench.data.datasets import Dataset
-    from cryobench.model.prior import Prior
     from cryobench.base.seeding import rng_for
+    from cryobench.data.datasets import Dataset
     from cryobench.data.spec import Scale, TaskSpec
+    from cryobench.model.ctf import CTFParams
+    from cryobench.model.prior import Prior
     from cryobench.task import Task, likelihood_for, make_splits, match_power, random_spheres
     box, pixel = 16, 4.0
     rng = rng_for("fingerprint", shift_sigma_px)
@@ -112,8 +112,8 @@ def _probe_sgd():
 
 
 def _probe(bits: _Bits) -> None:
-    from cryobench.optim import dot64
     from cryobench.harness.run import RunSpec, execute
+    from cryobench.optim import dot64
     from cryobench.schedules import annealed_lr, sutskever_momentum
     for shift in (0.0, 1.0):
         task = _probe_task(shift)
@@ -155,6 +155,7 @@ def machine() -> str:
     import llvmlite.binding
     import numba
     import numpy  # noqa: F401  (loads numpy's BLAS, which thread_info reads)
+
     from cryobench.base.threads import thread_info
     info = thread_info()
     return (f"{info.get('cpu')} | {info.get('blas')} {info.get('blas_architecture')} | llvm "

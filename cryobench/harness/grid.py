@@ -32,11 +32,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cryobench.harness.cell import Cell, make_cell
 from cryobench.errors import InputError
+from cryobench.harness.cell import Cell, make_cell
 from cryobench.harness.results import cell_complete, remove_stale_temporaries
 from cryobench.harness.run import RunSpec, check_run
 from cryobench.harness.tuned import DEFAULT_TUNED, default_tuned_file, load_tuned, resolve_params
+
 
 class GridInterrupted(KeyboardInterrupt):
     """A grid stopped by Ctrl-C or SIGTERM; finished cells are kept and a rerun resumes."""
@@ -158,8 +159,8 @@ def config_label(method, params: dict) -> str:
 def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[Cell]:
     """The grid's cells, in a fixed order (tasks are simulated first if needed, to hash them);
     each runs with ``threads`` BLAS threads, which are part of its identity."""
-    from cryobench.harness.registry import resolve
     from cryobench.data.spec import load_spec
+    from cryobench.harness.registry import resolve
     from cryobench.task import split_sizes, task_hash
     tuned = load_tuned(grid.tuned) if grid.tuned else {}
     cells = []

@@ -24,8 +24,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from cryobench.harness.cell import grid_identity
 from cryobench.errors import HarnessFault, InputError
+from cryobench.harness.cell import grid_identity
 from cryobench.harness.limits import EXIT_STUCK
 from cryobench.harness.results import cell_complete, read_cell_files, to_json, write_cell_folder
 from cryobench.harness.run import DEFAULT_TIME_LIMIT, SCHEMA_VERSION

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from cryobench.base.paths import OPTIMIZERS_DIR  # noqa: F401  (re-exported)
 from cryobench.errors import InputError
 from cryobench.optim import Method
 
-from cryobench.base.paths import OPTIMIZERS_DIR  # noqa: E402  (re-exported)
 ENTRY_POINT_GROUP = "cryobench.optimizers"
 
 

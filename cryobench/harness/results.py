@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryobench.errors import InputError
 from cryobench.data.mrc import write_volume
+from cryobench.errors import InputError
 from cryobench.harness.run import SCHEMA_VERSION, RunOutput
 
 ID_COLUMNS = ["task", "scale", "optimizer", "label", "seed", "cell"]

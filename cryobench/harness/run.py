@@ -33,15 +33,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryobench.errors import AccountingError, HarnessFault
-from cryobench.oracle import BudgetExhausted
+from cryobench.base.paths import REPO_DIR
 from cryobench.base.seeding import content_hash, rng_for
 from cryobench.base.threads import thread_info
+from cryobench.errors import AccountingError, HarnessFault
+from cryobench.oracle import BudgetExhausted
 
 SCHEMA_VERSION = 1
 SNAPSHOTS = (5_000, 50_000)
 TRAIN_ESTIMATE_IMAGES = 500
-from cryobench.base.paths import REPO_DIR  # noqa: E402  (re-exported)
+
 DEFAULT_TIME_LIMIT = 6 * 3600.0       # seconds of optimizer time per run unless the spec says
 
 
@@ -111,8 +112,8 @@ def cell_id(spec: RunSpec, task_hash: str, optimizer: str, numerics: str | None 
     its label, and naming the task and optimizer by what they are, not how they were typed),
     the task's content hash, the optimizer's name and fingerprint (``optimizer``) and the
     library's numerics fingerprint (:mod:`cryobench.harness.fingerprint`; computed here unless given)."""
-    from cryobench.harness.fingerprint import numerics_fingerprint
     from cryobench.data.spec import load_spec
+    from cryobench.harness.fingerprint import numerics_fingerprint
     key = {**spec.to_dict(), "label": None, "task": load_spec(spec.task).name, "optimizer": optimizer,
            "task_hash": task_hash, "numerics": numerics or numerics_fingerprint(),
            "schema": SCHEMA_VERSION}

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryobench.errors import InputError
 from cryobench.base.paths import RESULTS_DIR, installed
 from cryobench.data.spec import load_spec
+from cryobench.errors import InputError
 from cryobench.harness.tuned import default_tuned_file, is_shipped, load_tuned, resolve_params
+
 
 def candidates(method, names, points: int) -> list[dict]:
     """Values of the hyper-parameters ``names`` over their declared ranges (3 significant digits)."""

@@ -87,12 +87,12 @@ def tolerance(results, row, evals: np.ndarray) -> np.ndarray:
 
 def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     """Recompute one cell (see module doc) and compare it with what is stored."""
+    from cryobench.base.threads import set_threads
     from cryobench.harness.cell import Cell, identity
     from cryobench.harness.registry import resolve
     from cryobench.harness.results import read_meta
     from cryobench.harness.run import execute
     from cryobench.task import load_task
-    from cryobench.base.threads import set_threads
     folder = results.folders[row.cell]
     meta = read_meta(folder)
     what = f"{row.task} {row.scale} {row.label} seed {row.seed}"

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cryobench.base.blocks import image_blocks
 from cryobench.model.ctf import CTFParams
 from cryobench.model.fourier import complex_dtype, dft_matrix, half_disk
 from cryobench.model.interpolate import cubic_taps
-from cryobench.base.blocks import image_blocks
 from cryobench.model.kernels import build_rows, ctf_terms, posterior, scale_rows
 from cryobench.model.quadrature import Quadrature
 from cryobench.model.slicing import SliceOperator

@@ -20,10 +20,10 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,
-    failed_cells, performance_profile, seed_values, sign_flip_pvalue, table_markdown,
-    time_to_target)
 from cryobench.harness.results import Results, atomic_write, load_results, read_meta
+from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,
+                                     failed_cells, performance_profile, seed_values,
+                                     sign_flip_pvalue, table_markdown, time_to_target)
 
 DATASET = ["task", "scale"]
 BAND = "median over seeds; band: min–max over seeds"
