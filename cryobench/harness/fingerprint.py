@@ -141,8 +141,9 @@ def source_digest() -> str:
     """SHA-256 of the text of the package's modules: while it and the machine are unchanged,
     so is :func:`numerics_fingerprint` (cell processes use this to skip the probe)."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        h.update(path.relative_to(Path(__file__).parent).as_posix().encode() + b"\0" + path.read_bytes())
+    package = Path(__file__).resolve().parent.parent
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
