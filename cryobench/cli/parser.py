@@ -70,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "median decides (default 2, at least 2)")
     p.add_argument("--budget", type=int, help="gradient evaluations per candidate (default 1 epoch)")
     p.add_argument("--out", help="folder for the candidate runs (default: results/tune/SCALE for "
-                   "a shipped task, TASK.tune/SCALE beside any other task file)")
+                   "a shipped task, ./results/tune/SCALE when installed from a wheel; "
+                   "TASK.tune/SCALE beside any other task file)")
     p.add_argument("--record", help="tuned values file to update (default: results/tuned.json for "
-                   "a shipped task; TASK.tuned.json beside any other task file, never the "
-                   "repository's results/)")
+                   "a shipped task in a checkout, required for one when installed from a wheel; "
+                   "TASK.tuned.json beside any other task file, never the repository's results/)")
     p.add_argument("--workers", type=int, help="local processes (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
