@@ -157,24 +157,32 @@ def load_reference(path) -> dict:
     return ref
 
 
-def write_reference(path, results: dict, config: dict) -> None:
-    """Write the reference (atomically) with its configuration, rule and provenance."""
+def made() -> dict:
+    """When, from which commit and on which machine a reference is made."""
     from cryobench.base.threads import thread_info
     from cryobench.harness.run import git_commit
     commit, dirty = git_commit()
-    doc = {"schema": SCHEMA, "config": config,
-           "rule": {"noise": "range of the per-seed final test NLLs", "k": K,
-                    "floor_relative": FLOOR,
-                    "fails": "(median_now - median_ref) / max(noise_ref, floor * |median_ref|) > k"},
-           "made": {"date": datetime.date.today().isoformat(), "git_commit": commit,
-                    "git_dirty": dirty, "numpy": np.__version__,
-                    **{k: v for k, v in thread_info().items() if k in ("cpu", "cores", "blas")}},
-           "entries": results}
+    return {"date": datetime.date.today().isoformat(), "git_commit": commit, "git_dirty": dirty,
+            "numpy": np.__version__,
+            **{k: v for k, v in thread_info().items() if k in ("cpu", "cores", "blas")}}
+
+
+def write_document(path, doc: dict) -> None:
+    """Write a reference document atomically, as sorted, indented JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def write_reference(path, results: dict, config: dict) -> None:
+    """Write the reference (atomically) with its configuration, rule and provenance."""
+    write_document(path, {
+        "schema": SCHEMA, "config": config,
+        "rule": {"noise": "range of the per-seed final test NLLs", "k": K, "floor_relative": FLOOR,
+                 "fails": "(median_now - median_ref) / max(noise_ref, floor * |median_ref|) > k"},
+        "made": made(), "entries": results})
 
 
 def compare(now: dict, ref: dict, k: float = K, floor: float = FLOOR) -> list[dict]:

@@ -29,8 +29,6 @@ different kind of runner.
 """
 from __future__ import annotations
 
-import datetime
-import json
 import math
 import sys
 import time
@@ -40,7 +38,7 @@ import numpy as np
 
 from cryobench.base.paths import RESULTS_DIR
 from cryobench.checks.bench import DEFAULT_TASKS, gemm_products
-from cryobench.checks.gate import using_threads
+from cryobench.checks.gate import made, using_threads, write_document
 from cryobench.errors import InputError
 
 DEFAULT_REFERENCE = RESULTS_DIR / "gate" / "speed.json"
@@ -144,19 +142,7 @@ def compare(now: dict, ref: dict, tolerance: float) -> list[dict]:
 
 def write_reference(path, results: dict, config: dict) -> None:
     """Write the speed reference (atomically) with its configuration and machine."""
-    from cryobench.base.threads import thread_info
-    from cryobench.harness.run import git_commit
-    commit, dirty = git_commit()
-    doc = {"schema": SCHEMA, "config": config,
-           "made": {"date": datetime.date.today().isoformat(), "git_commit": commit,
-                    "git_dirty": dirty, "numpy": np.__version__,
-                    **{k: v for k, v in thread_info().items() if k in ("cpu", "cores", "blas")}},
-           "results": results}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_document(path, {"schema": SCHEMA, "config": config, "made": made(), "results": results})
 
 
 def speed_gate(reference=DEFAULT_REFERENCE, update: bool = False, *, tolerance: float | None = None,
