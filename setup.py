@@ -25,6 +25,7 @@ class BuildPyShipped(build_py):
         if getattr(self, "editable_mode", False):
             return                      # an editable install reads the repository's folders
         target = Path(self.build_lib) / "cryobench" / "_shipped"
+        shutil.rmtree(target, ignore_errors=True)   # nothing left from an earlier build
         for folder, patterns in SHIPPED.items():
             files = [p for pattern in patterns for p in sorted((ROOT / folder).glob(pattern))]
             if not files:
