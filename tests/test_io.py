@@ -1,4 +1,4 @@
-"""Reading and writing particles and maps, and the input errors (cryobench.data.star, .mrc, .images)."""
+"""Reading and writing particles and maps, and the input errors (cryobench.data: star, mrc, images)."""
 from dataclasses import fields
 
 import mrcfile

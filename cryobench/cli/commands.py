@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cryobench.data.spec import SCALES, check_splits, known_tasks, load_spec
+from cryobench.data.spec import check_splits, known_tasks, load_spec
 from cryobench.errors import InputError
 
 

@@ -10,11 +10,12 @@ import numpy as np
 from cryobench.errors import InputError
 
 
-def _atomic_target(path: Path) -> Path:
+def atomic_target(path: Path) -> Path:
+    """A temporary name beside ``path`` (written, then renamed onto it)."""
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
-def _fixed_label(mrc) -> None:
+def fixed_label(mrc) -> None:
     """Replace mrcfile's timestamped label so equal data give byte-identical files."""
     mrc.header.label[0] = b"Created by cryobench".ljust(80)
     mrc.header.nlabl = 1
@@ -23,11 +24,11 @@ def _fixed_label(mrc) -> None:
 def write_volume(path, volume: np.ndarray, pixel_size: float) -> None:
     """Write a map V[z, y, x] as MRC (mode 2, float32) with the voxel size in Å, atomically."""
     path = Path(path)
-    tmp = _atomic_target(path)
+    tmp = atomic_target(path)
     with mrcfile.new(tmp, overwrite=True) as mrc:
         mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
         mrc.voxel_size = float(pixel_size)
-        _fixed_label(mrc)
+        fixed_label(mrc)
     os.replace(tmp, path)
 
 

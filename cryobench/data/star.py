@@ -18,7 +18,7 @@ import starfile
 
 from cryobench.base.blocks import image_blocks, release_pages
 from cryobench.data.duplicates import IdenticalImages, repeated_names
-from cryobench.data.mrc import _atomic_target, _fixed_label
+from cryobench.data.mrc import atomic_target, fixed_label
 from cryobench.errors import InputError
 from cryobench.model.ctf import CTFParams
 
@@ -55,12 +55,12 @@ def write_particles(star_path, stack_path, images: np.ndarray, ctf: CTFParams,
     if d != d2 or len(ctf) != n:
         raise ValueError(f"write_particles: images {images.shape} need square images and "
                          f"one CTF per image (got {len(ctf)} CTFs)")
-    tmp = _atomic_target(stack_path)
+    tmp = atomic_target(stack_path)
     with mrcfile.new(tmp, overwrite=True) as mrc:
         mrc.set_data(np.ascontiguousarray(images, dtype=np.float32))
         mrc.set_image_stack()
         mrc.voxel_size = float(pixel_size)
-        _fixed_label(mrc)
+        fixed_label(mrc)
     os.replace(tmp, stack_path)
 
     optics_keys = np.stack([ctf.voltage, ctf.cs, ctf.amplitude_contrast], axis=1)
@@ -78,7 +78,7 @@ def write_particles(star_path, stack_path, images: np.ndarray, ctf: CTFParams,
         **{col: getattr(ctf, attr) for col, attr in PARTICLE_COLUMNS.items()},
         "rlnOpticsGroup": group.reshape(-1) + 1,
     })
-    tmp = _atomic_target(star_path)
+    tmp = atomic_target(star_path)
     starfile.write({"optics": optics, "particles": particles}, tmp, overwrite=True,
                    float_format=STAR_FLOAT_FORMAT)
     lines = tmp.read_text().split("\n")   # starfile stamps the time in its first comment

@@ -28,7 +28,6 @@ import platform
 import subprocess
 import traceback
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

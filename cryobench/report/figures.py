@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from cryobench.harness.results import Results, atomic_write, load_results, read_meta
-from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,
+from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,  # noqa: F401
                                      failed_cells, performance_profile, seed_values,
                                      sign_flip_pvalue, table_markdown, time_to_target)
 
