@@ -13,18 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-_REPO = PACKAGE_DIR.parent
-
-
-def _is_checkout(root: Path) -> bool:
-    return ((root / "pyproject.toml").is_file() and (root / "tasks").is_dir()
-            and (root / "optimizers").is_dir())
-
+_SHIPPED = PACKAGE_DIR / "_shipped"          # only in a built wheel (setup.py), never in the tree
 
 #: The repository holding this package, or None when cryobench is installed from a wheel.
-REPO_DIR: Path | None = _REPO if _is_checkout(_REPO) else None
+REPO_DIR: Path | None = None if _SHIPPED.is_dir() else PACKAGE_DIR.parent
 #: The folder holding ``tasks/``, ``optimizers/`` and ``results/tuned.json``.
-SHIPPED_DIR = REPO_DIR if REPO_DIR is not None else PACKAGE_DIR / "_shipped"
+SHIPPED_DIR = REPO_DIR if REPO_DIR is not None else _SHIPPED
 TASKS_DIR = SHIPPED_DIR / "tasks"
 OPTIMIZERS_DIR = SHIPPED_DIR / "optimizers"
 #: The tuned values of the shipped tasks (read-only in an installed wheel).
