@@ -256,8 +256,10 @@ def simulate(params: SimulationParams, out_dir, progress: bool = True,
     poses["is_outlier"] = outlier.astype(int)
     _write_text(out / "poses.csv", poses.to_csv(index=False))
 
+    # these strings are recorded in the dataset (its content hash, so every cell id): keep them
+    # as they are when modules move
     meta = {
-        "format_version": FORMAT_VERSION, "generator": "cryobench.data.simulate",
+        "format_version": FORMAT_VERSION, "generator": "cryobench.simulate",
         "phantom": p.phantom, "n_blobs": len(phantom), "params": p.to_dict(),
         "amplitude_scale": scale, "noise_sigma": 1.0, "snr": p.snr,
         "snr_measured": float(var[~outlier].mean()), "snr_definition": SNR_DEFINITION,
@@ -270,7 +272,7 @@ def simulate(params: SimulationParams, out_dir, progress: bool = True,
                   "ground_truth": "ground_truth.mrc", "poses": "poses.csv"},
         "conventions": {"poses": "I(u) = ∫ V(R·(u, z)) dz; rows r00..r22 = R row-major",
                         "shift": "particle displaced by +(shift_x, shift_y) pixels",
-                        "ctf": "RELION sign (cryobench.model.ctf)", "fourier": "cryobench.model.fourier"},
+                        "ctf": "RELION sign (cryobench.ctf)", "fourier": "cryobench.fourier"},
     }
     _write_text(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return meta
