@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import cryobench
-from cryobench.threads import set_threads
+from cryobench.base.threads import set_threads
 
 TASKS = ["synthetic-cylinder", "thermus-style"]
 SCALE = "ci"

@@ -1,9 +1,8 @@
 """Test NLL reached at a fixed budget: tracks results, not speed."""
+from cryobench import common
+from cryobench.base.seeding import rng_for
+from cryobench.harness.registry import discover
 from cryobench.optim import minimize
-from cryobench.registry import discover
-from cryobench.seeding import rng_for
-
-from . import common
 
 BUDGET = 2000        # gradient evaluations (20 minibatches of 100; the ci budget is 3,500)
 

@@ -3,16 +3,15 @@ import shutil
 import tempfile
 
 import cryobench
-from cryobench.datasets import simulation_params
-from cryobench.simulate import simulate
-from cryobench.spec import load_spec
-from cryobench.threads import set_threads
-
-from . import common
+from cryobench import common
+from cryobench.base.threads import set_threads
+from cryobench.data.datasets import simulation_params
+from cryobench.data.simulate import simulate
+from cryobench.data.spec import load_spec
 
 
 class Simulate:
-    """``cryobench.simulate.simulate`` of a task's whole ci dataset (500 images of 24 px: render,
+    """``cryobench.data.simulate.simulate`` of a task's whole ci dataset (500 images of 24 px: render,
     CTF, noise, RELION STAR + .mrcs, ground truth, poses) into a temporary folder."""
 
     params = common.TASKS

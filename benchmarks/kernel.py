@@ -1,5 +1,5 @@
 """The likelihood kernel, the slicing operator and the test NLL, on both ci tasks."""
-from . import common
+from cryobench import common
 
 
 class Kernel:

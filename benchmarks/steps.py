@@ -1,8 +1,7 @@
-"""One step of every registered optimizer (``cryobench.registry.discover()``), defaults."""
-from cryobench.registry import discover
-from cryobench.seeding import rng_for
-
-from . import common
+"""One step of every registered optimizer (``cryobench.harness.registry.discover()``), defaults."""
+from cryobench import common
+from cryobench.base.seeding import rng_for
+from cryobench.harness.registry import discover
 
 OPTIMIZERS = sorted(discover())
 WARMUP = 23          # steps taken before the timed one (see OptimizerStep)

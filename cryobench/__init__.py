@@ -7,10 +7,10 @@
     >>> value, grad = oracle.value_and_grad(task.init, batch)
     >>> task.test_nll(task.init)
 """
-from . import threads  # noqa: F401  (first: sets the BLAS/OpenMP wait policy before they load)
-from .io import InputError
-from .oracle import BudgetExhausted, Oracle
-from .task import Task, load_task
+from cryobench.base import threads  # noqa: F401  (first: BLAS/OpenMP wait policy before they load)
+from cryobench.errors import InputError
+from cryobench.oracle import BudgetExhausted, Oracle
+from cryobench.task import Task, load_task
 
 __version__ = "0.1.0"
 __all__ = ["BudgetExhausted", "InputError", "Oracle", "Task", "load_task", "__version__"]

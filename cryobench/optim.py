@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .oracle import BudgetExhausted
+from cryobench.oracle import BudgetExhausted
 
 
 @dataclass(frozen=True)

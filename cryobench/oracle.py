@@ -17,7 +17,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .errors import AccountingError, HarnessFault
+from cryobench.errors import AccountingError, HarnessFault
 
 
 class BudgetExhausted(RuntimeError):

@@ -21,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import file_sha256
-from .datasets import Dataset, dataset_size, default_data_dir, load_dataset
-from .io import InputError, read_volume, write_volume
-from .likelihood import ImageSpectra, Likelihood
-from .prior import Prior
-from .quadrature import quadrature_for
-from .seeding import content_hash, rng_for
-from .spec import TASKS_DIR, Scale, TaskSpec, check_splits, load_spec
+from cryobench.base.seeding import content_hash, rng_for
+from cryobench.data.cache import file_sha256
+from cryobench.data.datasets import Dataset, dataset_size, default_data_dir, load_dataset
+from cryobench.data.mrc import read_volume, write_volume
+from cryobench.data.spec import TASKS_DIR, Scale, TaskSpec, check_splits, load_spec
+from cryobench.errors import InputError
+from cryobench.model.likelihood import ImageSpectra, Likelihood
+from cryobench.model.prior import Prior
+from cryobench.model.quadrature import quadrature_for
 
 FORMAT_VERSION = 1
 
@@ -76,7 +77,7 @@ class Task:
 
     def stream(self, start: int, size: int, stream: int = 0) -> np.ndarray:
         """Images at positions [start, start + size) of training stream ``stream``."""
-        from .oracle import stream_slice
+        from cryobench.oracle import stream_slice
         return stream_slice(start, size, self.n_train, lambda e: self.epoch_order(e, stream))
 
     def nll(self, volume: np.ndarray, index) -> np.ndarray:
@@ -98,7 +99,7 @@ class Task:
 
     def oracle(self, budget: int | None = None, stream: int = 0):
         """A fresh counted oracle on training stream ``stream`` (see :mod:`cryobench.oracle`)."""
-        from .oracle import Oracle
+        from cryobench.oracle import Oracle
         return Oracle(self, self.budget if budget is None else budget, stream)
 
     def write_density(self, volume: np.ndarray, path) -> None:
@@ -110,7 +111,7 @@ def make_splits(name: str, seed: int, n_images: int, n_test: int, n_validation: 
     """Fixed test / validation / train index arrays (sorted) from a seed derived from the task.
 
     The three are disjoint and cover 0 … n_images − 1 (a permutation cut in three); a task's
-    sizes are checked first by :func:`cryobench.spec.check_splits`, with its file named.
+    sizes are checked first by :func:`cryobench.data.spec.check_splits`, with its file named.
     """
     sizes = (n_images, n_test, n_validation)
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in sizes):
@@ -151,7 +152,7 @@ def match_power(volume: np.ndarray, likelihood: Likelihood, spectra: ImageSpectr
     dw = likelihood.quadrature.direction_weights
     mean_power = (np.abs(slices.astype(complex)) ** 2 * dw[:, None]).sum(0)        # (Np,)
     freq = likelihood.points / (likelihood.box * likelihood.pixel_size)
-    from .ctf import evaluate_ctf
+    from cryobench.model.ctf import evaluate_ctf
     ctf2 = (evaluate_ctf(spectra.ctf, freq[:, 0], freq[:, 1]) * spectra.inv_sigma[:, None]) ** 2
     w = likelihood.point_weights.astype(float)
     model = float((ctf2 * mean_power * w).sum())
@@ -210,7 +211,7 @@ def task_hash(name_or_path, scale: str, data_dir=None, dtype=np.float32,
     A simulated task is simulated first if needed (its hash covers the files' SHA-256 manifest);
     a STAR task's files are read to hash them.
     """
-    from .datasets import ensure_simulated
+    from cryobench.data.datasets import ensure_simulated
     spec = load_spec(name_or_path, tasks_dir)
     sc = spec.scale(scale)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .oracle import CountedOracle, stream_slice
-from .seeding import rng_for
+from cryobench.base.seeding import rng_for
+from cryobench.oracle import CountedOracle, stream_slice
 
 
 class QuadraticOracle(CountedOracle):

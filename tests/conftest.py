@@ -26,7 +26,7 @@ def pytest_addoption(parser):
 
 def pytest_generate_tests(metafunc):
     if "method" in metafunc.fixturenames:
-        from cryobench.registry import discover, resolve
+        from cryobench.harness.registry import discover, resolve
         refs = metafunc.config.getoption("optimizer")
         methods = [resolve(r) for r in refs] if refs else list(discover().values())
         metafunc.parametrize("method", methods, ids=[m.name for m in methods])

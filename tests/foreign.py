@@ -14,9 +14,9 @@ import mrcfile
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from cryobench.ctf import CTFParams
-from cryobench.phantoms import PHANTOMS
-from cryobench.simulate import clean_images
+from cryobench.data.phantoms import PHANTOMS
+from cryobench.data.simulate import clean_images
+from cryobench.model.ctf import CTFParams
 
 PIXEL = 12.0        # Å
 BOX = 32

@@ -4,10 +4,10 @@ import math
 import numpy as np
 
 from cryobench import cli
-from cryobench.bench import gemm_rate, run_bench
-from cryobench.likelihood import Likelihood
-from cryobench.quadrature import quadrature_for
-from cryobench.threads import set_threads
+from cryobench.base.threads import set_threads
+from cryobench.checks.bench import gemm_rate, run_bench
+from cryobench.model.likelihood import Likelihood
+from cryobench.model.quadrature import quadrature_for
 
 
 def test_bench_command_prints_the_ratio_last(data_dir, capsys):

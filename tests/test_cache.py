@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import cryobench
-import cryobench.cache as cache
-from cryobench.cache import manifest_problem, remove_dead_temporaries
-from cryobench.datasets import SIMULATED_FILES, ensure_simulated, simulated_dir
-from cryobench.spec import load_spec
+import cryobench.data.cache as cache
+from cryobench.data.cache import manifest_problem, remove_dead_temporaries
+from cryobench.data.datasets import SIMULATED_FILES, ensure_simulated, simulated_dir
+from cryobench.data.spec import load_spec
 from cryobench.task import task_hash
 
 TASK = "synthetic-cylinder"
@@ -129,7 +129,7 @@ def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(cache_dir):
     root, folder = cache_dir
     parent, host = folder.parent, socket.gethostname()
     # a simulation killed after creating its folder: the marker ensure_simulated really uses
-    made = subprocess.run([sys.executable, "-c", "import sys; from cryobench.cache import "
+    made = subprocess.run([sys.executable, "-c", "import sys; from cryobench.data.cache import "
                            "temporary_dir; d = temporary_dir(sys.argv[1], 'ci-x'); "
                            "(d / 'particles.mrcs').write_bytes(b'half'); print(d)", str(parent)],
                           capture_output=True, text=True, check=True).stdout.strip()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import cryobench
+from cryobench.base.seeding import rng_for
 from cryobench.optim import minimize
-from cryobench.seeding import rng_for
 from cryobench.toy import QuadraticOracle
 
 CI_BUDGET = 2000

@@ -1,6 +1,6 @@
-"""Tests of cryobench.fsc: FSC, resolution, and alignment over rotation, shift and handedness.
+"""Tests of cryobench.model.fsc: FSC, resolution, and alignment over rotation, shift and handedness.
 
-Test volumes are sums of Gaussian blobs rendered analytically (cryobench.phantoms, pixel 1 Å so
+Test volumes are sums of Gaussian blobs rendered analytically (cryobench.data.phantoms, pixel 1 Å so
 blob centres are in voxels from the centre voxel), so a transformed copy is rendered exactly by
 moving the blob centres: q ↦ R S q + t, with S = diag(1, 1, −1) when mirrored.
 """
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from cryobench.fsc import Alignment, FSCResult, align, aligned_fsc, fsc, resolution, transform
-from cryobench.phantoms import Phantom
+from cryobench.data.phantoms import Phantom
+from cryobench.model.fsc import Alignment, FSCResult, align, aligned_fsc, fsc, resolution, transform
 
 D = 32
 MIRROR = np.diag([1.0, 1.0, -1.0])

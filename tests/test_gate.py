@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from cryobench import cli
-from cryobench.gate import DEFAULT_REFERENCE, compare, gate, load_reference
-from cryobench.io import InputError
+from cryobench.checks.gate import DEFAULT_REFERENCE, compare, gate, load_reference
+from cryobench.errors import InputError
+from cryobench.harness.registry import OPTIMIZERS_DIR, discover
 from cryobench.optim import GradientMethod, Hyper, method
-from cryobench.registry import OPTIMIZERS_DIR, discover
 
 
 def _run(**kw):

@@ -12,12 +12,14 @@ import pandas as pd
 import pytest
 
 from cryobench.cli import main as cli
-from cryobench.grid import expand, load_grid, run_grid
-from cryobench.io import InputError, read_volume
-from cryobench.registry import resolve
-from cryobench.results import load_results
-from cryobench.run import RunSpec, checkpoints, execute
-from cryobench.tuning import load_tuned, resolve_params, tune
+from cryobench.data.mrc import read_volume
+from cryobench.errors import InputError
+from cryobench.harness.grid import expand, load_grid, run_grid
+from cryobench.harness.registry import resolve
+from cryobench.harness.results import load_results
+from cryobench.harness.run import RunSpec, checkpoints, execute
+from cryobench.harness.tuned import load_tuned, resolve_params
+from cryobench.harness.tuning import tune
 
 BAD_OPTIMIZERS = '''
 import numpy as np
@@ -219,7 +221,7 @@ def test_cli_run_and_its_errors(tmp_path, data_dir, capsys):
 def test_tuning_selection_rejects_blow_ups_and_records_the_edge():
     """Median over seeds decides; a seed that failed or ended worse than it started rejects its
     candidate; the nearest value that blew up is recorded with its ratio."""
-    from cryobench.tuning import nearest_blow_up, select
+    from cryobench.harness.tuning import nearest_blow_up, select
     runs = {  # lr: [(status, final validation NLL) per seed]; every run starts at 100
         0.1: [("ok", 90.0), ("ok", 92.0)], 0.3: [("ok", 80.0), ("ok", 88.0)],
         1.0: [("ok", 70.0), ("ok", 101.0)], 3.0: [("ok", 60.0), ("diverged", float("nan"))],

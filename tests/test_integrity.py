@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryobench.cell import make_cell
 from cryobench.cli import main as cli
-from cryobench.grid import expand, load_grid, run_grid
-from cryobench.registry import resolve
-from cryobench.results import load_results
-from cryobench.run import RunSpec, execute
+from cryobench.harness.cell import make_cell
+from cryobench.harness.grid import expand, load_grid, run_grid
+from cryobench.harness.registry import resolve
+from cryobench.harness.results import load_results
+from cryobench.harness.run import RunSpec, execute
 
 OPTIMIZERS = '''
 import time
@@ -171,7 +171,7 @@ def run_one(opt_file, name, task, **spec):
 
 
 def cell_processes(grid_pid: int) -> list[int]:
-    """Pids of live `cryobench.cell` processes whose parent is ``grid_pid``."""
+    """Pids of live `cryobench.harness.cell` processes whose parent is ``grid_pid``."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
@@ -179,7 +179,7 @@ def cell_processes(grid_pid: int) -> list[int]:
             cmd = (proc / "cmdline").read_bytes()
         except (OSError, ValueError):
             continue
-        if b"cryobench.cell" in cmd and int(stat.rsplit(")", 1)[1].split()[1]) == grid_pid:
+        if b"cryobench.harness.cell" in cmd and int(stat.rsplit(")", 1)[1].split()[1]) == grid_pid:
             pids.append(int(proc.name))
     return pids
 

@@ -1,4 +1,4 @@
-"""Reading and writing particles and maps, and the input errors (cryobench.io)."""
+"""Reading and writing particles and maps, and the input errors (cryobench.data: star, mrc, images)."""
 from dataclasses import fields
 
 import mrcfile
@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 import starfile
 
-from cryobench.ctf import CTFParams
-from cryobench.io import (InputError, estimate_noise_sigma, fourier_crop, read_particles,
-                          read_volume, write_particles, write_volume)
+from cryobench.data.images import estimate_noise_sigma, fourier_crop
+from cryobench.data.mrc import read_volume, write_volume
+from cryobench.data.star import read_particles, write_particles
+from cryobench.errors import InputError
+from cryobench.model.ctf import CTFParams
 
 
 def make_ctf(n, rng):

@@ -2,7 +2,7 @@
 import shutil
 from pathlib import Path
 
-from cryobench.report import result_sets, write_leaderboard
+from cryobench.report.figures import result_sets, write_leaderboard
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 

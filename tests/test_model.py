@@ -4,12 +4,13 @@ import pytest
 from scipy.ndimage import map_coordinates
 from scipy.spatial.transform import Rotation
 
-from cryobench.ctf import CTFParams, electron_wavelength, evaluate_ctf
-from cryobench.fourier import centered_dft2, cube_frequencies, cube_to_volume_adjoint, half_disk, volume_to_cube
-from cryobench.likelihood import Likelihood
-from cryobench.prior import Prior
-from cryobench.quadrature import quadrature_for, shift_grid
-from cryobench.slicing import SliceOperator
+from cryobench.model.ctf import CTFParams, electron_wavelength, evaluate_ctf
+from cryobench.model.fourier import (centered_dft2, cube_frequencies, cube_to_volume_adjoint,
+                                     half_disk, volume_to_cube)
+from cryobench.model.likelihood import Likelihood
+from cryobench.model.prior import Prior
+from cryobench.model.quadrature import quadrature_for, shift_grid
+from cryobench.model.slicing import SliceOperator
 
 
 def blobs(d, rng, n=6, spread=3.0, width=2.0):
@@ -56,8 +57,8 @@ def test_ctf_relion_sign_and_astigmatism_axes():
 
 def test_kernel_ctf_terms_reassemble_evaluate_ctf():
     # The compiled rows evaluate C = env · sin(iso + aniso · cos 2(α_s − α_ast)) from the terms of
-    # kernels.ctf_terms (times 1/σ); they must be the CTF of cryobench.ctf, term by term.
-    from cryobench.kernels import ctf_terms
+    # kernels.ctf_terms (times 1/σ); they must be the CTF of cryobench.model.ctf, term by term.
+    from cryobench.model.kernels import ctf_terms
     p = CTFParams([21000, 15000, 9000], [17000, 14000, 9500], [10, 70, 135], 300, 2.7, 0.1,
                   [0, 30, 90], [0, 50, 120])
     inv_sigma = np.array([1.0, 0.5, 2.0])
@@ -91,7 +92,7 @@ def test_quadrature_sizes_follow_rmax_at_paper_settings():
 
 
 def test_lebedev_rules_with_negative_weights_are_skipped():
-    from cryobench.quadrature import lebedev_directions
+    from cryobench.model.quadrature import lebedev_directions
     for wanted, got in ((60, 86), (200, 302), (146, 146), (1369, 1454)):
         x, w = lebedev_directions(wanted)
         assert len(w) == got and np.all(w > 0) and w.sum() == pytest.approx(1.0)
@@ -207,7 +208,7 @@ def test_float32_kernel_agrees_with_float64():
 
 def test_likelihood_is_a_gaussian_mixture_over_poses():
     """With one pose point the NLL is the Gaussian ½‖Î − C S‖² + c on the half disk."""
-    from cryobench.quadrature import Quadrature
+    from cryobench.model.quadrature import Quadrature
     d, rng = 16, np.random.default_rng(5)
     quad = Quadrature(np.array([[0.0, 0.0, 1.0]]), np.ones(1), np.zeros(1), np.zeros((1, 2)), np.ones(1))
     lik = Likelihood(d, 5.0, 4.0, quad, dtype=np.float64)

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
+from cryobench.harness.registry import discover
 from cryobench.optim import minimize
 from cryobench.oracle import BudgetExhausted, CountedOracle, stream_slice
-from cryobench.registry import discover
 from cryobench.toy import QuadraticOracle
 
 METHODS = discover()

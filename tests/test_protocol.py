@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
+from cryobench.harness.registry import discover, resolve
 from cryobench.optim import GradientMethod, Hyper, method
-from cryobench.registry import discover, resolve
 from cryobench.schedules import annealed_lr, sutskever_momentum
 
 PAPER_METHODS = {"sgd", "momentum", "nesterov", "adagrad", "tonga", "olbfgs", "hessian-free"}
@@ -66,7 +66,7 @@ def test_readme_example_is_the_tested_file():
 
 
 def test_installed_packages_register_through_the_entry_point_group(monkeypatch):
-    import cryobench.registry as registry
+    import cryobench.harness.registry as registry
     from cryobench.optim import GradientMethod, Hyper, method
 
     @method(lr=Hyper(0.5, 0.1, 1.0))

@@ -5,23 +5,24 @@ import json
 import logging
 import re
 
+import foreign as fx
 import mrcfile
 import numpy as np
 import pytest
 
 import cryobench
-import foreign as fx
 from cryobench import InputError
 from cryobench.cli import main
-from cryobench.datasets import load_dataset
-from cryobench.fsc import aligned_fsc
-from cryobench.io import fourier_crop, read_particles
-from cryobench.realdata import contrast_z, recentre, resample_map
-from cryobench.registry import resolve
-from cryobench.run import REPO_DIR, RunSpec, execute, lowpass
-from cryobench.spec import TASKS_DIR, load_spec
+from cryobench.data.datasets import load_dataset
+from cryobench.data.images import fourier_crop
+from cryobench.data.realdata import contrast_z, recentre, resample_map
+from cryobench.data.spec import TASKS_DIR, load_spec
+from cryobench.data.star import read_particles
+from cryobench.harness.registry import resolve
+from cryobench.harness.run import REPO_DIR, RunSpec, execute, lowpass
+from cryobench.harness.tuned import DEFAULT_TUNED, default_tuned_file, load_tuned, resolve_params
+from cryobench.model.fsc import aligned_fsc
 from cryobench.task import task_hash
-from cryobench.tuning import DEFAULT_TUNED, default_tuned_file, load_tuned, resolve_params
 
 
 def cryobench_messages(caplog):

@@ -3,10 +3,10 @@ import shutil
 
 import pytest
 
-import cryobench.registry as registry
+import cryobench.harness.registry as registry
 from cryobench import InputError
 from cryobench.cli import main
-from cryobench.registry import OPTIMIZERS_DIR, discover, resolve, scan
+from cryobench.harness.registry import OPTIMIZERS_DIR, discover, resolve, scan
 
 BROKEN = {
     "bad_syntax.py": ("import numpy\n\ndef f(:\n    pass\n", ":3: SyntaxError: invalid syntax"),

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from matplotlib.image import AxesImage
 
-from cryobench import report
-from cryobench.results import Results, load_results
-from cryobench.run import SCHEMA_VERSION
+from cryobench.harness.results import Results, load_results
+from cryobench.harness.run import SCHEMA_VERSION
+from cryobench.report import figures as report
 
 DATASETS = [("task-a", "ci"), ("task-b", "ci")]
 D = 12
@@ -249,7 +249,7 @@ def test_write_report_deterministic(fake_root, tmp_path):
     assert text.startswith("# Fake") and "![convergence](convergence.png)" in text
     assert "iterate not finite" in text and "abc" in text
     # and in another process, with another hash seed
-    code = ("import sys; from cryobench import report; from cryobench.results import load_results;"
+    code = ("import sys; from cryobench.report import figures as report; from cryobench.harness.results import load_results;"
             "report.write_report(load_results(sys.argv[1]), sys.argv[2], title='Fake')")
     subprocess.run([sys.executable, "-c", code, str(small), str(tmp_path / "three")],
                    check=True, env={**os.environ, "PYTHONHASHSEED": "123"})

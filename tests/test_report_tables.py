@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cryobench import report
 from cryobench.cli import main as cli
-from cryobench.results import Results, load_results
-from cryobench.run import SCHEMA_VERSION
+from cryobench.harness.results import Results, load_results
+from cryobench.harness.run import SCHEMA_VERSION
+from cryobench.report import figures as report
 
 EVALS = [0, 1000, 5000, 50000, 100000]
 NO_FSC = pd.DataFrame(columns=["cell", "label", "evals", "freq", "fsc"])

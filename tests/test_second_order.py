@@ -4,10 +4,10 @@ import importlib.util
 import numpy as np
 import pytest
 
+from cryobench.base.seeding import rng_for
+from cryobench.harness.registry import OPTIMIZERS_DIR, resolve
 from cryobench.optim import minimize
 from cryobench.oracle import CountedOracle
-from cryobench.registry import OPTIMIZERS_DIR, resolve
-from cryobench.seeding import rng_for
 from cryobench.toy import QuadraticOracle
 
 

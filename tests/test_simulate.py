@@ -1,4 +1,4 @@
-"""Tests of the analytic-blob simulator (cryobench.simulate) and the phantoms."""
+"""Tests of the analytic-blob simulator (cryobench.data.simulate) and the phantoms."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,11 @@ import pytest
 import starfile
 from scipy.spatial.transform import Rotation
 
-from cryobench.ctf import CTFParams
-from cryobench.fourier import centered_dft2, centered_idft2
-from cryobench.phantoms import PHANTOMS, Phantom, junk_particle, thermus_style
-from cryobench.simulate import (SimulationParams, clean_images, clean_spectra, particle_mask,
-                                read_poses, simulate)
+from cryobench.data.phantoms import PHANTOMS, Phantom, junk_particle, thermus_style
+from cryobench.data.simulate import (SimulationParams, clean_images, clean_spectra, particle_mask,
+                                     read_poses, simulate)
+from cryobench.model.ctf import CTFParams
+from cryobench.model.fourier import centered_dft2, centered_idft2
 
 FILES = ("particles.mrcs", "particles.star", "ground_truth.mrc", "poses.csv", "meta.json")
 X90 = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # image y → map z

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from cryobench import InputError
-from cryobench.spec import TASKS_DIR, load_spec
+from cryobench.data.spec import TASKS_DIR, load_spec
 
 BAD_VALUES = [  # (text in synthetic-cylinder.toml, replacement, expected message after the path)
     ("box = 24", 'box = "24"', '[scales.ci] box = "24": must be an integer ≥ 8'),

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from cryobench import cli
-from cryobench.speedgate import DEFAULT_REFERENCE, compare, load_reference, speed_gate
-from cryobench.io import InputError
+from cryobench.checks.speedgate import DEFAULT_REFERENCE, compare, load_reference, speed_gate
+from cryobench.errors import InputError
 
 
 def _m(ratio):

@@ -10,9 +10,9 @@ import starfile
 
 import cryobench
 from cryobench import InputError
-from cryobench.ctf import CTFParams
-from cryobench.io import read_particles, write_particles
-from cryobench.spec import TASKS_DIR, check_splits, known_tasks, load_spec
+from cryobench.data.spec import TASKS_DIR, check_splits, known_tasks, load_spec
+from cryobench.data.star import read_particles, write_particles
+from cryobench.model.ctf import CTFParams
 from cryobench.task import make_splits, split_sizes, task_hash
 
 SHIPPED = [(name, scale) for name in known_tasks()

@@ -7,8 +7,8 @@ import pytest
 
 import cryobench
 from cryobench import BudgetExhausted, InputError
-from cryobench.ctf import CTFParams
-from cryobench.io import write_particles
+from cryobench.data.star import write_particles
+from cryobench.model.ctf import CTFParams
 
 
 def test_splits_are_disjoint_and_sized(ci_task):
@@ -85,7 +85,7 @@ def test_oracle_gradient_and_hvp_match_finite_differences(data_dir):
 
 
 def test_density_written_with_voxel_size(ci_task, tmp_path):
-    from cryobench.io import read_volume
+    from cryobench.data.mrc import read_volume
     ci_task.write_density(ci_task.init, tmp_path / "init.mrc")
     vol, voxel = read_volume(tmp_path / "init.mrc")
     assert np.array_equal(vol, ci_task.init) and voxel == pytest.approx(ci_task.dataset.pixel_size, rel=1e-6)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cryobench.cli import main as cli
-from cryobench.fingerprint import code_fingerprint
-from cryobench.grid import expand, load_grid, run_grid
+from cryobench.harness.fingerprint import code_fingerprint
+from cryobench.harness.grid import expand, load_grid, run_grid
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,13 +54,13 @@ def test_pure_refactor_keeps_results_valid(tmp_path, results, data_dir):
     """Move a numerical module, rename a function used everywhere, edit comments and docstrings
     of the kernel and of an optimizer: the same cells, verified bit for bit."""
     repo = copy_repo(tmp_path)
-    (repo / "cryobench" / "prior.py").rename(repo / "cryobench" / "regularizer.py")
-    for path in list((repo / "cryobench").glob("*.py")) + list((repo / "optimizers").glob("*.py")):
+    (repo / "cryobench" / "model" / "prior.py").rename(repo / "cryobench" / "model" / "regularizer.py")
+    for path in list((repo / "cryobench").rglob("*.py")) + list((repo / "optimizers").glob("*.py")):
         text = path.read_text()
-        text = text.replace("from .prior import", "from .regularizer import")
+        text = text.replace("from cryobench.model.prior import", "from cryobench.model.regularizer import")
         text = re.sub(r"\brandom_spheres\b", "sum_of_soft_spheres", text)
         path.write_text(text)
-    kernels = repo / "cryobench" / "kernels.py"
+    kernels = repo / "cryobench" / "model" / "kernels.py"
     kernels.write_text("# a comment added by a refactor\n" + kernels.read_text().replace(
         '"""', '"""Reworded. ', 1))
     sgd = repo / "optimizers" / "sgd.py"
@@ -72,7 +72,7 @@ def test_pure_refactor_keeps_results_valid(tmp_path, results, data_dir):
 
 def test_one_ulp_change_in_the_kernel_fails_verify(tmp_path, results, data_dir):
     repo = copy_repo(tmp_path)
-    lik = repo / "cryobench" / "likelihood.py"
+    lik = repo / "cryobench" / "model" / "likelihood.py"
     text = lik.read_text()
     marker = "    def nll_and_grad(self, volume: np.ndarray, data: ImageSpectra):"
     assert marker in text

@@ -8,9 +8,9 @@ same budget for every method, seed derived from (task, optimizer, 0).
 import sys
 
 import cryobench
+from cryobench.base.seeding import rng_for
+from cryobench.harness.registry import discover
 from cryobench.optim import minimize
-from cryobench.registry import discover
-from cryobench.seeding import rng_for
 
 budget = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 tasks = [cryobench.load_task(t, "ci", progress=False) for t in ("synthetic-cylinder", "thermus-style")]

@@ -1,0 +1,175 @@
+"""What a cell's identity covers: fingerprints of behaviour, not of file text (SPEC §7).
+
+A cell's numbers are decided by the task's data and definition (the task content hash), the
+run's specification (hyper-parameters, seed, budget, checkpoints, threads), the optimizer's code
+and the library's numerical code. For the last two:
+
+* :func:`numerics_fingerprint` — SHA-256 of the exact bits the library computes on a fixed
+  probe: the marginal likelihood and its gradient with one shift and with a shift grid (several
+  minibatch sizes, so every code path of the kernel runs), the prior, the paper's schedules,
+  ``dot64``, the seeded splits, stream and random-sphere init, the power matching, and a whole
+  short run through :func:`cryobench.harness.run.execute` (oracle, scoring, checkpoints, snapshots, FSC
+  after alignment, views). Moving or renaming code, or editing comments, leaves it unchanged;
+  any change of a computed bit — a kernel edit, another BLAS or CPU, another numba — changes
+  it. It is computed with one BLAS thread (the run's thread count is in its specification).
+* :func:`optimizer_fingerprint` — SHA-256 of the optimizer's module with comments, docstrings
+  and layout removed (its abstract syntax tree): editing the explanation of a method leaves
+  its results valid; editing its code does not.
+
+Simulated data enter through the task content hash (the SHA-256 manifest of the cached files).
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def code_fingerprint(source: str) -> str:
+    """SHA-256 of Python source without its comments, docstrings and layout."""
+    tree = _strip_docstrings(ast.parse(source))
+    return hashlib.sha256(ast.dump(tree, annotate_fields=False).encode()).hexdigest()
+
+
+def optimizer_fingerprint(method) -> str:
+    """:func:`code_fingerprint` of the module that defines an optimizer's factory."""
+    try:
+        return code_fingerprint(Path(inspect.getsourcefile(method.factory)).read_text())
+    except (TypeError, OSError, SyntaxError):
+        return "unknown"
+
+
+class _Bits:
+    """SHA-256 over the exact bytes of arrays and numbers, in the order they are added."""
+
+    def __init__(self):
+        self.h = hashlib.sha256()
+
+    def add(self, *values) -> None:
+        for v in values:
+            a = np.ascontiguousarray(np.asarray(v))
+            self.h.update(str((a.dtype.str, a.shape)).encode() + a.tobytes())
+
+
+def _probe_task(shift_sigma_px: float, n_images: int = 60):
+    """A small in-memory task (box 16, r_max 4 px) on images drawn from a fixed generator."""
+    from cryobench.base.seeding import rng_for
+    from cryobench.data.datasets import Dataset
+    from cryobench.data.spec import Scale, TaskSpec
+    from cryobench.model.ctf import CTFParams
+    from cryobench.model.prior import Prior
+    from cryobench.task import Task, likelihood_for, make_splits, match_power, random_spheres
+    box, pixel = 16, 4.0
+    rng = rng_for("fingerprint", shift_sigma_px)
+    spec = TaskSpec("fingerprint", Path("fingerprint.toml"), {
+        "name": "fingerprint", "seed": 1, "objective": {"shift_sigma": shift_sigma_px * pixel}})
+    scale = Scale("probe", n_images, box, pixel, 4.0, None, 10)
+    lik = likelihood_for(spec, scale, box, pixel)
+    ctf = CTFParams(rng.uniform(1e4, 3e4, n_images), rng.uniform(1e4, 3e4, n_images),
+                    rng.uniform(0, 180, n_images), 300.0, 2.7, 0.1, 0.0, 0.0)
+    truth = random_spheres(box, pixel, 24.0, rng, 6, 0.2, 0.4)
+    images = (rng.normal(size=(n_images, box, box)) + truth.sum(0) / box).astype(np.float32)
+    sigma = np.ones(n_images)
+    spectra = lik.prepare(images, ctf, sigma)
+    splits = make_splits("fingerprint", 1, n_images, 10, 10)
+    init = random_spheres(box, pixel, 24.0, rng_for("fingerprint", "init"), 8, 0.1, 0.3)
+    init *= match_power(init, lik, lik.subset(spectra, splits["train"]))
+    data = Dataset(images, ctf, sigma, pixel, 24.0, "fingerprint", None, truth)
+    task = Task(spec, scale, data, lik, Prior(1e-4, 1e-4, 1.0), spectra, splits,
+                init.astype(np.float32), "fingerprint", Path(tempfile.gettempdir()), 10, 400)
+    return task
+
+
+def _probe_sgd():
+    """Plain annealed SGD with momentum-free steps, defined here so the probe depends on the
+    library only."""
+    from cryobench.optim import GradientMethod, Hyper, method
+    from cryobench.schedules import annealed_lr
+
+    @method(lr=Hyper(0.5, 1e-3, 1e2))
+    def probe_sgd(lr):
+        def step(state, oracle):
+            _, g = oracle.value_and_grad(state["x"], oracle.next_batch(10))
+            eta = np.float32(annealed_lr(lr, state["t"]))
+            return {"x": state["x"] - eta * g, "t": state["t"] + 1}
+        return GradientMethod(lambda x0, *, budget, rng: {"x": x0.copy(), "t": 0}, step)
+    return probe_sgd
+
+
+def _probe(bits: _Bits) -> None:
+    from cryobench.harness.run import RunSpec, execute
+    from cryobench.optim import dot64
+    from cryobench.schedules import annealed_lr, sutskever_momentum
+    for shift in (0.0, 1.0):
+        task = _probe_task(shift)
+        lik, v = task.likelihood, task.init
+        bits.add(task.splits["train"], task.epoch_order(0), task.epoch_order(3, 2), v)
+        for size in (1, 7, len(task.splits["train"])):
+            data = lik.subset(task.spectra, task.splits["train"][:size])
+            nll, grad = lik.nll_and_grad(v, data)
+            bits.add(lik.nll(v, data), nll, grad)
+        bits.add(task.prior.value(v), task.prior.grad(v), task.test_nll(v))
+        oracle = task.oracle(40)
+        b = oracle.next_batch(10)
+        bits.add(oracle.hvp(v, v, b), oracle.value(v, b))
+    bits.add([annealed_lr(1.0, t) for t in (0, 1, 99, 10_000)],
+             [sutskever_momentum(t) for t in (0, 99, 100, 5_000, 10**6)],
+             dot64(task.init, task.init * 3))
+    out = execute(RunSpec("fingerprint", "probe", "probe-sgd", {"lr": 0.5}, seed=1, budget=400,
+                          snapshots=()), task, _probe_sgd())
+    bits.add(out.trace.drop(columns="wall_s").to_numpy(float), out.meta["status"],
+             out.meta["evaluations"], *[out.densities[k] for k in sorted(out.densities)],
+             out.fsc.to_numpy(object).astype(str), *[out.views[k] for k in sorted(out.views)])
+
+
+def source_digest() -> str:
+    """SHA-256 of the text of the package's modules: while it and the machine are unchanged,
+    so is :func:`numerics_fingerprint` (cell processes use this to skip the probe)."""
+    h = hashlib.sha256()
+    package = Path(__file__).resolve().parent.parent
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def machine() -> str:
+    """The platform: CPU, the kernels OpenBLAS and LLVM chose for it, the BLAS build, NumPy,
+    numba and Python versions — what besides the code decides the bits a run computes (two
+    machines alike in these compute alike)."""
+    import platform
+
+    import llvmlite.binding
+    import numba
+    import numpy  # noqa: F401  (loads numpy's BLAS, which thread_info reads)
+
+    from cryobench.base.threads import thread_info
+    info = thread_info()
+    return (f"{info.get('cpu')} | {info.get('blas')} {info.get('blas_architecture')} | llvm "
+            f"{llvmlite.binding.get_host_cpu_name()} | numpy {np.__version__} | numba "
+            f"{numba.__version__} | python {platform.python_version()}")
+
+
+@lru_cache(maxsize=None)
+def numerics_fingerprint() -> str:
+    """SHA-256 of the bits the library's numerical code computes on the fixed probe (module doc),
+    with one BLAS thread; a few hundred milliseconds, computed once per process."""
+    from threadpoolctl import threadpool_limits
+    bits = _Bits()
+    with threadpool_limits(1):
+        _probe(bits)
+    return bits.h.hexdigest()

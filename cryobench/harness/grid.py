@@ -1,0 +1,235 @@
+"""Grids: tasks × scales × optimizers × hyper-parameter values × seeds, run in parallel.
+
+A grid is a TOML file (see ``results/paper-small/grid.toml``)::
+
+    tasks = ["synthetic-cylinder", "thermus-style"]
+    scales = ["small"]
+    optimizers = ["sgd", "nesterov"]      # names, module:attr or path/file.py:attr
+    seeds = 1                             # streams 0..n−1, or a list of stream indices
+    budget = 50000                        # gradient evaluations (or budget_epochs = 10)
+    [params.sgd]
+    lr = [0.3, 1.0]                       # a list is a grid axis; a number fixes the value
+
+Hyper-parameters not given come from the tuned values (each task's own file — see
+:func:`cryobench.harness.tuned.default_tuned_file` — unless the grid says ``tuned = "other.json"`` or
+``tuned = ""``), else from the optimizer's defaults.
+
+Each cell is cached under ``OUT/cells/<content hash>`` (task content, optimizer code, the
+numerical modules' code, hyper-parameters, seed, budget); cells already there are not recomputed,
+so an interrupted grid (even by ``kill -9``) resumes where it stopped. Locally every cell runs
+in its own process (``--workers`` at a time); with a scheduler address the cells go to a Dask
+distributed cluster and their files come back to be written here.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cryobench.errors import InputError
+from cryobench.harness.cell import Cell, make_cell
+from cryobench.harness.results import cell_complete, remove_stale_temporaries
+from cryobench.harness.run import RunSpec, check_run
+from cryobench.harness.tuned import DEFAULT_TUNED, default_tuned_file, load_tuned, resolve_params
+
+
+class GridInterrupted(KeyboardInterrupt):
+    """A grid stopped by Ctrl-C or SIGTERM; finished cells are kept and a rerun resumes."""
+
+
+GRID_KEYS = {"tasks", "scales", "optimizers", "seeds", "budget", "budget_epochs", "params",
+             "per_decade", "time_limit", "tuned", "description"}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A parsed grid file."""
+
+    path: Path
+    tasks: list
+    scales: list
+    optimizers: list
+    seeds: list
+    budget: int | None = None
+    budget_epochs: float | None = None
+    params: dict = field(default_factory=dict)
+    per_decade: int = 5
+    time_limit: float | None = None
+    tuned: Path | None = None
+
+
+def _fail(path, message):
+    raise InputError(f"{path}: {message}")
+
+
+def _check_types(path: Path, raw: dict) -> None:
+    """One line naming the file and the key for every value of the wrong type or range."""
+    def strings(key, required=False):
+        v = raw.get(key)
+        if v is None and not required:
+            return
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+            _fail(path, f"{key!r} must be a non-empty list of names, got {v!r}")
+    strings("tasks", required=True)
+    strings("optimizers", required=True)
+    strings("scales")
+    seeds = raw.get("seeds", 1)
+    ok = (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1) or (
+        isinstance(seeds, list) and seeds and all(isinstance(x, int) and not isinstance(x, bool)
+                                                  and x >= 0 for x in seeds))
+    if not ok:
+        _fail(path, f"'seeds' must be a positive count or a non-empty list of stream indices ≥ 0, "
+                    f"got {seeds!r}")
+    if "budget" in raw and "budget_epochs" in raw:
+        _fail(path, "give 'budget' or 'budget_epochs', not both")
+    checks = {"budget": (int, 1, "a positive integer of gradient evaluations"),
+              "budget_epochs": ((int, float), 0, "a positive number of epochs"),
+              "per_decade": (int, 1, "a positive integer (checkpoints per decade)"),
+              "time_limit": ((int, float), 0, "a positive number of seconds")}
+    for key, (kind, low, what) in checks.items():
+        v = raw.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, kind) or not v >= low
+                              or (low == 0 and v <= 0) or v != v):
+            _fail(path, f"{key!r} must be {what}, got {v!r}")
+    for key in ("tuned", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            _fail(path, f"{key!r} must be a string, got {raw[key]!r}")
+    params = raw.get("params", {})
+    if not isinstance(params, dict):
+        _fail(path, f"'params' must be a table of [params.OPTIMIZER] tables, got {params!r}")
+    for opt, values in params.items():
+        if opt not in raw["optimizers"]:
+            _fail(path, f"[params.{opt}] names an optimizer not in 'optimizers'")
+        if not isinstance(values, dict):
+            _fail(path, f"[params.{opt}] must be a table of hyper-parameter values, got {values!r}")
+        for name, v in values.items():
+            items = v if isinstance(v, list) else [v]
+            if not items or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                    for x in items):
+                _fail(path, f"[params.{opt}] {name} must be a number or a non-empty list of "
+                            f"numbers, got {v!r}")
+
+
+def load_grid(path) -> Grid:
+    """Read and check a grid TOML file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (FileNotFoundError, IsADirectoryError):
+        raise InputError(f"{path}: no such grid file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - GRID_KEYS)
+    if unknown:
+        raise InputError(f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(GRID_KEYS))}")
+    _check_types(path, raw)
+    seeds = raw.get("seeds", 1)
+    seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
+    tuned = raw.get("tuned")
+    if tuned:
+        tuned = path.parent / tuned
+        if not tuned.is_file():
+            raise InputError(f"{path}: 'tuned' names {tuned}, which does not exist")
+    tuned = DEFAULT_TUNED if tuned is None else (tuned or None)
+    return Grid(path, raw["tasks"], raw.get("scales", ["ci"]), raw["optimizers"], seeds,
+                raw.get("budget"), raw.get("budget_epochs"), raw.get("params", {}),
+                raw.get("per_decade", 5), raw.get("time_limit"), tuned)
+
+
+def _budget(grid: Grid, task: str, scale: str, data_dir) -> int | None:
+    if grid.budget_epochs is None:
+        return grid.budget
+    from cryobench.task import split_sizes
+    return int(grid.budget_epochs * split_sizes(task, scale, data_dir)["train"])
+
+
+def config_label(method, params: dict) -> str:
+    """The method's name and every hyper-parameter that differs from its default
+    (``sgd lr=0.5``): one label per configuration, so no report averages two."""
+    return " ".join([method.name] + [f"{k}={v:g}" for k, v in params.items()
+                                     if v != method.hypers[k].default])
+
+
+def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[Cell]:
+    """The grid's cells, in a fixed order (tasks are simulated first if needed, to hash them);
+    each runs with ``threads`` BLAS threads, which are part of its identity."""
+    from cryobench.data.spec import load_spec
+    from cryobench.harness.registry import resolve
+    from cryobench.task import split_sizes, task_hash
+    tuned = load_tuned(grid.tuned) if grid.tuned else {}
+    cells = []
+    for task, scale in itertools.product(grid.tasks, grid.scales):
+        thash = task_hash(task, scale, data_dir)
+        budget = _budget(grid, task, scale, data_dir)
+        n_train = split_sizes(task, scale, data_dir)["train"]
+        protocol = load_spec(task).section("protocol")
+        run_budget = budget if budget is not None else int(protocol.get("budget_epochs", 10) * n_train)
+        table = load_tuned(default_tuned_file(task)) if grid.tuned == DEFAULT_TUNED else tuned
+        for ref in grid.optimizers:
+            try:
+                method = resolve(ref)
+            except ValueError as exc:
+                raise InputError(f"{grid.path}: optimizers: {exc}") from None
+            axes = {k: (v if isinstance(v, list) else [v]) for k, v in grid.params.get(ref, {}).items()}
+            for values in itertools.product(*axes.values()):
+                explicit = dict(zip(axes, values))
+                try:
+                    params, _ = resolve_params(method, explicit, table, task, scale, thash)
+                except ValueError as exc:
+                    raise InputError(f"{grid.path}: [params.{ref}] {exc}") from None
+                for seed in grid.seeds:
+                    spec = RunSpec(task, scale, ref, params, seed, budget, grid.per_decade,
+                                   time_limit=grid.time_limit, label=config_label(method, params),
+                                   threads=threads)
+                    try:
+                        check_run(spec, method, n_train, int(protocol.get("batch_size", 100)),
+                                  run_budget)
+                    except ValueError as exc:
+                        raise InputError(f"{grid.path}: {exc}") from None
+                    cells.append(make_cell(spec, thash, method))
+    return cells
+
+
+def run_grid(cells: list[Cell], out: Path, workers: int | None = None,
+             scheduler: str | None = None, data_dir=None, progress: bool = True) -> dict:
+    """Run the cells not yet in ``out/cells``; returns {cell id: status} for every cell, where
+    ``interrupted`` marks a cell that has no result (it is computed again next time).
+
+    Ctrl-C or SIGTERM stops the grid at once: running cells are killed, nothing queued starts,
+    finished cells stay, and :class:`GridInterrupted` says how many remain.
+    """
+    from cryobench.harness.processes import check_output_folder, run_dask, run_local
+    cells_dir = Path(out) / "cells"
+    check_output_folder(cells_dir)
+    remove_stale_temporaries(cells_dir)
+    todo = [c for c in cells if not cell_complete(cells_dir / c.cell)]
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", disable=not progress,
+               desc=f"grid {Path(out).name}")
+    failures: dict[str, str] = {}
+
+    def done(cell: Cell, message: str | None) -> None:
+        if message is not None:
+            failures[cell.cell] = message
+            tqdm.write(f"cryobench: {cell.describe()} (cell {cell.cell}) was interrupted: {message}; "
+                       "it has no result and will be computed again", file=sys.stderr)
+        bar.update()
+
+    try:
+        if scheduler:
+            run_dask(todo, cells_dir, scheduler, data_dir, done)
+        else:
+            run_local(todo, cells_dir, data_dir, max(1, workers or os.cpu_count() or 1), done)
+    except KeyboardInterrupt:
+        finished = sum(cell_complete(cells_dir / c.cell) for c in cells)
+        raise GridInterrupted(f"interrupted: {finished} of {len(cells)} cells have results in "
+                              f"{cells_dir}; run the same command again to compute the rest") from None
+    finally:
+        bar.close()
+    return {c.cell: (json.loads((cells_dir / c.cell / "meta.json").read_text())["status"]
+                     if cell_complete(cells_dir / c.cell) else "interrupted") for c in cells}

@@ -1,0 +1,205 @@
+"""Cell processes: start each cell in a Python process of its own, watch it, collect its folder.
+
+A cell process that exits 0 has written a result folder. Exit status
+:data:`~cryobench.harness.limits.EXIT_STUCK`, or a process still alive long after its time limit
+(:func:`hard_limit`; it is killed), is also a result — the method's step never returned — and a
+folder with status ``budget`` is written for it here. Any other ending means the run was
+interrupted: no folder, and the last line of the process's standard error says why.
+
+Locally the grid's process keeps up to ``workers`` cell processes running (each in a session
+of its own, so the terminal's Ctrl-C reaches the grid, which then kills them all); on a Dask
+cluster each worker runs its cell the same way and returns the folder's files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from cryobench.errors import HarnessFault, InputError
+from cryobench.harness.cell import grid_identity
+from cryobench.harness.limits import EXIT_STUCK
+from cryobench.harness.results import cell_complete, read_cell_files, to_json, write_cell_folder
+from cryobench.harness.run import DEFAULT_TIME_LIMIT, SCHEMA_VERSION
+
+
+def hard_limit(cell) -> float:
+    """Seconds after which a cell process is killed: its limit on optimizer time plus room for
+    loading and scoring (the time limit itself is enforced inside the process)."""
+    limit = cell.spec.time_limit if cell.spec.time_limit is not None else DEFAULT_TIME_LIMIT
+    return 1.25 * limit + 300.0
+
+
+def check_output_folder(cells_dir: Path) -> None:
+    """Refuse, with one line, an output folder that is a file or cannot be written."""
+    for parent in [cells_dir, *cells_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise InputError(f"{parent}: is a file, but the results folder must be a directory")
+        if parent.exists():
+            break
+    try:
+        cells_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=cells_dir, prefix=".write-probe-")
+        probe.write(b"x" * 4096)
+        probe.flush()
+        probe.close()
+    except OSError as exc:
+        raise InputError(f"{cells_dir}: cannot write results here: {exc.strerror or exc}") from None
+
+
+class CellProcess:
+    """A running cell: ``python -m cryobench.harness.cell JOB FOLDER`` in its own session."""
+
+    def __init__(self, cell, folder: Path, data_dir):
+        self.cell, self.folder = cell, Path(folder)
+        self.started = time.monotonic()
+        env = dict(os.environ, **{k: str(cell.spec.threads) for k in (
+            "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")})
+        fd, self.job = tempfile.mkstemp(prefix="cryobench-cell-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"cell": cell.to_dict(), "data_dir": str(data_dir) if data_dir else None,
+                       "parent": os.getpid(), "known": grid_identity()}, fh)
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([sys.executable, "-m", "cryobench.harness.cell", self.job, str(folder)],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=self.stderr,
+                                     start_new_session=True)
+
+    def poll(self) -> bool:
+        """Whether the process has ended (it is killed once past :func:`hard_limit`)."""
+        if self.proc.poll() is not None:
+            return True
+        if time.monotonic() - self.started > hard_limit(self.cell):
+            self.kill()
+            self.killed_for_time = True
+            return True
+        return False
+
+    def kill(self) -> None:
+        """SIGKILL the process (and anything it started) and wait for it."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+
+    def outcome(self) -> str | None:
+        """None if the folder holds a result (written now for a stuck step), else why not."""
+        try:
+            os.unlink(self.job)
+        except OSError:
+            pass
+        for tmp in self.folder.parent.glob(f".{self.folder.name}.tmp-{self.proc.pid}-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        rc = self.proc.returncode
+        if rc == 0 and cell_complete(self.folder):
+            return None
+        if rc == EXIT_STUCK or getattr(self, "killed_for_time", False):
+            how = ("a step did not return after the time limit" if rc == EXIT_STUCK else
+                   f"the process was still running {hard_limit(self.cell):.0f} s after it started")
+            write_cell_folder(self.folder, stuck_files(self.cell, how + "; the process was ended"))
+            return None
+        self.stderr.seek(0)
+        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
+        if rc < 0:
+            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else -rc
+            return f"the cell process was killed by signal {name}" + (
+                f" ({lines[-1]})" if lines else "")
+        return lines[-1].removeprefix("cryobench: ") if lines else f"exit status {rc}"
+
+
+def stuck_files(cell, message: str) -> dict[str, bytes]:
+    """The folder of a run whose step never returned: status ``budget``, no checkpoints."""
+    meta = {"schema_version": SCHEMA_VERSION, "run": cell.spec.to_dict(), "cell": cell.cell,
+            "optimizer_name": cell.spec.label.split(" ")[0] or cell.spec.optimizer,
+            "budget": cell.spec.budget, "status": "budget", "message": message, "traceback": None,
+            "evaluations": 0, "counts": {}, "wall_s": None, "task_hash": cell.task_hash,
+            "snapshots": []}
+    header = ("task,scale,optimizer,label,seed,cell,checkpoint,evals,grad_evals,value_evals,"
+              "hvp_evals,wall_s,test_nll,train_obj\n")
+    return {"trace.csv": header.encode(), "meta.json": to_json(meta).encode()}
+
+
+def run_local(todo, cells_dir: Path, data_dir, workers: int, done) -> None:
+    """Run the cells, ``workers`` processes at a time; ``done(cell, message or None)`` after each.
+
+    SIGTERM is turned into KeyboardInterrupt; on either, every running cell is killed first.
+    """
+    queue, running = deque(todo), []
+    restore = None
+    if threading.current_thread() is threading.main_thread():
+        restore = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                cell = queue.popleft()
+                running.append(CellProcess(cell, cells_dir / cell.cell, data_dir))
+            for p in [p for p in running if p.poll()]:
+                running.remove(p)
+                done(p.cell, p.outcome())
+            time.sleep(0.05)
+    finally:
+        for p in running:
+            p.kill()
+            p.outcome()
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def compute_isolated(cell_dict: dict, data_dir) -> dict[str, bytes]:
+    """On a Dask worker: run the cell in a process of its own and return its folder's files;
+    raise :class:`~cryobench.errors.HarnessFault` when it was interrupted."""
+    from cryobench.harness.cell import Cell
+    cell = Cell.from_dict(cell_dict)
+    with tempfile.TemporaryDirectory(prefix="cryobench-worker-") as tmp:
+        folder = Path(tmp) / cell.cell
+        p = CellProcess(cell, folder, data_dir)
+        try:
+            while not p.poll():
+                time.sleep(0.2)
+        finally:
+            if p.proc.poll() is None:
+                p.kill()
+        message = p.outcome()
+        if message is not None:
+            raise HarnessFault(message)
+        return read_cell_files(folder)
+
+
+def run_dask(todo, cells_dir: Path, address: str, data_dir, done) -> None:
+    """Send the cells to a Dask scheduler; write each returned folder; a lost worker or
+    scheduler leaves its cells without a result (computed again by the next grid)."""
+    from dask.distributed import Client, as_completed
+    try:
+        client = Client(address, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    with client:
+        futures = {client.submit(compute_isolated, c.to_dict(), str(data_dir) if data_dir else None,
+                                 key=f"cryobench-cell-{c.cell}", pure=False, retries=0): c
+                   for c in todo}
+        remaining = set(futures)
+        try:
+            for future in as_completed(futures):
+                remaining.discard(future)
+                cell = futures[future]
+                try:
+                    write_cell_folder(cells_dir / cell.cell, future.result())
+                    done(cell, None)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:           # interrupted on the worker, or the worker lost
+                    done(cell, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        finally:
+            client.cancel(list(remaining))

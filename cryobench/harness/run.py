@@ -1,0 +1,333 @@
+"""One run: (task, scale, optimizer, hyper-parameters, seed, budget) → a trace.
+
+The optimizer steps on the task's counted oracle (training stream ``seed``; stream 0 is the
+task's canonical order). At log-spaced checkpoints of the gradient-evaluation count — always
+including 5K and 50K where the budget reaches them, and the end — the iterate is scored:
+
+* ``test_nll``  Σ over the 100 test images of −log p(I | θ, V) (the paper's y-axis);
+* ``train_obj`` the training objective (eq. 6 / K, as the oracle defines it) estimated on a fixed
+  subset of training images.
+
+Scoring is neither counted nor timed: ``wall_s`` is the optimizer's own time. Densities are kept
+at 5K, 50K and the end; against a known ground truth each is aligned (rotation, shift,
+handedness) and its FSC computed; its views are projections of the aligned density, beside
+those of the ground truth low-passed to r_max.
+
+Status — what the method did with its budget, a result: ``ok`` (the budget was spent),
+``diverged`` (the iterate or the objective stopped being finite, or the objective grew past 10×
+its initial size), ``budget`` (the wall-clock limit on optimizer time was reached, enforced
+inside a step too: :mod:`cryobench.harness.limits`), ``error`` (the optimizer raised, returned an
+iterate that is not a density of the task's shape, made no evaluation, or the oracle's
+accounting disagrees with its work; the message and traceback are kept). Whatever the status,
+the checkpoints reached are kept. A run that fails for any other reason (scoring, memory, a
+signal, the disk) raises instead: it was interrupted, which is not a result.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+import traceback
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cryobench.base.paths import REPO_DIR
+from cryobench.base.seeding import content_hash, rng_for
+from cryobench.base.threads import thread_info
+from cryobench.errors import AccountingError, HarnessFault
+from cryobench.oracle import BudgetExhausted
+
+SCHEMA_VERSION = 1
+SNAPSHOTS = (5_000, 50_000)
+TRAIN_ESTIMATE_IMAGES = 500
+
+DEFAULT_TIME_LIMIT = 6 * 3600.0       # seconds of optimizer time per run unless the spec says
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run (with the task's content hash and the optimizer code)."""
+
+    task: str
+    scale: str
+    optimizer: str                       # registered name, module:attr or path.py:attr
+    params: dict = field(default_factory=dict)   # the full hyper-parameter values used
+    seed: int = 0                        # training stream and optimizer RNG index
+    budget: int | None = None            # gradient evaluations; None = the task's (10 epochs)
+    per_decade: int = 5                  # checkpoints per decade of evaluations
+    snapshots: tuple = SNAPSHOTS
+    time_limit: float | None = None      # seconds of optimizer time; None = DEFAULT_TIME_LIMIT
+    label: str = ""                      # how the configuration is shown in reports
+    score: str = "test"                  # split scored at checkpoints: test, or validation (tune)
+    threads: int = 1                     # BLAS threads: they change the last bits of the numbers
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["snapshots"] = list(self.snapshots)
+        return d
+
+
+def checkpoints(budget: int, first: int, per_decade: int = 5, always=SNAPSHOTS) -> np.ndarray:
+    """Evaluation counts at which to score: log-spaced from ``first`` to ``budget``, with 0,
+    ``always`` (where ≤ budget) and ``budget`` itself."""
+    if budget < 1:
+        raise ValueError(f"budget must be at least 1 gradient evaluation, got {budget}")
+    first = max(1, min(first, budget))
+    n = max(2, int(np.ceil(per_decade * np.log10(budget / first))) + 1)
+    marks = np.round(np.geomspace(first, budget, n)).astype(np.int64)
+    extra = [a for a in always if a <= budget]
+    return np.unique(np.concatenate([[0], marks, extra, [budget]]))
+
+
+def snapshot_label(evaluations: int) -> str:
+    """5000 → '5K', 50000 → '50K', 1234 → '1234'."""
+    return f"{evaluations // 1000}K" if evaluations % 1000 == 0 else str(evaluations)
+
+
+def git_commit() -> tuple[str | None, bool]:
+    """(commit of the repository holding cryobench, whether its tree has changes) or (None, …)."""
+    if REPO_DIR is None:                # installed from a wheel: no repository
+        return None, False
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(REPO_DIR), *a], capture_output=True,
+                                        text=True, timeout=10, check=True).stdout.strip()
+        return run("rev-parse", "HEAD"), bool(run("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+
+
+def provenance(task) -> dict:
+    """Package version, git commit, task content hash, CPU, BLAS and thread counts."""
+    from cryobench import __version__
+    commit, dirty = git_commit()
+    return {"cryobench": __version__, "git_commit": commit, "git_dirty": dirty,
+            "task_hash": task.content_hash, "python": platform.python_version(),
+            "numpy": np.__version__, "platform": platform.platform(), **thread_info()}
+
+
+def cell_id(spec: RunSpec, task_hash: str, optimizer: str, numerics: str | None = None) -> str:
+    """Content hash of everything that determines a run's numbers: the specification (without
+    its label, and naming the task and optimizer by what they are, not how they were typed),
+    the task's content hash, the optimizer's name and fingerprint (``optimizer``) and the
+    library's numerics fingerprint (:mod:`cryobench.harness.fingerprint`; computed here unless given)."""
+    from cryobench.data.spec import load_spec
+    from cryobench.harness.fingerprint import numerics_fingerprint
+    key = {**spec.to_dict(), "label": None, "task": load_spec(spec.task).name, "optimizer": optimizer,
+           "task_hash": task_hash, "numerics": numerics or numerics_fingerprint(),
+           "schema": SCHEMA_VERSION}
+    return content_hash(key)[:16]
+
+
+@dataclass
+class RunOutput:
+    """A finished run: the trace, its metadata, density snapshots and their FSC curves."""
+
+    trace: pd.DataFrame
+    meta: dict
+    densities: dict = field(default_factory=dict)    # label → V
+    fsc: pd.DataFrame | None = None                  # label, evals, freq (1/Å), fsc
+    views: dict = field(default_factory=dict)        # label → (3, D, D) aligned projections
+
+
+class _Scorer:
+    """Uncounted, untimed scoring of iterates on a held-out split and a fixed training subset."""
+
+    def __init__(self, task, split: str):
+        held_out = {"test": task.test_nll, "validation": task.validation_nll}
+        if split not in held_out:
+            raise ValueError(f"runs are scored on the test or validation split, not {split!r}")
+        self.task, self.held_out = task, held_out[split]
+        train = task.splits["train"]
+        pick = rng_for(task.name, task.spec.seed, "train-estimate").choice(
+            len(train), size=min(len(train), TRAIN_ESTIMATE_IMAGES), replace=False)
+        self.subset = np.sort(train[pick])
+
+    def __call__(self, x: np.ndarray) -> tuple[float, float]:
+        task = self.task
+        if not np.all(np.isfinite(x)):
+            return float("nan"), float("nan")
+        train = float(task.nll(x, self.subset).mean() + task.prior.value(x) / task.n_train)
+        return self.held_out(x), train
+
+
+def check_run(spec: RunSpec, method, n_train: int, task_batch: int, budget: int) -> None:
+    """Refuse a run that could not do any work, with one line: a budget below one minibatch,
+    a batch size above the budget or the training set, hyper-parameter values that cannot be
+    meant (:meth:`~cryobench.optim.Hyper.check`)."""
+    for name, hyper in method.hypers.items():
+        if name in spec.params:
+            hyper.check(name, spec.params[name])
+    batch = int(spec.params.get("batch_size", task_batch))
+    where = f"{spec.task} ({spec.scale})"
+    if batch > n_train:
+        raise ValueError(f"batch_size {batch} of {method.name} exceeds the {n_train} training "
+                         f"images of {where}")
+    if budget < batch:
+        raise ValueError(f"a budget of {budget} gradient evaluations is less than one minibatch "
+                         f"({batch} images) of {method.name} on {where}: the run could do no work")
+
+
+def preflight(spec: RunSpec, method, data_dir=None) -> None:
+    """:func:`check_run` before any work, from the task's specification and split sizes."""
+    from cryobench.data.spec import load_spec
+    from cryobench.task import split_sizes
+    n_train = split_sizes(spec.task, spec.scale, data_dir)["train"]
+    protocol = load_spec(spec.task).section("protocol")
+    budget = spec.budget if spec.budget is not None else int(
+        protocol.get("budget_epochs", 10) * n_train)
+    check_run(spec, method, n_train, int(protocol.get("batch_size", 100)), budget)
+
+
+def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | None = None,
+            compare: bool = True) -> RunOutput:
+    """Run ``method`` configured with ``spec.params`` on ``task`` and score it (see module doc).
+
+    What the optimizer does (its exceptions, a non-finite or wrong-shaped iterate, running out
+    of time) is the run's result. Anything else that fails — scoring, the kernel on a valid
+    request, memory — propagates: the run was interrupted and is not a result. With
+    ``stuck_grace`` (cell processes only), a step still running that long after the time limit
+    ends the process (:mod:`cryobench.harness.limits`). ``compare=False`` skips the FSC and views
+    against the ground truth (``verify`` compares traces only).
+    """
+    from cryobench.harness.limits import StepClock, TimeLimitReached
+    budget = int(spec.budget if spec.budget is not None else task.budget)
+    check_run(spec, method, task.n_train, task.batch_size, budget)
+    marks = checkpoints(budget, task.batch_size, spec.per_decade, spec.snapshots)
+    snaps = [s for s in spec.snapshots if s <= budget]
+    opt = method.configure(**spec.params)
+    oracle = task.oracle(budget, stream=spec.seed)
+    view = oracle.view()
+    rng = rng_for(task.name, method.name, "optimizer", spec.seed)
+    score = _Scorer(task, spec.score)
+    limit = spec.time_limit if spec.time_limit is not None else DEFAULT_TIME_LIMIT
+    clock = StepClock(limit, grace=stuck_grace)
+    rows, densities, taken_at = [], {}, {}
+    status, message, tb = "ok", "", None
+
+    def record(x):
+        test, train = score(x)
+        rows.append({"evals": oracle.evaluations, **{f"{k}_evals": v for k, v in oracle.counts.items()},
+                     "wall_s": clock.elapsed, f"{spec.score}_nll": test, "train_obj": train})
+        return train
+
+    x = task.init
+    initial = record(x)
+    next_mark, idle = 1, 0
+    try:
+        with clock.step():
+            state = opt.init(task.init.copy(), budget=budget, rng=rng)
+        while oracle.remaining > 0:
+            before = oracle.evaluations
+            try:
+                with clock.step():
+                    state = opt.step(state, view)
+                    x = opt.iterate(state)
+            except BudgetExhausted:
+                break
+            _check_iterate(x, task.init)
+            oracle.audit()
+            idle = idle + 1 if oracle.evaluations == before else 0
+            if idle >= 1000:
+                raise RuntimeError("1000 steps in a row spent no evaluations")
+            if not np.all(np.isfinite(x)):
+                status, message = "diverged", f"iterate not finite after {oracle.evaluations:,} evaluations"
+                record(x)
+                break
+            for s in [s for s in snaps if s <= oracle.evaluations and snapshot_label(s) not in densities]:
+                densities[snapshot_label(s)] = np.array(x, np.float32)
+                taken_at[snapshot_label(s)] = oracle.evaluations
+            if next_mark < len(marks) and oracle.evaluations >= marks[next_mark]:
+                while next_mark < len(marks) and oracle.evaluations >= marks[next_mark]:
+                    next_mark += 1
+                train = record(x)
+                if progress:
+                    progress(oracle.evaluations, budget)
+                if not np.isfinite(train) or train > initial + 10 * abs(initial):
+                    status = "diverged"
+                    message = f"training objective {train:.6g} after {oracle.evaluations:,} evaluations"
+                    break
+            if clock.expired:
+                raise TimeLimitReached
+    except TimeLimitReached:
+        status, message = "budget", f"time limit of {limit:g} s of optimizer time reached"
+    except (MemoryError, HarnessFault):
+        raise                                                   # interrupted: not a result
+    except Exception as exc:                                    # the method's failure: a result
+        status, message, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+    finally:
+        clock.close()
+    try:
+        oracle.audit()
+    except AccountingError as exc:
+        status, message, tb = "error", str(exc), None
+    if status != "error" and oracle.evaluations == 0:
+        status, message = "error", "the optimizer made no evaluation"
+    if not isinstance(x, np.ndarray) or x.shape != task.init.shape or x.dtype != task.init.dtype:
+        x = np.full_like(task.init, np.nan)             # a wrong-shaped iterate has no score
+    if rows[-1]["evals"] != oracle.evaluations:
+        record(x)
+    if status != "diverged" and np.all(np.isfinite(x)):
+        densities["final"] = np.array(x, np.float32)
+        taken_at["final"] = oracle.evaluations
+    last = rows[-1]["train_obj"]
+    if status == "ok" and np.isfinite(last) and last > initial:
+        status = "diverged"
+        message = (f"slow blow-up: the training objective ended at {last:.6g}, above its initial "
+                   f"{initial:.6g}")
+    trace = pd.DataFrame(rows)
+    trace.insert(0, "checkpoint", np.arange(len(trace)))
+    meta = {"schema_version": SCHEMA_VERSION, "run": spec.to_dict(), "optimizer_name": method.name,
+            "budget": budget, "status": status, "message": message, "traceback": tb,
+            "evaluations": oracle.evaluations, "counts": dict(oracle.counts), "wall_s": clock.elapsed,
+            "time_limit_s": limit, "task_hash": task.content_hash, "provenance": provenance(task)}
+    out = RunOutput(trace, meta, densities)
+    if compare:
+        _compare_to_truth(out, task, taken_at)
+    return out
+
+
+def _check_iterate(x, x0: np.ndarray) -> None:
+    """Refuse an iterate that is not a density of the task's shape and dtype (the method's fault)."""
+    if not isinstance(x, np.ndarray) or x.shape != x0.shape or x.dtype != x0.dtype:
+        got = f"{x.dtype} array of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise TypeError(f"the iterate is a {got}; expected a {x0.dtype} array of shape {x0.shape}")
+
+
+def _compare_to_truth(out: RunOutput, task, taken_at: dict) -> None:
+    """FSC of each snapshot against the ground truth after alignment, and aligned views."""
+    truth = getattr(task.dataset, "ground_truth", None)
+    if out.meta["run"]["score"] != "test":          # tuning runs: no comparison with the truth
+        truth = None
+    snaps = []
+    for label, vol in out.densities.items():
+        evals = int(taken_at[label])
+        entry = {"label": label, "evals": evals, "file": f"density_{label}.mrc"}
+        if truth is not None:
+            from cryobench.model.fsc import aligned_fsc, transform
+            res = aligned_fsc(vol, truth, task.dataset.pixel_size)
+            a = res.alignment
+            entry.update(resolution_A=res.resolution, mirrored=a.mirrored, align_score=a.score)
+            out.views[label] = projections(transform(vol, a.rotation, a.shift, a.mirrored))
+            frame = pd.DataFrame({"label": label, "evals": evals, "freq": res.freq, "fsc": res.curve})
+            out.fsc = frame if out.fsc is None else pd.concat([out.fsc, frame], ignore_index=True)
+        snaps.append(entry)
+    if truth is not None:
+        out.views["ground_truth"] = projections(lowpass(truth, task.likelihood.rmax))
+    out.meta["snapshots"] = snaps
+
+
+def lowpass(volume: np.ndarray, rmax: float) -> np.ndarray:
+    """V with every Fourier coefficient beyond |k| = r_max (cycles per box) set to zero: the
+    ground truth as the likelihood can see it, for views beside the estimates."""
+    n = volume.shape[0]
+    k = np.fft.fftfreq(n) * n
+    k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, : n // 2 + 1] ** 2
+    spectrum = np.fft.rfftn(np.asarray(volume, np.float64))
+    return np.fft.irfftn(np.where(k2 <= rmax**2, spectrum, 0), s=volume.shape, axes=(0, 1, 2))
+
+
+def projections(volume: np.ndarray) -> np.ndarray:
+    """Sums of V[z, y, x] along z, y and x: a (3, D, D) float32 array of views."""
+    v = np.asarray(volume, np.float64)
+    return np.stack([v.sum(axis=0), v.sum(axis=1), v.sum(axis=2)]).astype(np.float32)

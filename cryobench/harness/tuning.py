@@ -1,0 +1,185 @@
+"""Tuning: the paper chose η₀ by hand per method; here the choice is a reproducible search.
+
+For each (task, scale, optimizer) the hyper-parameters named (``lr`` by default) take
+``points`` values spread over their declared search range (log-spaced when declared ``log``;
+several names give the product), every other hyper-parameter keeps its default. Each candidate
+runs for a short budget on training streams 0 … seeds−1 (at least 2) and is scored by the
+median over its seeds of the validation NLL of its final iterate — never the test set. A
+candidate is rejected if any seed diverged, failed or ended worse than it started (a slow
+blow-up the 10× divergence rule misses). The best accepted candidate is recorded, with the
+nearest value that blew up (how far the choice is from the edge), in a tuned-values file, keyed by the task's identity — its ``name`` and, in the entry, its
+content hash at that scale (never the path as typed)::
+
+    {"thermus-style": {"small": {"sgd": {"params": {"lr": 0.32}, "validation_nll": …,
+                                         "budget": 4600, "task_hash": "…", "candidates": [...]}}}}
+
+The tuned-values file and how ``run`` and ``grid`` use it are in :mod:`cryobench.harness.tuned`.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryobench.base.paths import RESULTS_DIR, installed
+from cryobench.data.spec import load_spec
+from cryobench.errors import InputError
+from cryobench.harness.tuned import default_tuned_file, is_shipped, load_tuned, resolve_params
+
+
+def candidates(method, names, points: int) -> list[dict]:
+    """Values of the hyper-parameters ``names`` over their declared ranges (3 significant digits)."""
+    axes = []
+    for name in names:
+        h = method.hypers[name]
+        grid = np.geomspace(h.low, h.high, points) if h.log else np.linspace(h.low, h.high, points)
+        grid = np.unique(np.round(grid)) if h.integer else [float(f"{v:.3g}") for v in grid]
+        axes.append([h.check(name, v) for v in grid])
+    return [dict(zip(names, values)) for values in itertools.product(*axes)]
+
+
+def select(cells: pd.DataFrame, trace: pd.DataFrame) -> pd.DataFrame:
+    """One row per candidate (its ``params``): the median final validation NLL over its seeds,
+    each seed's final and status, and why it is rejected — any seed that did not end ``ok``
+    (diverged, failed, time limit, or missing), or that ended worse than it started. Accepted
+    candidates first, best first."""
+    first = trace.groupby("cell").head(1).set_index("cell")["validation_nll"]
+    final = trace.groupby("cell").tail(1).set_index("cell")["validation_nll"]
+    table = cells.set_index("cell").join(final.rename("final")).join(first.rename("initial"))
+    rows = []
+    for params, runs in table.groupby("params", sort=True):
+        runs = runs.sort_values("seed")
+        why = ""
+        for r in runs.itertuples():
+            if r.status != "ok":
+                why = why or f"seed {r.seed} {r.status}" + (f" ({r.message})" if r.message else "")
+            elif not r.final <= r.initial:
+                why = why or (f"seed {r.seed} ended worse than it started (validation NLL "
+                              f"{r.final:.6g} > {r.initial:.6g}): a slow blow-up")
+        finals = runs["final"].to_numpy(float)
+        rows.append({"params": params, "validation_nll": float(np.median(finals)),
+                     "seeds": runs["seed"].tolist(), "finals": finals.tolist(),
+                     "status": runs["status"].tolist(), "rejected": why,
+                     "blew_up": bool(why) and ("diverged" in why or "blow-up" in why)})
+    out = pd.DataFrame(rows)
+    out["key"] = np.where(out["rejected"] == "", out["validation_nll"], np.inf)
+    return out.sort_values(["key", "params"]).drop(columns="key").reset_index(drop=True)
+
+
+def nearest_blow_up(table: pd.DataFrame, chosen: dict, names) -> dict:
+    """For each tuned name, the candidate value nearest (in log ratio) to the chosen one among
+    those that diverged or blew up, and the ratio: how far the choice sits from the edge."""
+    out = {}
+    bad = [json.loads(p) for p in table.loc[table["blew_up"], "params"]]
+    for name in names:
+        values = [p[name] for p in bad if all(p[k] == chosen[k] for k in p if k != name)]
+        if values:
+            v = min(values, key=lambda x: abs(np.log(abs(x) / abs(chosen[name])))
+                    if x and chosen[name] else np.inf)
+            out[name] = {"value": v, "ratio": v / chosen[name] if chosen[name] else None}
+        else:
+            out[name] = {"value": None, "ratio": None, "note": "none diverged in the searched range"}
+    return out
+
+
+def record(path, task: str, scale: str, optimizer: str, table: pd.DataFrame, budget: int,
+           task_hash: str | None = None, names=("lr",)) -> dict:
+    """Add the best accepted candidate of ``table`` (from :func:`select`) to the tuned-values
+    file, under the task's name, with its content hash, every candidate and the distance of the
+    choice to the nearest diverging value."""
+    from cryobench.harness.results import atomic_write, to_json
+    if table.empty or table["rejected"].iloc[0]:
+        raise ValueError(f"tuning {optimizer} on {task} ({scale}): every candidate was rejected "
+                         f"({table['rejected'].iloc[0] if len(table) else 'no candidates'}, …)")
+    rows = [{"params": json.loads(r.params), "validation_nll": r.validation_nll, "seeds": r.seeds,
+             "finals": r.finals, "status": r.status, "rejected": r.rejected}
+            for r in table.sort_values("params").itertuples()]
+    params = json.loads(table["params"].iloc[0])
+    best = {"params": params, "validation_nll": float(table["validation_nll"].iloc[0]),
+            "selection": "median final validation NLL over seeds; candidates with a seed that did "
+                         "not end ok or ended worse than it started are rejected",
+            "seeds": table["seeds"].iloc[0], "budget": int(budget),
+            "nearest_blow_up": nearest_blow_up(table, params, [n for n in names if n in params]),
+            "candidates": rows}
+    if task_hash is not None:
+        best["task_hash"] = task_hash
+    tuned = load_tuned(path)
+    tuned.setdefault(load_spec(task).name, {}).setdefault(scale, {})[optimizer] = best
+    atomic_write(path, to_json(tuned))
+    return best
+
+
+def default_tune_dir(task, scale: str) -> Path:
+    """Where ``tune`` keeps a task's candidate runs: ``results/tune/SCALE`` for a shipped task,
+    ``<task>.tune/SCALE`` beside any other task file."""
+    spec = load_spec(task)
+    if is_shipped(spec):
+        return RESULTS_DIR / "tune" / scale
+    return spec.path.with_suffix(".tune") / scale
+
+
+def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
+         budget: int | None = None, out=None, record_to=None, workers=None, data_dir=None,
+         progress=True, seeds: int = 2) -> dict:
+    """Search, select on validation, and record; returns {(task, optimizer): chosen entry}.
+
+    ``scale`` None: each task's default scale. ``out`` None: :func:`default_tune_dir`.
+    ``record_to`` None: each task's :func:`default_tuned_file` — a task outside the repository's
+    ``tasks/`` records beside its own file, never into the repository.
+    """
+    from cryobench.harness.cell import make_cell
+    from cryobench.harness.grid import run_grid
+    from cryobench.harness.registry import resolve
+    from cryobench.harness.results import load_results
+    from cryobench.harness.run import RunSpec, check_run
+    from cryobench.task import split_sizes, task_hash
+    plan = []
+    for task in tasks:
+        sc = scale or load_spec(task).default_scale
+        folder = Path(out) if out else default_tune_dir(task, sc)
+        target = Path(record_to) if record_to else default_tuned_file(task)
+        if record_to is None and installed() and is_shipped(load_spec(task)):
+            raise InputError(f"{target}: the shipped tuned values are read-only in an installed "
+                             "cryobench; name the file to record into with --record FILE (and "
+                             "use it with run or grid --tuned FILE)")
+        thash = task_hash(task, sc, data_dir)
+        n_train = split_sizes(task, sc, data_dir)["train"]
+        task_budget = budget or n_train                                       # one epoch
+        task_batch = int(load_spec(task).section("protocol").get("batch_size", 100))
+        for ref in optimizers:
+            method = resolve(ref)
+            tunable = [n for n in names if n in method.hypers]
+            if not tunable:
+                continue
+            cells = []
+            for values in candidates(method, tunable, points):
+                params, _ = resolve_params(method, values, {}, task, sc)
+                label = " ".join([method.name] + [f"{k}={v:g}" for k, v in values.items()])
+                for seed in range(seeds):
+                    spec = RunSpec(task, sc, ref, params, seed, task_budget, label=label,
+                                   score="validation")
+                    check_run(spec, method, n_train, task_batch, task_budget)
+                    cells.append(make_cell(spec, thash, method))
+            plan.append((task, sc, method.name, task_budget, cells, folder, target, thash))
+    folders = sorted({p[5] for p in plan})
+    if seeds < 2:
+        raise ValueError(f"tuning needs at least 2 seeds per candidate, got {seeds}")
+    for folder in folders:
+        status = run_grid([c for p in plan if p[5] == folder for c in p[4]], folder,
+                          workers=workers, data_dir=data_dir, progress=progress)
+        lost = sum(s == "interrupted" for s in status.values())
+        if lost:
+            raise InputError(f"{folder}: {lost} candidate runs were interrupted (see above); run "
+                             "the same tune command again to compute them before choosing")
+    results = {folder: load_results(folder) for folder in folders}
+    chosen = {}
+    for task, sc, name, task_budget, cells, folder, target, thash in plan:
+        ids = {c.cell for c in cells}
+        res = results[folder]
+        table = select(res.cells[res.cells["cell"].isin(ids)], res.trace)
+        entry = record(target, task, sc, name, table, task_budget, thash, names)
+        chosen[task, name] = {**entry, "recorded_in": str(target)}
+    return chosen

@@ -1,0 +1,182 @@
+"""``cryobench verify``: recompute stored cells (or their trace prefixes) and compare.
+
+For each chosen cell the run is rebuilt from its ``meta.json`` (task, optimizer, every
+hyper-parameter, seed, checkpoints, thread count) and computed again in this process, with the
+budget cut to ``prefix`` evaluations if asked (the longest stored checkpoint within it: the
+first evaluations of a run do not depend on its budget, since the shipped optimizers never read
+it — a method whose ``init`` uses its budget must be verified in full). The rows of both traces
+at the evaluation counts they share are compared, with the status and the counts.
+
+* **Same platform** — the stored platform (CPU, BLAS, NumPy, numba, Python) and thread count
+  equal this machine's: the numbers must be bit-identical, since the same code, data, seed and
+  threads give the same bits, and the numerics fingerprint must be the stored one (else the
+  code now computes other numbers somewhere, and the results are stale).
+* **Another platform** (another CPU, BLAS or numba changes the last bits, and a chaotic float32
+  trajectory amplifies them): each test NLL must lie within the tolerance — the spread (max −
+  min) of the committed seeds of that task and configuration at that checkpoint, plus
+  :data:`REL_FLOOR` relative (the rounding of one evaluation). Why the seed spread: a last-bit
+  change moves a chaotic trajectory about as far as another data order does (measured with
+  another thread count standing in for another platform: ``docs/verification.md``), so a
+  recomputed value outside the seed spread is a real change, one inside it is what another
+  machine gives.
+
+One line per cell, a summary, exit status 1 on any mismatch.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cryobench.errors import InputError
+
+# Off-platform floor, relative: a test NLL sums 100 images' log-sum-exps over ~10⁴ float32
+# terms each; another BLAS or CPU rounds each differently, by about √10⁴ · 2⁻²⁴ ≈ 6·10⁻⁶
+# relative (an estimate: only one platform was at hand to measure on).
+REL_FLOOR = 1e-5
+
+
+@dataclass
+class Verdict:
+    """The outcome for one cell."""
+
+    cell: str
+    what: str               # task scale label seed
+    ok: bool
+    exact: bool             # compared bit for bit (same platform)
+    rows: int
+    worst: float            # largest |Δ test NLL| (or Δ / tolerance off-platform)
+    note: str = ""
+
+    def line(self) -> str:
+        mode = "bit-identical" if self.exact else "within tolerance"
+        head = "ok      " if self.ok else "MISMATCH"
+        detail = (f"{self.rows} rows {mode if self.ok else ''}".strip() if not self.note
+                  else self.note)
+        return f"{head} {self.cell}  {self.what:44s} {detail}"
+
+
+def choose(cells: pd.DataFrame, sample: int | None) -> pd.DataFrame:
+    """All cells, or ``sample`` of them: spread over (task, scale, label), deterministic."""
+    ok = cells.sort_values(["task", "scale", "label", "seed", "cell"]).reset_index(drop=True)
+    if sample is None or sample >= len(ok):
+        return ok
+    from cryobench.base.seeding import rng_for
+    groups = [g for _, g in ok.groupby(["task", "scale", "label"], sort=True)]
+    order = rng_for("verify", len(ok)).permutation(len(groups))
+    picked, round_ = [], 0
+    while len(picked) < sample:
+        for i in order:
+            g = groups[i]
+            if round_ < len(g) and len(picked) < sample:
+                picked.append(g.iloc[(round_ + i) % len(g)])
+        round_ += 1
+    return pd.DataFrame(picked).sort_values(["task", "scale", "label", "seed"]).reset_index(drop=True)
+
+
+def tolerance(results, row, evals: np.ndarray) -> np.ndarray:
+    """Off-platform tolerance at ``evals``: the committed seeds' spread of that configuration."""
+    same = results.cells[(results.cells["task"] == row.task) & (results.cells["scale"] == row.scale)
+                         & (results.cells["label"] == row.label)]["cell"]
+    trace = results.trace[results.trace["cell"].isin(same) & results.trace["evals"].isin(evals)]
+    spread = trace.groupby("evals")["test_nll"].agg(lambda v: v.max() - v.min())
+    return spread.reindex(evals).fillna(0.0).to_numpy(float)
+
+
+def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
+    """Recompute one cell (see module doc) and compare it with what is stored."""
+    from cryobench.base.threads import set_threads
+    from cryobench.harness.cell import Cell, identity
+    from cryobench.harness.registry import resolve
+    from cryobench.harness.results import read_meta
+    from cryobench.harness.run import execute
+    from cryobench.task import load_task
+    folder = results.folders[row.cell]
+    meta = read_meta(folder)
+    what = f"{row.task} {row.scale} {row.label} seed {row.seed}"
+    cell = Cell.from_dict({"spec": meta["run"], "cell": meta["cell"], "task_hash": meta["task_hash"]})
+    stored = results.trace[results.trace["cell"] == row.cell].sort_values("evals")
+    spec = cell.spec
+    if prefix:
+        within = stored["evals"][stored["evals"] <= prefix]
+        if len(within) and int(within.max()) < meta["budget"]:
+            from dataclasses import replace
+            spec = replace(spec, budget=int(within.max()))
+    set_threads(spec.threads)
+    key = (spec.task, spec.scale)
+    if key not in task_cache:
+        task_cache[key] = load_task(spec.task, spec.scale, progress=False)
+    task = task_cache[key]
+    if task.content_hash != meta["task_hash"]:
+        return Verdict(row.cell, what, False, False, 0, np.inf,
+                       f"task content hash {task.content_hash[:12]} here, {meta['task_hash'][:12]} "
+                       "stored: the data or the task definition changed")
+    method = resolve(spec.optimizer)
+    mine = identity(cell, method)
+    theirs = meta.get("identity", {})
+    exact = mine["platform"] == theirs.get("platform") and mine["threads"] == theirs.get("threads")
+    stale = exact and mine["numerics"] != theirs.get("numerics")
+    out = execute(spec, task, method, compare=False)
+    now = out.trace.sort_values("evals")
+    common = np.intersect1d(stored["evals"].to_numpy(), now["evals"].to_numpy())
+    a = stored.set_index("evals").loc[common]
+    b = now.set_index("evals").loc[common]
+    if spec.budget == meta["budget"] and out.meta["status"] != meta["status"]:
+        return Verdict(row.cell, what, False, exact, len(common), np.inf,
+                       f"status {out.meta['status']} now, {meta['status']} stored "
+                       f"({out.meta['message'] or meta['message']})")
+    if exact:
+        cols = [c for c in ("test_nll", "train_obj", "grad_evals", "value_evals", "hvp_evals")
+                if c in a.columns and c in b.columns]
+        diff = np.abs(a[cols].to_numpy(float) - b[cols].to_numpy(float))
+        same = np.array_equal(a[cols].to_numpy(float), b[cols].to_numpy(float), equal_nan=True)
+        worst = float(np.nanmax(diff)) if diff.size else 0.0
+        if not same:
+            at = common[np.nanargmax(np.nanmax(diff, axis=1))] if diff.size else "?"
+            return Verdict(row.cell, what, False, True, len(common), worst,
+                           f"not bit-identical: largest difference {worst:.3g} at {at} evaluations"
+                           + (" (the numerics fingerprint changed on this platform)" if stale else ""))
+        if stale:
+            return Verdict(row.cell, what, False, True, len(common), 0.0,
+                           f"{len(common)} rows bit-identical, but the numerics fingerprint changed "
+                           "on this platform: the code computes other numbers; regenerate")
+        note = "" if mine["cell"] == meta["cell"] else (
+            f"{len(common)} rows bit-identical, but this code files the run under id "
+            f"{mine['cell']}")
+        return Verdict(row.cell, what, True, True, len(common), 0.0, note)
+    tol = tolerance(results, row, common) + REL_FLOOR * np.abs(a["test_nll"].to_numpy(float))
+    delta = np.abs(a["test_nll"].to_numpy(float) - b["test_nll"].to_numpy(float))
+    ratio = np.where(tol > 0, delta / tol, np.where(delta > 0, np.inf, 0.0))
+    worst = float(np.nanmax(ratio)) if ratio.size else 0.0
+    if worst > 1:
+        at = common[int(np.nanargmax(ratio))]
+        return Verdict(row.cell, what, False, False, len(common), worst,
+                       f"test NLL off by {delta[int(np.nanargmax(ratio))]:.4g} at {at} evaluations, "
+                       f"{worst:.2g}× the tolerance (another platform: seed spread)")
+    return Verdict(row.cell, what, True, False, len(common), worst)
+
+
+def verify(roots, sample: int | None = None, prefix: int | None = None, out=None) -> int:
+    """Verify the cells under ``roots``; print a line per cell and a summary (to ``out``, by
+    default standard output); 0 or 1."""
+    out = out or sys.stdout
+    from cryobench.harness.results import load_results
+    results = load_results(*roots)
+    cells = results.cells[results.cells["status"].isin(["ok", "diverged", "error"])]
+    if cells.empty:
+        raise InputError(f"{', '.join(map(str, roots))}: no finished cells to verify")
+    chosen = choose(cells, sample)
+    verdicts, cache = [], {}
+    for row in chosen.itertuples():
+        v = verify_cell(results, row, prefix, cache)
+        verdicts.append(v)
+        print(v.line(), file=out, flush=True)
+    bad = [v for v in verdicts if not v.ok]
+    exact = sum(v.exact for v in verdicts)
+    print(f"verified {len(verdicts)} of {len(results.cells)} cells"
+          f"{f' up to {prefix:,} evaluations' if prefix else ''}: {len(verdicts) - len(bad)} agree "
+          f"({exact} compared bit for bit, {len(verdicts) - exact} within the off-platform "
+          f"tolerance), {len(bad)} mismatch", file=out)
+    return 1 if bad else 0
