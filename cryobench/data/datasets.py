@@ -29,6 +29,15 @@ from cryobench.model.ctf import CTFParams
 SIMULATED_FILES = ("particles.star", "particles.mrcs", "ground_truth.mrc", "poses.csv", "meta.json")
 
 
+# The simulation's GEMMs round differently with another BLAS thread count once the matrices
+# are large enough for OpenBLAS to split them (seen at small scale, not at ci), which changes the
+# data's last bits and so the task's content hash. Simulation therefore always uses this many
+# BLAS threads, the number the committed datasets were simulated with. A process whose OpenBLAS
+# was started with fewer (OPENBLAS_NUM_THREADS=1, a one-core machine) simulates other bits; its
+# task hash then differs and is refused where it is compared, never silently mixed.
+SIMULATION_THREADS = 2
+
+
 def default_data_dir() -> Path:
     """``$CRYOBENCH_DATA`` if set, else ``~/.cache/cryobench``."""
     env = os.environ.get("CRYOBENCH_DATA")
@@ -98,7 +107,9 @@ def ensure_simulated(spec: TaskSpec, scale: Scale, data_dir: Path, progress: boo
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_dir(target.parent, target.name)
     try:
-        simulate(simulation_params(spec, scale), tmp, progress=progress)
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(SIMULATION_THREADS, user_api="blas"):
+            simulate(simulation_params(spec, scale), tmp, progress=progress)
         since = fs_now(tmp)
         manifest = {name: file_sha256(tmp / name) for name in SIMULATED_FILES}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))

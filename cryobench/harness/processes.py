@@ -61,8 +61,12 @@ class CellProcess:
     def __init__(self, cell, folder: Path, data_dir):
         self.cell, self.folder = cell, Path(folder)
         self.started = time.monotonic()
-        env = dict(os.environ, **{k: str(cell.spec.threads) for k in (
-            "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")})
+        # numba's pool starts at the cell's size; BLAS is limited by the cell itself (set_threads),
+        # not through the environment (OpenBLAS takes OMP_NUM_THREADS as its maximum too), so that
+        # a simulation in the cell can still use SIMULATION_THREADS
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS",
+                                                                  "MKL_NUM_THREADS", "OMP_NUM_THREADS")}
+        env["NUMBA_NUM_THREADS"] = str(cell.spec.threads)
         fd, self.job = tempfile.mkstemp(prefix="cryobench-cell-", suffix=".json")
         with os.fdopen(fd, "w") as fh:
             json.dump({"cell": cell.to_dict(), "data_dir": str(data_dir) if data_dir else None,
