@@ -12,11 +12,11 @@ at the evaluation counts they share are compared, with the status and the counts
   threads give the same bits, and the numerics fingerprint must be the stored one (else the
   code now computes other numbers somewhere, and the results are stale).
 * **Another platform** (another CPU, BLAS or numba changes the last bits, and a chaotic float32
-  trajectory amplifies them): each test NLL must lie within the tolerance — the spread (max −
-  min) of the committed seeds of that task and configuration at that checkpoint, plus
+  trajectory amplifies them): each test NLL must lie within the tolerance — twice the spread
+  (max − min) of the committed seeds of that task and configuration at that checkpoint, plus
   :data:`REL_FLOOR` relative (the rounding of one evaluation). Why the seed spread: a last-bit
-  change moves a chaotic trajectory about as far as another data order does (measured with
-  another thread count standing in for another platform: ``docs/verification.md``), so a
+  change moves a chaotic trajectory about as far as another data order does (measured with a
+  one-ulp change of the kernel standing in for another platform: ``docs/verification.md``), so a
   recomputed value outside the seed spread is a real change, one inside it is what another
   machine gives.
 
@@ -36,6 +36,10 @@ from cryobench.errors import InputError
 # terms each; another BLAS or CPU rounds each differently, by about √10⁴ · 2⁻²⁴ ≈ 6·10⁻⁶
 # relative (an estimate: only one platform was at hand to measure on).
 REL_FLOOR = 1e-5
+# Off-platform factor on the seed spread: a one-ulp change in the kernel (docs/verification.md)
+# moved committed small-scale cells by up to 1.1 × their seed spread (thermus-style momentum at
+# 100K evaluations; most by < 10⁻⁴ of it), so twice the spread.
+SPREAD_FACTOR = 2.0
 
 
 @dataclass
@@ -146,7 +150,7 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
             f"{len(common)} rows bit-identical, but this code files the run under id "
             f"{mine['cell']}")
         return Verdict(row.cell, what, True, True, len(common), 0.0, note)
-    tol = tolerance(results, row, common) + REL_FLOOR * np.abs(a["test_nll"].to_numpy(float))
+    tol = SPREAD_FACTOR * tolerance(results, row, common) + REL_FLOOR * np.abs(a["test_nll"].to_numpy(float))
     delta = np.abs(a["test_nll"].to_numpy(float) - b["test_nll"].to_numpy(float))
     ratio = np.where(tol > 0, delta / tol, np.where(delta > 0, np.inf, 0.0))
     worst = float(np.nanmax(ratio)) if ratio.size else 0.0
