@@ -18,6 +18,12 @@ def ci_task(request, data_dir):
     return cryobench.load_task(request.param, scale="ci", data_dir=data_dir, progress=False)
 
 
+@pytest.fixture(scope="session")
+def cylinder(data_dir):
+    """The synthetic-cylinder task at the ci scale."""
+    return cryobench.load_task("synthetic-cylinder", scale="ci", data_dir=data_dir, progress=False)
+
+
 def pytest_addoption(parser):
     parser.addoption("--optimizer", action="append", default=[],
                      help="run the conformance suite on this optimizer only: a registered name, "

@@ -5,11 +5,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import write_grid
 
 from cryobench.cli import main as cli
 from cryobench.data.mrc import read_volume
@@ -54,17 +54,6 @@ def bad_optimizers(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def cylinder(data_dir):
-    import cryobench
-    return cryobench.load_task("synthetic-cylinder", "ci", data_dir, progress=False)
-
-
-def write_grid(path: Path, optimizers, budget=400, extra="") -> Path:
-    path.write_text(f'tasks = ["synthetic-cylinder"]\nscales = ["ci"]\n'
-                    f'optimizers = {json.dumps([str(o) for o in optimizers])}\n'
-                    f'budget = {budget}\ntuned = ""\n{extra}')
-    return path
 
 
 def test_checkpoints_are_log_spaced_and_include_paper_marks():

@@ -1,7 +1,6 @@
 """Integrity (issue 9): interrupted runs are not results, time limits hold inside a step, the
 oracle's accounting cannot be bent, zero work is refused, a cell's identity covers the thread
 count and its configuration, and bad values get one line."""
-import json
 import os
 import resource
 import signal
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_grid as grid_file
 
 from cryobench.cli import main as cli
 from cryobench.harness.cell import make_cell
@@ -151,17 +151,6 @@ def opt_file(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def cylinder(data_dir):
-    import cryobench
-    return cryobench.load_task("synthetic-cylinder", "ci", data_dir, progress=False)
-
-
-def grid_file(path: Path, optimizers, budget=400, extra="") -> Path:
-    path.write_text(f'tasks = ["synthetic-cylinder"]\nscales = ["ci"]\n'
-                    f'optimizers = {json.dumps([str(o) for o in optimizers])}\n'
-                    f'budget = {budget}\ntuned = ""\n{extra}')
-    return path
 
 
 def run_one(opt_file, name, task, **spec):
