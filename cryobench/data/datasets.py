@@ -31,11 +31,31 @@ SIMULATED_FILES = ("particles.star", "particles.mrcs", "ground_truth.mrc", "pose
 
 # The simulation's GEMMs round differently with another BLAS thread count once the matrices
 # are large enough for OpenBLAS to split them (seen at small scale, not at ci), which changes the
-# data's last bits and so the task's content hash. Simulation therefore always uses this many
-# BLAS threads, the number the committed datasets were simulated with. A process whose OpenBLAS
-# was started with fewer (OPENBLAS_NUM_THREADS=1, a one-core machine) simulates other bits; its
-# task hash then differs and is refused where it is compared, never silently mixed.
+# data's last bits and so the task's content hash; and a process's thread state (limits set by
+# earlier work, the libraries loaded) is not fully under a caller's control. A dataset is
+# therefore always simulated in a fresh Python process started with this many BLAS threads, the
+# number the committed datasets were simulated with.
 SIMULATION_THREADS = 2
+
+
+def simulate_in_fresh_process(spec: TaskSpec, scale: Scale, folder: Path, progress: bool) -> None:
+    """Simulate ``spec`` at ``scale`` into ``folder`` in a new process with
+    :data:`SIMULATION_THREADS` BLAS threads (so the bits never depend on the caller's state)."""
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["OPENBLAS_NUM_THREADS"] = str(SIMULATION_THREADS)
+    code = ("import sys; from pathlib import Path; from cryobench.data.spec import load_spec; "
+            "from cryobench.data.datasets import simulation_params; "
+            "from cryobench.data.simulate import simulate; spec = load_spec(sys.argv[1]); "
+            "simulate(simulation_params(spec, spec.scale(sys.argv[2])), Path(sys.argv[3]), "
+            "progress=sys.argv[4] == '1')")
+    done = subprocess.run([sys.executable, "-c", code, str(spec.path), scale.name, str(folder),
+                           "1" if progress else "0"], env=env, stdout=subprocess.DEVNULL,
+                          stderr=None if progress else subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr or "").strip().splitlines()
+        raise RuntimeError(f"simulating {spec.name} ({scale.name}) failed: "
+                           f"{lines[-1] if lines else f'exit status {done.returncode}'}")
 
 
 def default_data_dir() -> Path:
@@ -93,7 +113,6 @@ def ensure_simulated(spec: TaskSpec, scale: Scale, data_dir: Path, progress: boo
     line on stderr saying why. Temporaries of killed simulations (see
     :func:`cryobench.data.cache.remove_dead_temporaries`) are removed first.
     """
-    from cryobench.data.simulate import simulate
     target = simulated_dir(spec, scale, data_dir)
     if target.parent.is_dir():
         remove_dead_temporaries(target.parent)
@@ -107,9 +126,7 @@ def ensure_simulated(spec: TaskSpec, scale: Scale, data_dir: Path, progress: boo
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_dir(target.parent, target.name)
     try:
-        from threadpoolctl import threadpool_limits
-        with threadpool_limits(SIMULATION_THREADS, user_api="blas"):
-            simulate(simulation_params(spec, scale), tmp, progress=progress)
+        simulate_in_fresh_process(spec, scale, tmp, progress)
         since = fs_now(tmp)
         manifest = {name: file_sha256(tmp / name) for name in SIMULATED_FILES}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
