@@ -117,7 +117,7 @@ def test_code_fingerprint_ignores_comments_docstrings_and_layout():
 
 def test_a_cell_in_two_results_sets_is_loaded_and_verified_once(tmp_path, results, capsys):
     """SGD runs in two committed sets as their common reference: one cell, not two seeds."""
-    from cryobench.results import load_results
+    from cryobench.harness.results import load_results
     for name in ("a", "b"):
         shutil.copytree(results, tmp_path / name)
     both = load_results(tmp_path / "a", tmp_path / "b")
