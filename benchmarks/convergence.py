@@ -1,5 +1,5 @@
 """Test NLL reached at a fixed budget: tracks results, not speed."""
-from cryobench import common
+from . import common
 from cryobench.base.seeding import rng_for
 from cryobench.harness.registry import discover
 from cryobench.optim import minimize

@@ -3,7 +3,7 @@ import shutil
 import tempfile
 
 import cryobench
-from cryobench import common
+from . import common
 from cryobench.base.threads import set_threads
 from cryobench.data.datasets import simulation_params
 from cryobench.data.simulate import simulate

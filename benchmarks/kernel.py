@@ -1,5 +1,5 @@
 """The likelihood kernel, the slicing operator and the test NLL, on both ci tasks."""
-from cryobench import common
+from . import common
 
 
 class Kernel:

@@ -1,5 +1,5 @@
 """One step of every registered optimizer (``cryobench.harness.registry.discover()``), defaults."""
-from cryobench import common
+from . import common
 from cryobench.base.seeding import rng_for
 from cryobench.harness.registry import discover
 

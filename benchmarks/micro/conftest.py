@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cryobench
-from cryobench.threads import set_threads
+from cryobench.base.threads import set_threads
 
 TASKS = ["synthetic-cylinder", "thermus-style"]
 

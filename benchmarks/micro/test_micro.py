@@ -5,8 +5,8 @@ run with ``pytest benchmarks/micro --benchmark-only`` (see docs/benchmarks.md).
 """
 import numpy as np
 
-from cryobench.registry import resolve
-from cryobench.seeding import rng_for
+from cryobench.harness.registry import resolve
+from cryobench.base.seeding import rng_for
 
 
 def test_kernel_nll_and_grad(benchmark, task, minibatch):

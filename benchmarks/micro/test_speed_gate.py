@@ -9,8 +9,8 @@ that made it); then ``Likelihood.nll_and_grad`` is monkeypatched to do its work 
 """
 import io
 
-from cryobench.likelihood import Likelihood
-from cryobench.speedgate import speed_gate
+from cryobench.model.likelihood import Likelihood
+from cryobench.checks.speedgate import speed_gate
 
 
 def test_a_kernel_twice_as_slow_fails_the_speed_gate(tmp_path, bench_data_dir, monkeypatch):
