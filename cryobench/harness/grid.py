@@ -35,7 +35,7 @@ from tqdm import tqdm
 from cryobench.errors import InputError
 from cryobench.harness.cell import Cell, make_cell
 from cryobench.harness.results import cell_complete, remove_stale_temporaries
-from cryobench.harness.run import RunSpec, check_run
+from cryobench.harness.run import RunSpec, check_run, run_sizes
 from cryobench.harness.tuned import DEFAULT_TUNED, default_tuned_file, load_tuned, resolve_params
 
 
@@ -142,13 +142,6 @@ def load_grid(path) -> Grid:
                 raw.get("per_decade", 5), raw.get("time_limit"), tuned)
 
 
-def _budget(grid: Grid, task: str, scale: str, data_dir) -> int | None:
-    if grid.budget_epochs is None:
-        return grid.budget
-    from cryobench.task import split_sizes
-    return int(grid.budget_epochs * split_sizes(task, scale, data_dir)["train"])
-
-
 def config_label(method, params: dict) -> str:
     """The method's name and every hyper-parameter that differs from its default
     (``sgd lr=0.5``): one label per configuration, so no report averages two."""
@@ -159,17 +152,15 @@ def config_label(method, params: dict) -> str:
 def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[Cell]:
     """The grid's cells, in a fixed order (tasks are simulated first if needed, to hash them);
     each runs with ``threads`` BLAS threads, which are part of its identity."""
-    from cryobench.data.spec import load_spec
     from cryobench.harness.registry import resolve
-    from cryobench.task import split_sizes, task_hash
+    from cryobench.task import task_hash
     tuned = load_tuned(grid.tuned) if grid.tuned else {}
     cells = []
     for task, scale in itertools.product(grid.tasks, grid.scales):
         thash = task_hash(task, scale, data_dir)
-        budget = _budget(grid, task, scale, data_dir)
-        n_train = split_sizes(task, scale, data_dir)["train"]
-        protocol = load_spec(task).section("protocol")
-        run_budget = budget if budget is not None else int(protocol.get("budget_epochs", 10) * n_train)
+        n_train, task_batch, default_budget = run_sizes(task, scale, data_dir)
+        budget = grid.budget if grid.budget_epochs is None else int(grid.budget_epochs * n_train)
+        run_budget = budget if budget is not None else default_budget
         table = load_tuned(default_tuned_file(task)) if grid.tuned == DEFAULT_TUNED else tuned
         for ref in grid.optimizers:
             try:
@@ -188,8 +179,7 @@ def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[Cell]:
                                    time_limit=grid.time_limit, label=config_label(method, params),
                                    threads=threads)
                     try:
-                        check_run(spec, method, n_train, int(protocol.get("batch_size", 100)),
-                                  run_budget)
+                        check_run(spec, method, n_train, task_batch, run_budget)
                     except ValueError as exc:
                         raise InputError(f"{grid.path}: {exc}") from None
                     cells.append(make_cell(spec, thash, method))

@@ -168,15 +168,22 @@ def check_run(spec: RunSpec, method, n_train: int, task_batch: int, budget: int)
                          f"({batch} images) of {method.name} on {where}: the run could do no work")
 
 
-def preflight(spec: RunSpec, method, data_dir=None) -> None:
-    """:func:`check_run` before any work, from the task's specification and split sizes."""
+def run_sizes(task: str, scale: str, data_dir=None) -> tuple[int, int, int]:
+    """(K training images, the task's minibatch size, its default budget in evaluations) from its
+    specification and split sizes, without loading it."""
     from cryobench.data.spec import load_spec
     from cryobench.task import split_sizes
-    n_train = split_sizes(spec.task, spec.scale, data_dir)["train"]
-    protocol = load_spec(spec.task).section("protocol")
-    budget = spec.budget if spec.budget is not None else int(
-        protocol.get("budget_epochs", 10) * n_train)
-    check_run(spec, method, n_train, int(protocol.get("batch_size", 100)), budget)
+    n_train = split_sizes(task, scale, data_dir)["train"]
+    protocol = load_spec(task).section("protocol")
+    return (n_train, int(protocol.get("batch_size", 100)),
+            int(protocol.get("budget_epochs", 10) * n_train))
+
+
+def preflight(spec: RunSpec, method, data_dir=None) -> None:
+    """:func:`check_run` before any work, from the task's specification and split sizes."""
+    n_train, batch, default_budget = run_sizes(spec.task, spec.scale, data_dir)
+    check_run(spec, method, n_train, batch,
+              spec.budget if spec.budget is not None else default_budget)
 
 
 def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | None = None,

@@ -134,8 +134,8 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
     from cryobench.harness.grid import run_grid
     from cryobench.harness.registry import resolve
     from cryobench.harness.results import load_results
-    from cryobench.harness.run import RunSpec, check_run
-    from cryobench.task import split_sizes, task_hash
+    from cryobench.harness.run import RunSpec, check_run, run_sizes
+    from cryobench.task import task_hash
     plan = []
     for task in tasks:
         sc = scale or load_spec(task).default_scale
@@ -146,9 +146,8 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
                              "cryobench; name the file to record into with --record FILE (and "
                              "use it with run or grid --tuned FILE)")
         thash = task_hash(task, sc, data_dir)
-        n_train = split_sizes(task, sc, data_dir)["train"]
+        n_train, task_batch, _ = run_sizes(task, sc, data_dir)
         task_budget = budget or n_train                                       # one epoch
-        task_batch = int(load_spec(task).section("protocol").get("batch_size", 100))
         for ref in optimizers:
             method = resolve(ref)
             tunable = [n for n in names if n in method.hypers]
