@@ -25,6 +25,7 @@ from cryobench.base.seeding import content_hash, rng_for
 from cryobench.data.cache import file_sha256
 from cryobench.data.datasets import Dataset, dataset_size, default_data_dir, load_dataset
 from cryobench.data.mrc import read_volume, write_volume
+from cryobench.data.prepared import prepared_spectra
 from cryobench.data.spec import TASKS_DIR, Scale, TaskSpec, check_splits, load_spec
 from cryobench.errors import InputError
 from cryobench.model.likelihood import ImageSpectra, Likelihood
@@ -188,9 +189,9 @@ def load_task(name_or_path, scale: str | None = None, data_dir=None, progress: b
                   objective.get("prior_beta", 1.0))
     splits = make_splits(spec.name, spec.seed, len(data.images), sizes["test"],
                          sizes["validation"])
-    spectra = lik.prepare(data.images, data.ctf, data.sigma)
     thash = _task_hash(spec, sc, data.files_hash, dtype)
     derived = data_dir / spec.name / f"{sc.name}-derived-{thash[:12]}"
+    spectra = prepared_spectra(lik, data.images, data.ctf, data.sigma, derived)
     init = _initial_density(spec, sc, data, lik, spectra, splits, init_spec, derived)
     batch = int(protocol.get("batch_size", 100))
     budget = int(protocol.get("budget_epochs", 10) * len(splits["train"]))

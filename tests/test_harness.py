@@ -16,7 +16,7 @@ from cryobench.data.mrc import read_volume
 from cryobench.errors import InputError
 from cryobench.harness.grid import expand, load_grid, run_grid
 from cryobench.harness.registry import resolve
-from cryobench.harness.results import load_results
+from cryobench.harness.results import load_results, read_meta
 from cryobench.harness.run import RunSpec, checkpoints, execute
 from cryobench.harness.tuned import load_tuned, resolve_params
 from cryobench.harness.tuning import tune
@@ -108,6 +108,10 @@ def test_grid_records_every_status_and_resumes_without_recomputing(tmp_path, dat
     assert len(results.cells) == 3 and (results.trace.groupby("cell")["evals"].max() <= 400).all()
     final, size = read_volume(next(tmp_path.glob("cells/*/density_final.mrc")))
     assert final.shape == (24, 24, 24) and size > 0
+    for meta in map(read_meta, tmp_path.glob("cells/*")):            # where a cell's time went
+        overhead = meta["overhead_s"]
+        assert set(overhead) == {"loading", "scoring", "comparison"}
+        assert overhead["loading"] > 0 and overhead["scoring"] > 0 and overhead["comparison"] >= 0
 
 
 def test_killed_grid_resumes_without_redoing_finished_cells(tmp_path, data_dir):

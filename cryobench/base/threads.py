@@ -53,3 +53,18 @@ def thread_info() -> dict:
             "blas": f"{first.get('internal_api', 'unknown')} {first.get('version', '')}".strip(),
             "blas_architecture": first.get("architecture"),
             "blas_threads": first.get("num_threads"), "numba_threads": numba.get_num_threads()}
+
+
+def machine() -> str:
+    """The platform: CPU, the kernels OpenBLAS and LLVM chose for it, the BLAS build, NumPy,
+    numba and Python versions — what besides the code decides the bits a run computes (two
+    machines alike in these compute alike)."""
+    import platform
+
+    import llvmlite.binding
+    import numpy as np
+
+    info = thread_info()
+    return (f"{info.get('cpu')} | {info.get('blas')} {info.get('blas_architecture')} | llvm "
+            f"{llvmlite.binding.get_host_cpu_name()} | numpy {np.__version__} | numba "
+            f"{numba.__version__} | python {platform.python_version()}")

@@ -16,6 +16,7 @@ import ctypes
 import json
 import os
 import signal
+import time
 import sys
 import traceback
 from dataclasses import dataclass
@@ -94,7 +95,9 @@ def compute_cell(cell: dict, data_dir: str | None, stuck_grace: float | None = N
     from cryobench.task import load_task
     c = Cell.from_dict(cell)
     set_threads(c.spec.threads)
+    start = time.perf_counter()
     task = load_task(c.spec.task, c.spec.scale, data_dir, progress=False)
+    loading = time.perf_counter() - start
     if task.content_hash != c.task_hash:
         raise HarnessFault(f"task {c.spec.task} ({c.spec.scale}) here has content hash "
                            f"{task.content_hash[:12]}, the grid expects {c.task_hash[:12]}: "
@@ -106,6 +109,7 @@ def compute_cell(cell: dict, data_dir: str | None, stuck_grace: float | None = N
                            "numerics or platform than the grid's): its result would be mislabelled")
     out = execute(c.spec, task, method, stuck_grace=stuck_grace)
     out.meta["identity"] = ident
+    out.meta["overhead_s"] = {"loading": loading, **out.meta.get("overhead_s", {})}
     return cell_files(out, c.cell, task.dataset.pixel_size)
 
 

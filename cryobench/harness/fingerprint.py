@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cryobench.base.threads import machine  # noqa: F401  (part of a cell's identity)
+
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
     for node in ast.walk(tree):
@@ -145,23 +147,6 @@ def source_digest() -> str:
     for path in sorted(package.rglob("*.py")):
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
-
-
-def machine() -> str:
-    """The platform: CPU, the kernels OpenBLAS and LLVM chose for it, the BLAS build, NumPy,
-    numba and Python versions — what besides the code decides the bits a run computes (two
-    machines alike in these compute alike)."""
-    import platform
-
-    import llvmlite.binding
-    import numba
-    import numpy  # noqa: F401  (loads numpy's BLAS, which thread_info reads)
-
-    from cryobench.base.threads import thread_info
-    info = thread_info()
-    return (f"{info.get('cpu')} | {info.get('blas')} {info.get('blas_architecture')} | llvm "
-            f"{llvmlite.binding.get_host_cpu_name()} | numpy {np.__version__} | numba "
-            f"{numba.__version__} | python {platform.python_version()}")
 
 
 @lru_cache(maxsize=None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+import time
 import traceback
 from dataclasses import asdict, dataclass, field
 
@@ -142,13 +143,17 @@ class _Scorer:
         pick = rng_for(task.name, task.spec.seed, "train-estimate").choice(
             len(train), size=min(len(train), TRAIN_ESTIMATE_IMAGES), replace=False)
         self.subset = np.sort(train[pick])
+        self.seconds = 0.0                      # wall time spent scoring (the cell's overhead)
 
     def __call__(self, x: np.ndarray) -> tuple[float, float]:
         task = self.task
         if not np.all(np.isfinite(x)):
             return float("nan"), float("nan")
+        start = time.perf_counter()
         train = float(task.nll(x, self.subset).mean() + task.prior.value(x) / task.n_train)
-        return self.held_out(x), train
+        held_out = self.held_out(x)
+        self.seconds += time.perf_counter() - start
+        return held_out, train
 
 
 def check_run(spec: RunSpec, method, n_train: int, task_batch: int, budget: int) -> None:
@@ -289,8 +294,10 @@ def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | Non
             "evaluations": oracle.evaluations, "counts": dict(oracle.counts), "wall_s": clock.elapsed,
             "time_limit_s": limit, "task_hash": task.content_hash, "provenance": provenance(task)}
     out = RunOutput(trace, meta, densities)
+    start = time.perf_counter()
     if compare:
         _compare_to_truth(out, task, taken_at)
+    meta["overhead_s"] = {"scoring": score.seconds, "comparison": time.perf_counter() - start}
     return out
 
 
