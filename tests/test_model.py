@@ -221,3 +221,34 @@ def test_likelihood_is_a_gaussian_mixture_over_poses():
     resid = on_grid(centered_dft2(image), pts) - c * on_grid(centered_dft2(vol.sum(0)), pts)
     expected = 0.5 * np.sum(w * np.abs(resid) ** 2) + (len(pts) - 1) * np.log(np.pi) + 0.5 * np.log(2 * np.pi)
     assert nll == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("shifts", [1, 3])
+def test_posterior_drops_negligible_poses_and_keeps_the_log_sum_exp(shifts):
+    """Poses e⁻⁴⁰ below their row's maximum (and factors below 1e−30) become exact zeros, not
+    subnormal products in the gradient's GEMMs; the log-sum-exp and the responsibilities of the
+    poses that matter are those of float64 arithmetic to float32 precision."""
+    from cryobench.model.kernels import posterior
+    rng = np.random.default_rng(5)
+    b, na, nd = 3, 4, 64
+    g = (rng.uniform(-200.0, 0.0, size=(b, na, shifts, nd))).astype(np.float32)   # a sharp posterior
+    g[:, 0, 0, 0] = 0.0
+    log_w = np.full((na, shifts, nd), -np.log(na * shifts * nd), np.float32)
+    ref_g = g.astype(np.float64) + log_w
+    ref = np.log(np.exp(ref_g - ref_g.max(axis=(1, 2, 3), keepdims=True)).sum(axis=(1, 2, 3)))
+    p_as = np.empty((b, na, nd), np.float32) if shifts > 1 else np.empty((1, 1, 1), np.float32)
+    row_factor, ang_factor = np.empty((b, na, shifts)), np.empty((b, na))
+    gmax, log_total = np.empty(b), np.empty(b)
+    e = g.copy()
+    posterior(e, np.zeros((0, 0, 0), np.float32), log_w, True, True, p_as, row_factor, ang_factor,
+              gmax, log_total)
+    np.testing.assert_allclose(log_total + gmax, ref + ref_g.max(axis=(1, 2, 3)), rtol=1e-6)
+    kept = e[e > 0]
+    assert kept.min() >= np.exp(-40.0) * 0.999 and (e == 0).mean() > 0.5
+    assert np.all((row_factor == 0) | (row_factor >= 1e-30))
+    if shifts > 1:
+        assert np.all((p_as == 0) | (p_as >= 1e-30))
+    resp = row_factor[..., None] * e                       # P = row_factor · E
+    ref_p = np.exp(ref_g - (ref + ref_g.max(axis=(1, 2, 3)))[:, None, None, None])
+    big = ref_p > 1e-6
+    np.testing.assert_allclose(resp[big], ref_p[big], rtol=1e-5)

@@ -1,0 +1,225 @@
+"""The paper's findings (Brubaker & Punjani 2015, §4 and Figure 3) beside what the committed
+results measure: one row per (finding, task, scale) with the numbers, the seed spread and a
+verdict — reproduced, not reproduced, partly, or not measurable (and why).
+
+Each finding is turned into a stated, checkable criterion (the paper gives none); the criteria
+are in :data:`FINDINGS` and printed with the table. Methods are compared by seed (the same
+training stream), median over seeds; with n seeds, "ahead on every seed" has a sign-flip p of
+2^−n (1/8 for 3 seeds), which is reported with it. Values between checkpoints are interpolated
+linearly in log evaluations; a run that failed (diverged, error, time limit) counts as +inf from
+its failure on.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cryobench.harness.results import Results, read_meta
+
+PAPER = ["sgd", "momentum", "nesterov", "adagrad", "tonga", "olbfgs", "hessian-free"]
+NAMES = {"sgd": "SGD", "momentum": "CM", "nesterov": "NAG", "adagrad": "AdaGrad", "tonga": "TONGA",
+         "olbfgs": "oLBFGS", "hessian-free": "HF", "em": "EM", "projection-matching": "PM"}
+BAND_FACTOR = 1.5          # "a reasonable structure": FSC 0.5 within 1.5 × the band-limit resolution
+
+FINDINGS = {
+    "within-two": ("All methods end within two log units of each other (§4).",
+                   "range of the seven methods' final median test NLL ≤ 2 nats (the test set's "
+                   "log-likelihood; the paper does not say which log)"),
+    "synthetic-plateau": ("Synthetic set: SGD and AdaGrad slow down around 10⁴ evaluations, while "
+                          "TONGA, CM and NAG do well (Fig. 3).",
+                          "at 2·10⁴ evaluations the best of TONGA / CM / NAG is ahead of SGD and of "
+                          "AdaGrad on every seed"),
+    "quasi-newton": ("oLBFGS and HF are not worth their extra evaluations (§4, both sets).",
+                     "at 50K evaluations and at the end, neither oLBFGS nor HF is ahead of SGD "
+                     "(median)"),
+    "thermus-order": ("Thermus: SGD, AdaGrad and TONGA converge faster than oLBFGS or the momentum "
+                      "methods (§4).",
+                      "at 5K and 50K evaluations, each of SGD / AdaGrad / TONGA ahead of each of "
+                      "oLBFGS / CM / NAG (median): all 9 pairs reproduced, most partly"),
+    "one-epoch": ("A reasonable structure within one epoch from a random start (abstract, §5).",
+                  f"after one epoch (the first snapshot at ≥ K evaluations) SGD's FSC-0.5 "
+                  f"resolution is within {BAND_FACTOR}× the band limit 1/r_max (median over seeds)"),
+}
+
+
+def _curve(trace: pd.DataFrame, failed: bool):
+    """f(evals) → test NLL of one run: log-linear between checkpoints, +inf after a failure."""
+    t = trace[(trace["evals"] > 0) & np.isfinite(trace["test_nll"])].sort_values("evals")
+    x, y = np.log(t["evals"].to_numpy(float)), t["test_nll"].to_numpy(float)
+    last = trace["evals"].max()
+
+    def at(evals: float) -> float:
+        if not len(x) or np.log(evals) < x[0]:
+            return np.nan
+        if np.log(evals) > x[-1]:
+            return np.inf if failed or evals > last else np.nan
+        return float(np.interp(np.log(evals), x, y))
+    return at
+
+
+def _per_seed(results: Results, task: str, scale: str) -> dict:
+    """{optimizer: {seed: (curve, final NLL, cell)}} of the runs of one dataset; an optimizer
+    run in several configurations (labels) is represented by its label with the most seeds."""
+    cells = results.cells[(results.cells["task"] == task) & (results.cells["scale"] == scale)
+                          & (results.cells["status"] != "interrupted")]
+    traces = dict(tuple(results.trace.groupby("cell")))
+    counts = cells.groupby(["optimizer", "label"]).size().reset_index(name="n")
+    chosen = set(counts.sort_values(["n", "label"], ascending=[False, True])
+                 .drop_duplicates("optimizer")["label"])
+    out: dict = {}
+    for r in cells.itertuples(index=False):
+        if r.label not in chosen:
+            continue
+        failed = r.status != "ok"
+        t = traces[r.cell]
+        final = np.inf if failed else float(t.sort_values("evals")["test_nll"].iloc[-1])
+        out.setdefault(r.optimizer, {})[r.seed] = (_curve(t, failed), final, r.cell)
+    return out
+
+
+def _median_at(runs: dict, evals: float | None) -> float:
+    v = [final if evals is None else curve(evals) for curve, final, _ in runs.values()]
+    v = [x for x in v if not np.isnan(x)]
+    return float(np.median(v)) if v else np.nan
+
+
+def _fmt(v: float) -> str:
+    return "—" if v is None or np.isnan(v) else ("failed" if np.isinf(v) else f"{v:,.1f}")
+
+
+def _spread(runs: dict, evals: float | None) -> float:
+    v = [final if evals is None else curve(evals) for curve, final, _ in runs.values()]
+    v = [x for x in v if np.isfinite(x)]
+    return float(max(v) - min(v)) if len(v) > 1 else np.nan
+
+
+def _within_two(m: dict, **_) -> tuple[str, str]:
+    have = [k for k in PAPER if k in m]
+    finals = {k: _median_at(m[k], None) for k in have}
+    failed = [NAMES[k] for k, v in finals.items() if np.isinf(v)]
+    ok = {k: v for k, v in finals.items() if np.isfinite(v)}
+    if len(ok) < 2:
+        return "not measurable", "fewer than two methods finished"
+    lo, hi = min(ok, key=ok.get), max(ok, key=ok.get)
+    spread = max(_spread(m[k], None) for k in ok)
+    text = (f"range {ok[hi] - ok[lo]:.1f} nats ({NAMES[lo]} {ok[lo]:,.1f} … {NAMES[hi]} "
+            f"{ok[hi]:,.1f}); largest seed range of one method {spread:.1f}")
+    if failed:
+        text += f"; failed (median seed): {', '.join(failed)}"
+    if len(have) < len(PAPER):
+        text += f"; missing: {', '.join(NAMES[k] for k in PAPER if k not in m)}"
+    verdict = "reproduced" if ok[hi] - ok[lo] <= 2 and not failed else "not reproduced"
+    return verdict, text
+
+
+def _ahead(a: dict, b: dict, evals) -> tuple[int, int, float]:
+    """On the seeds both have at ``evals``: (seeds where run set ``a`` is below ``b``, seeds,
+    median of b − a)."""
+    seeds = sorted(set(a) & set(b))
+    d = [b[s][0](evals) - a[s][0](evals) for s in seeds]
+    d = [x for x in d if not np.isnan(x)]
+    return sum(x > 0 for x in d), len(d), float(np.median(d)) if d else np.nan
+
+
+def _plateau(m: dict, **_) -> tuple[str, str]:
+    at = 2e4
+    good = [k for k in ("tonga", "momentum", "nesterov") if k in m]
+    slow = [k for k in ("sgd", "adagrad") if k in m]
+    if not good or not slow:
+        return "not measurable", "needs SGD or AdaGrad and one of TONGA / CM / NAG"
+    best = min(good, key=lambda k: _median_at(m[k], at))
+    parts, every = [f"best of TONGA/CM/NAG at 2·10⁴: {NAMES[best]} {_fmt(_median_at(m[best], at))}"], []
+    for k in slow:
+        wins, n, gap = _ahead(m[best], m[k], at)
+        every.append(n > 0 and wins == n)
+        parts.append(f"{NAMES[k]} {_fmt(_median_at(m[k], at))} ({gap:+,.1f} vs {NAMES[best]}, which "
+                     f"is ahead on {wins}/{n} seeds; all {n}: p = {0.5 ** n:.3g})")
+    verdict = "reproduced" if all(every) else ("partly" if any(every) else "not reproduced")
+    return verdict, "; ".join(parts)
+
+
+def _quasi_newton(m: dict, **_) -> tuple[str, str]:
+    if "sgd" not in m or not {"olbfgs", "hessian-free"} & set(m):
+        return "not measurable", "needs SGD and oLBFGS or HF"
+    parts, fine = [], []
+    for k in ("olbfgs", "hessian-free"):
+        if k not in m:
+            continue
+        for col, evals in (("50K", 5e4), ("final", None)):
+            mine, ref = _median_at(m[k], evals), _median_at(m["sgd"], evals)
+            fine.append(not mine < ref)
+            parts.append(f"{NAMES[k]} {col} {_fmt(mine)} vs SGD {_fmt(ref)}")
+    verdict = "reproduced" if all(fine) else ("partly" if any(fine) else "not reproduced")
+    return verdict, "; ".join(parts)
+
+
+def _thermus_order(m: dict, **_) -> tuple[str, str]:
+    fast = [k for k in ("sgd", "adagrad", "tonga") if k in m]
+    slow = [k for k in ("olbfgs", "momentum", "nesterov") if k in m]
+    if not fast or not slow:
+        return "not measurable", "needs methods of both groups"
+    parts, wins, total = [], 0, 0
+    for col, evals in (("5K", 5e3), ("50K", 5e4)):
+        med = {k: _median_at(m[k], evals) for k in fast + slow}
+        w = sum(med[a] < med[b] for a in fast for b in slow)
+        wins, total = wins + w, total + len(fast) * len(slow)
+        parts.append(f"{col}: {w}/{len(fast) * len(slow)} pairs (" + ", ".join(
+            f"{NAMES[k]} {_fmt(med[k])}" for k in fast + slow) + ")")
+    verdict = "reproduced" if wins == total else ("partly" if wins > total / 2 else "not reproduced")
+    return verdict, "; ".join(parts)
+
+
+def _one_epoch(m: dict, results: Results, k_train: int | None, band_A: float | None, **_):
+    if "sgd" not in m or not k_train or not band_A:
+        return "not measurable", "needs SGD runs with a ground truth and the task's K and r_max"
+    res, at = [], None
+    for _, _, cell in m["sgd"].values():
+        snaps = [s for s in read_meta(results.folders[cell]).get("snapshots") or []
+                 if s.get("evals", 0) >= k_train and s.get("resolution_A") is not None]
+        if snaps:
+            first = min(snaps, key=lambda s: s["evals"])
+            res.append(first["resolution_A"])
+            at = first["label"]
+    if not res:
+        return "not measurable", "no snapshot at or after one epoch with an FSC"
+    med = float(np.median(res))
+    verdict = "reproduced" if med <= BAND_FACTOR * band_A else "not reproduced"
+    return verdict, (f"SGD at {at} ({k_train:,} images per epoch): FSC 0.5 at {med:.0f} Å "
+                     f"(seeds {min(res):.0f}–{max(res):.0f} Å); band limit {band_A:.0f} Å")
+
+
+CHECKS = {"within-two": _within_two, "synthetic-plateau": _plateau, "quasi-newton": _quasi_newton,
+          "thermus-order": _thermus_order, "one-epoch": _one_epoch}
+APPLIES = {"synthetic-plateau": {"synthetic-cylinder"}, "thermus-order": {"thermus-style"}}
+
+
+def findings_table(results: Results, sizes: dict | None = None) -> pd.DataFrame:
+    """One row per (finding, task, scale) that applies: claim, criterion, measured, verdict.
+
+    ``sizes`` {(task, scale): (K training images, band-limit resolution 1/r_max in Å)} for the
+    one-epoch finding (without it that finding is not measurable)."""
+    rows = []
+    datasets = sorted({(t, s) for t, s in results.cells[["task", "scale"]].itertuples(index=False)})
+    for key, (claim, criterion) in FINDINGS.items():
+        for task, scale in datasets:
+            if key in APPLIES and task not in APPLIES[key]:
+                continue
+            k_train, band = (sizes or {}).get((task, scale), (None, None))
+            m = _per_seed(results, task, scale)
+            seeds = max((len(v) for v in m.values()), default=0)
+            verdict, measured = CHECKS[key](m, results=results, k_train=k_train, band_A=band)
+            rows.append({"finding": claim, "criterion": criterion, "task": task, "scale": scale,
+                         "seeds": seeds, "measured": measured, "verdict": verdict})
+    return pd.DataFrame(rows, columns=["finding", "criterion", "task", "scale", "seeds",
+                                       "measured", "verdict"])
+
+
+def findings_markdown(table: pd.DataFrame) -> str:
+    """The findings table as markdown: finding and criterion once, one line per dataset."""
+    lines = ["| Paper's finding | Criterion here | Task (scale) | Seeds | Measured | Verdict |",
+             "|:---|:---|:---|---:|:---|:---|"]
+    esc = lambda s: str(s).replace("|", "\\|")
+    for _, r in table.iterrows():
+        lines.append(f"| {esc(r.finding)} | {esc(r.criterion)} | {r.task} ({r.scale}) | {r.seeds} | "
+                     f"{esc(r.measured)} | **{r.verdict}** |")
+    return "\n".join(lines) + "\n"
