@@ -171,8 +171,9 @@ def align(moving, reference, *, angular_step_deg: float = 30.0, search_box: int 
     voxels); ``score`` is its final value at that box. Deterministic.
 
     A box of 64 resolves 32 Fourier pixels of a 128 px box, twice the highest frequency any
-    shipped task's likelihood sees (r_max ≤ 16 % of Nyquist): refining at 128 as well cost 3.6 s
-    per density at the paper's scale and moved nothing the estimates carry.
+    shipped task's likelihood sees (r_max ≤ 16 % of Nyquist). Refining at 128 as well took 42 s
+    instead of 13 s per density at the paper's scale (a loaded 2-core machine) and moved an SGD
+    estimate's FSC-0.5 resolution by 0.6 Å (166.1 vs 166.7 Å).
     """
     _check(moving, reference)
     d = np.shape(moving)[0]
