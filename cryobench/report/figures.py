@@ -21,6 +21,7 @@ from matplotlib.ticker import FuncFormatter
 
 from cryobench.harness.results import Results, atomic_write, load_results, read_meta
 from cryobench.report.densities import _lowest_seed_cells, density_figure  # noqa: F401
+from cryobench.report.html import page_html, section_html
 from cryobench.report.style import RC, style as _style  # noqa: F401
 from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,  # noqa: F401
                                      failed_cells, performance_profile, seed_values,
@@ -295,20 +296,27 @@ def result_sets(results_root) -> list[str]:
 
 
 def write_leaderboard(results_root, out=None, sets=None, title: str = "cryobench leaderboard") -> list[Path]:
-    """Write ``out`` (default ``results_root/LEADERBOARD.md``): one section per results set (the
-    given ``sets`` names, else ``result_sets``), with figures in ``<out folder>/figures/<set>-*``
-    linked relatively. Byte-identical for the same results. Returns the paths written."""
+    """Write ``out`` (default ``results_root/LEADERBOARD.md``) and the same as a static page
+    beside it (``.html``: sortable tables, figures inline, runs linked to their meta.json;
+    :mod:`cryobench.report.html`): one section per results set (the given ``sets`` names, else
+    ``result_sets``), with figures in ``<out folder>/figures/<set>-*`` linked relatively.
+    Byte-identical for the same results. Returns the paths written."""
     root = Path(results_root)
     out = Path(out) if out is not None else root / "LEADERBOARD.md"
     fig_dir = out.parent / "figures"
-    md, written = [f"# {title}", "", "Regenerate with `cryobench leaderboard`; the same results "
-                   "give byte-identical output.", ""], []
-    for name in (sets if sets is not None else result_sets(root)):
+    intro = "Regenerate with `cryobench leaderboard`; the same results give byte-identical output."
+    md, written, body = [f"# {title}", "", intro, ""], [], []
+    names = sets if sets is not None else result_sets(root)
+    for name in names:
         results = load_results(root / name)
         table = checkpoint_table(results)
         figs = _figures(results, fig_dir, prefix=f"{name}-")
         written += [p for _, paths in figs.values() for p in paths]
         md += [f"## {name}", "", *_section(results, table, figs, "figures/", "###")]
+        body += section_html(name, results, table, figs, _relabelled(results), provenance(results),
+                             out.parent)
+    page = out.with_suffix(".html")
     atomic_write(out, "\n".join(md))
-    return written + [out]
+    atomic_write(page, page_html(title, intro, names, body, markdown=out.name))
+    return written + [out, page]
 
