@@ -282,3 +282,17 @@ def test_write_leaderboard_deterministic(fake_root, tmp_path):
     assert "(figures/small-convergence.png)" in text and "figures/other-profile.svg" in a
     assert text.count("noise floor (median over methods of the Final seed range)") == 2
     assert "| task-a-c-0 | task-a | ci | c | 0 | diverged | 3,100 | iterate not finite |" in text
+    # the HTML page beside it: the same sections and figures, runs linked to their meta.json
+    page = a["LEADERBOARD.html"].decode()
+    assert page.count("<section id=") == 2 and 'id="small"' in page and "tune" not in page
+    assert '<img src="figures/small-convergence.png"' in page and 'href="figures/other-profile.svg"' in page
+    assert "http" not in page and "src=\"/" not in page and "href=\"/" not in page   # relative only
+    for cell in ("task-a-a-0", "task-a-c-0"):             # the results lie elsewhere: ../../
+        assert f'/board/small/cells/{cell}/meta.json"' in page
+    assert "iterate not finite" in page and "<strong>task-a (ci)</strong>" in page
+    # and in another process, with another hash seed
+    code = ("import sys; from cryobench.report import figures as report;"
+            "report.write_leaderboard(sys.argv[1], out=sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(board), str(tmp_path / "c" / "LEADERBOARD.md")],
+                   check=True, env={**os.environ, "PYTHONHASHSEED": "321"})
+    assert _tree(tmp_path / "c") == a
