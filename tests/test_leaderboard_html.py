@@ -5,6 +5,7 @@ header sorts the rows, and its links lead to the cells' meta.json.
 Chromium is required: without it the test fails (CI installs it, see .ci/run), unless
 CRYOBENCH_NO_BROWSER=1 is set explicitly. CRYOBENCH_CHROMIUM names another binary.
 """
+import fcntl
 import json
 import os
 import select
@@ -43,8 +44,13 @@ class Browser:
         self._out, from_browser = os.pipe()    # the browser writes fd 4; we read _out
 
         def fds():                             # in the child, before exec
-            os.dup2(to_browser, 3)
-            os.dup2(from_browser, 4)
+            # via copies above 10: the pipes may themselves be fds 3 or 4, and dup2 onto the
+            # same number would keep close-on-exec; dup2 onto another number clears it
+            a, b = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser, from_browser))
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+            os.close(a)
+            os.close(b)
 
         self.proc = subprocess.Popen(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
