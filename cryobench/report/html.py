@@ -76,10 +76,12 @@ def inline(text: str) -> str:
 
 
 def _attr(value) -> str:
+    """``value`` escaped for an attribute in double quotes."""
     return html.escape(str(value), quote=True)
 
 
 def _link(href: str, text: str, title: str = "") -> str:
+    """An ``<a>`` to ``href`` showing ``text`` (escaped), with an optional tooltip."""
     title = f' title="{_attr(title)}"' if title else ""
     return f'<a href="{_attr(href)}"{title}>{html.escape(text, quote=False)}</a>'
 
@@ -160,6 +162,7 @@ def section_html(name: str, results, table: pd.DataFrame, figs: dict, relabelled
 
 
 def _bullets(items: list[str]) -> str:
+    """A ``<ul>`` of markdown bullets (a leading '- ' dropped, inline markdown as tags)."""
     return "<ul>\n" + "\n".join(f"<li>{inline(i.removeprefix('- '))}</li>" for i in items) + "\n</ul>"
 
 
