@@ -10,11 +10,13 @@ import pytest
 from matplotlib.image import AxesImage
 
 from cryobench.harness.results import Results, load_results
-from cryobench.harness.run import SCHEMA_VERSION
+from cryobench.harness.run import SCHEMA_VERSION, lowpass, projections
 from cryobench.report import figures as report
 
 DATASETS = [("task-a", "ci"), ("task-b", "ci")]
 D = 12
+RMAX = 3.0                      # the fake truth's band limit (px)
+TRUTH_VIEWS = projections(lowpass(np.random.default_rng(7).random((D, D, D)), RMAX))
 
 
 def _evals(label):
@@ -56,7 +58,7 @@ def _write_cell(root, task, scale, label, seed, status):
     if status == "ok":
         snaps["final"] = int(evals[-1])
     views = {k: rng.random((3, D, D), dtype=np.float32) for k in snaps}
-    views["ground_truth"] = np.ones((3, D, D), np.float32)
+    views["ground_truth"] = TRUTH_VIEWS
     np.savez_compressed(folder / "views.npz", **views)
     freq = np.linspace(0, 0.1, 8)
     if snaps:
@@ -152,16 +154,28 @@ def test_colours_fixed_per_label(results):
 
 def test_density_figure_grid(results):
     fig = report.density_figure(results, "task-a", "ci")
-    assert len(fig.axes) == 3 * 4
-    images = [ax for ax in fig.axes if any(isinstance(a, AxesImage) for a in ax.get_children())]
-    # a: 5K, 50K, final; b: the same; c (diverged at 3,100): nothing; ground truth once
-    assert len(images) == 3 + 3 + 0 + 1
-    axes = np.array(fig.axes).reshape(3, 4)
-    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["a", "b", "c"]
-    assert [ax.get_title() for ax in axes[0]] == ["5K", "50K", "final", "ground truth"]
-    assert [t.get_text() for t in axes[2, 2].texts] == ["—"]
-    for ax in images:
+    assert len(fig.axes) == 4 * 11                  # truth + a, b, c; 3 snapshots × 3 views + 2 gaps
+    axes = np.array(fig.axes).reshape(4, 11)
+    views = axes[:, [0, 1, 2, 4, 5, 6, 8, 9, 10]]
+    shown = lambda ax: [a for a in ax.get_children() if isinstance(a, AxesImage)]
+    # truth: all 9; a, b: 5K, 50K, final × z, y, x; c (diverged at 3,100): none
+    assert [sum(bool(shown(ax)) for ax in row) for row in views] == [9, 9, 9, 0]
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["ground truth\n(band-limited)", "a", "b", "c"]
+    titles = [ax.get_title() for ax in views[0]]
+    assert titles[:3] == ["\nalong z", "5K\nalong y", "\nalong x"] and titles[7] == "final\nalong y"
+    # the FSC resolution of each estimate under its middle view (seed 0: 40 Å), none for the truth
+    assert [axes[1, c].get_xlabel() for c in (1, 5, 9)] == ["FSC 0.5: 40 Å"] * 3
+    assert axes[0, 1].get_xlabel() == "" and [t.get_text() for t in axes[3, 5].texts] == ["—"]
+    k2 = np.add.outer(np.fft.fftfreq(D) ** 2, np.fft.fftfreq(D) ** 2) * D**2
+    for ax in [ax for row in views for ax in row if shown(ax)]:
+        image = np.asarray(shown(ax)[0].get_array(), float)
+        assert shown(ax)[0].get_clim() == (image.min(), image.max())    # every panel min–max
+        assert np.abs(np.fft.fft2(image)[k2 > RMAX**2 + 1e-6]).max() < 1e-9 * np.abs(image).sum()
         assert not ax.get_xticks().size and not ax.get_yticks().size
+    truth = shown(views[0, 0])[0].get_array()
+    np.testing.assert_allclose(truth, TRUTH_VIEWS[0], rtol=1e-5, atol=1e-5 * np.abs(TRUTH_VIEWS).max())
+    raw = results.views("task-a-a-0")["5K"][0]             # the estimates are filtered, not raw
+    assert not np.allclose(shown(views[1, 0])[0].get_array(), raw)
 
 
 def test_checkpoint_table_values(results):
@@ -268,3 +282,17 @@ def test_write_leaderboard_deterministic(fake_root, tmp_path):
     assert "(figures/small-convergence.png)" in text and "figures/other-profile.svg" in a
     assert text.count("noise floor (median over methods of the Final seed range)") == 2
     assert "| task-a-c-0 | task-a | ci | c | 0 | diverged | 3,100 | iterate not finite |" in text
+    # the HTML page beside it: the same sections and figures, runs linked to their meta.json
+    page = a["LEADERBOARD.html"].decode()
+    assert page.count("<section id=") == 2 and 'id="small"' in page and "tune" not in page
+    assert '<img src="figures/small-convergence.png"' in page and 'href="figures/other-profile.svg"' in page
+    assert "http" not in page and "src=\"/" not in page and "href=\"/" not in page   # relative only
+    for cell in ("task-a-a-0", "task-a-c-0"):             # the results lie elsewhere: ../../
+        assert f'/board/small/cells/{cell}/meta.json"' in page
+    assert "iterate not finite" in page and "<strong>task-a (ci)</strong>" in page
+    # and in another process, with another hash seed
+    code = ("import sys; from cryobench.report import figures as report;"
+            "report.write_leaderboard(sys.argv[1], out=sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(board), str(tmp_path / "c" / "LEADERBOARD.md")],
+                   check=True, env={**os.environ, "PYTHONHASHSEED": "321"})
+    assert _tree(tmp_path / "c") == a

@@ -227,10 +227,10 @@ def cmd_report(args) -> None:
 
 
 def cmd_leaderboard(args) -> None:
-    """Regenerate the leaderboard (markdown and figures) from the committed results."""
+    """Regenerate the leaderboard (markdown, HTML page and figures) from the committed results."""
     from cryobench.report.figures import write_leaderboard
     paths = write_leaderboard(Path(args.results))
-    print(f"wrote {len(paths)} files; see {Path(args.results) / 'LEADERBOARD.md'}")
+    print(f"wrote {len(paths)} files; see {Path(args.results) / 'LEADERBOARD.md'} and .html")
 
 
 def cmd_verify(args) -> int:

@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", help="results folders (holding cells/)")
     p.add_argument("--out", help="output folder (default: RESULTS/report)")
 
-    p = add("leaderboard", cmd_leaderboard, "regenerate results/LEADERBOARD.md from committed results",
+    p = add("leaderboard", cmd_leaderboard, "regenerate results/LEADERBOARD.md and .html from committed results",
             task=False)
     p.add_argument("--results", default=str(RESULTS_DIR),
                    help="the results folder (default: the repository's results/)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -21,19 +20,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from cryobench.harness.results import Results, atomic_write, load_results, read_meta
+from cryobench.report.densities import _lowest_seed_cells, density_figure  # noqa: F401
+from cryobench.report.html import page_html, section_html
+from cryobench.report.style import RC, style as _style  # noqa: F401
 from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,  # noqa: F401
                                      failed_cells, performance_profile, seed_values,
                                      sign_flip_pvalue, table_markdown, time_to_target)
 
 DATASET = ["task", "scale"]
 BAND = "median over seeds; band: min–max over seeds"
-RC = {"svg.hashsalt": "cryobench", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
-      "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8}
-
-
-def _style():
-    """The local plotting style: seaborn 'whitegrid' plus the fixed determinism settings."""
-    return matplotlib.rc_context({**sns.axes_style("whitegrid"), **RC})
 
 
 def _colours(results: Results) -> dict:
@@ -147,42 +142,6 @@ def convergence_figure(results: Results) -> Figure:
             w = pd.DataFrame(windows, columns=["lo", "hi"], dtype=float)
             _set_ylim(zoom, w["lo"].min(), w["hi"].max())
         _legend(fig, "method\n(median over seeds;\nband: min–max)")
-    return fig
-
-
-def _lowest_seed_cells(results: Results, task: str, scale: str) -> pd.Series:
-    """label → cell id of the run with the lowest seed on one dataset."""
-    c = results.cells[(results.cells["task"] == task) & (results.cells["scale"] == scale)]
-    return c.sort_values(["label", "seed"]).groupby("label")["cell"].first()
-
-
-def density_figure(results: Results, task: str, scale: str) -> Figure:
-    """Figure 4: one row per label (its lowest seed), columns 5K, 50K, final (z-projections of the
-    aligned densities, one intensity scale per row, "—" if missing); the ground truth top right."""
-    results = comparable(results)
-    cells, columns = _lowest_seed_cells(results, task, scale), ["5K", "50K", "final"]
-    with _style(), sns.axes_style("white"):
-        fig = Figure(figsize=(7.2, 1.6 * len(cells) + 0.5), layout="constrained")
-        axes = fig.subplots(len(cells), 4, squeeze=False)
-        truth = None
-        for i, (row, (label, cell)) in enumerate(zip(axes, cells.items())):
-            views = results.views(cell) if cell in results.folders else {}
-            truth = views.get("ground_truth", truth)
-            shown = np.array([views[k][0] for k in columns if k in views])
-            scale_ = dict(vmin=np.nanmin(shown), vmax=np.nanmax(shown)) if shown.size else {}
-            for ax, key in zip(row, columns):
-                if key in views:
-                    ax.imshow(views[key][0], cmap="gray", origin="lower", **scale_)
-                else:
-                    ax.text(0.5, 0.5, "—", ha="center", va="center", fontsize=16, transform=ax.transAxes)
-                ax.set(xticks=[], yticks=[], title="" if i else key)
-            row[0].set_ylabel(label)
-            row[3].set_axis_off()
-        if truth is not None:
-            axes[0, 3].set_axis_on()
-            axes[0, 3].imshow(truth[0], cmap="gray", origin="lower")
-            axes[0, 3].set(xticks=[], yticks=[], title="ground truth")
-        fig.suptitle(f"{task} ({scale}): z-projections of the aligned densities")
     return fig
 
 
@@ -337,20 +296,27 @@ def result_sets(results_root) -> list[str]:
 
 
 def write_leaderboard(results_root, out=None, sets=None, title: str = "cryobench leaderboard") -> list[Path]:
-    """Write ``out`` (default ``results_root/LEADERBOARD.md``): one section per results set (the
-    given ``sets`` names, else ``result_sets``), with figures in ``<out folder>/figures/<set>-*``
-    linked relatively. Byte-identical for the same results. Returns the paths written."""
+    """Write ``out`` (default ``results_root/LEADERBOARD.md``) and the same as a static page
+    beside it (``.html``: sortable tables, figures inline, runs linked to their meta.json;
+    :mod:`cryobench.report.html`): one section per results set (the given ``sets`` names, else
+    ``result_sets``), with figures in ``<out folder>/figures/<set>-*`` linked relatively.
+    Byte-identical for the same results. Returns the paths written."""
     root = Path(results_root)
     out = Path(out) if out is not None else root / "LEADERBOARD.md"
     fig_dir = out.parent / "figures"
-    md, written = [f"# {title}", "", "Regenerate with `cryobench leaderboard`; the same results "
-                   "give byte-identical output.", ""], []
-    for name in (sets if sets is not None else result_sets(root)):
+    intro = "Regenerate with `cryobench leaderboard`; the same results give byte-identical output."
+    md, written, body = [f"# {title}", "", intro, ""], [], []
+    names = sets if sets is not None else result_sets(root)
+    for name in names:
         results = load_results(root / name)
         table = checkpoint_table(results)
         figs = _figures(results, fig_dir, prefix=f"{name}-")
         written += [p for _, paths in figs.values() for p in paths]
         md += [f"## {name}", "", *_section(results, table, figs, "figures/", "###")]
+        body += section_html(name, results, table, figs, _relabelled(results), provenance(results),
+                             out.parent)
+    page = out.with_suffix(".html")
     atomic_write(out, "\n".join(md))
-    return written + [out]
+    atomic_write(page, page_html(title, intro, names, body, markdown=out.name))
+    return written + [out, page]
 

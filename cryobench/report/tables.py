@@ -253,10 +253,10 @@ def table_note(table: pd.DataFrame) -> str:
             f"alignment.")
 
 
-def table_markdown(table: pd.DataFrame) -> str:
-    """The checkpoint table as markdown, one block per dataset: a line with the seeds and the
-    noise floor, then the methods (NLL to 0.1, bold where ≈best, 'failed' where the median seed
-    failed, '—' where missing); the note."""
+def table_blocks(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
+    """Per dataset of the checkpoint table: (the line with the seeds and the noise floor, the
+    methods as formatted strings — NLL to 0.1, ``**bold**`` where ≈best, 'failed' where the
+    median seed failed, '—' where missing —, the table's own rows for them)."""
     num = lambda v, spec: "—" if pd.isna(v) else format(v, spec)
     alpha = table.attrs.get("alpha", ALPHA)
     n_min = int(np.floor(-np.log2(alpha))) + 1     # the fewest seeds with 2^−n < alpha
@@ -282,7 +282,19 @@ def table_markdown(table: pd.DataFrame) -> str:
         shown["Final evals"] = t["Final evals"].map(lambda v: num(v, ",.0f"))
         shown["Resolution (Å)"] = t["Resolution (Å)"].map(lambda v: num(v, ".1f"))
         shown["Status"] = t["Status"]
-        blocks += [line, "", _markdown(shown, set(shown.columns) - {"method", "Status"})]
+        blocks.append((line, shown, t))
+    return blocks
+
+
+TEXT_COLUMNS = {"method", "Status"}                # left-aligned; every other shown column is a number
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    """The checkpoint table as markdown, one block per dataset (``table_blocks``): the line with
+    the seeds and the noise floor, then the methods; the note."""
+    blocks = []
+    for line, shown, _ in table_blocks(table):
+        blocks += [line, "", _markdown(shown, set(shown.columns) - TEXT_COLUMNS)]
     if table.empty:
         blocks = ["No results to compare (no run other than interrupted ones).", ""]
     return "\n".join(blocks + [table_note(table), ""])
