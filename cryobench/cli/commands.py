@@ -226,10 +226,32 @@ def cmd_report(args) -> None:
     print(f"wrote {len(paths)} files into {out} (start with {out / 'report.md'})")
 
 
+def _dataset_sizes(root: Path, sets: list[str]) -> dict:
+    """{(task, scale): (K training images, band-limit resolution 1/r_max in Å)} of the simulated
+    (task, scale) pairs in the result sets, from the task specifications (for the findings)."""
+    import json
+
+    from cryobench.data.spec import load_spec
+    from cryobench.task import split_sizes
+    pairs = set()
+    for name in sets:
+        for meta in sorted((root / name).glob("cells/*/meta.json")):
+            run = json.loads(meta.read_text())["run"]
+            pairs.add((run["task"], run["scale"]))
+    sizes = {}
+    for task, scale in sorted(pairs):
+        sc = load_spec(task).scale(scale)
+        if sc.box and sc.pixel_size:
+            sizes[task, scale] = (split_sizes(task, scale)["train"],
+                                  sc.box * sc.pixel_size / sc.rmax_px(sc.box))
+    return sizes
+
+
 def cmd_leaderboard(args) -> None:
     """Regenerate the leaderboard (markdown, HTML page and figures) from the committed results."""
-    from cryobench.report.figures import write_leaderboard
-    paths = write_leaderboard(Path(args.results))
+    from cryobench.report.figures import result_sets, write_leaderboard
+    root = Path(args.results)
+    paths = write_leaderboard(root, sizes=_dataset_sizes(root, result_sets(root)))
     print(f"wrote {len(paths)} files; see {Path(args.results) / 'LEADERBOARD.md'} and .html")
 
 

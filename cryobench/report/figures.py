@@ -295,11 +295,31 @@ def result_sets(results_root) -> list[str]:
     return names
 
 
-def write_leaderboard(results_root, out=None, sets=None, title: str = "cryobench leaderboard") -> list[Path]:
+def _findings(root: Path, names: list[str], sizes: dict | None) -> tuple[list[str], list[str]]:
+    """(markdown, HTML) of the paper-findings section over all result sets together."""
+    from cryobench.report.findings import findings_markdown, findings_table
+    from cryobench.report.html import inline, table_html
+    if not names:
+        return [], []
+    table = findings_table(load_results(*[root / n for n in names]), sizes)
+    intro = ("Each finding of the paper (§4, Figure 3, Figure 6) as a criterion stated here, "
+             "measured over all result sets above by seed (median over seeds; the same training "
+             "streams for every method); see `docs/paper-findings.md`.")
+    md = ["## The paper's findings beside ours", "", intro, "", findings_markdown(table)]
+    shown = table.drop(columns=["key"]).astype(str).assign(verdict=lambda t: "**" + t["verdict"] + "**")
+    body = ['<section id="findings">', "<h2>The paper's findings beside ours</h2>",
+            f"<p>{inline(intro)}</p>", table_html(shown, {"seeds"}), "</section>"]
+    return md, body
+
+
+def write_leaderboard(results_root, out=None, sets=None, title: str = "cryobench leaderboard",
+                      sizes: dict | None = None) -> list[Path]:
     """Write ``out`` (default ``results_root/LEADERBOARD.md``) and the same as a static page
     beside it (``.html``: sortable tables, figures inline, runs linked to their meta.json;
     :mod:`cryobench.report.html`): one section per results set (the given ``sets`` names, else
     ``result_sets``), with figures in ``<out folder>/figures/<set>-*`` linked relatively.
+    Last, the paper's findings beside ours (:mod:`cryobench.report.findings`; ``sizes``
+    {(task, scale): (K, band-limit resolution in Å)} for the findings that need them).
     Byte-identical for the same results. Returns the paths written."""
     root = Path(results_root)
     out = Path(out) if out is not None else root / "LEADERBOARD.md"
@@ -315,8 +335,11 @@ def write_leaderboard(results_root, out=None, sets=None, title: str = "cryobench
         md += [f"## {name}", "", *_section(results, table, figs, "figures/", "###")]
         body += section_html(name, results, table, figs, _relabelled(results), provenance(results),
                              out.parent)
+    findings_md, findings_html = _findings(root, names, sizes)
+    md, body = md + findings_md, body + findings_html
     page = out.with_suffix(".html")
     atomic_write(out, "\n".join(md))
-    atomic_write(page, page_html(title, intro, names, body, markdown=out.name))
+    atomic_write(page, page_html(title, intro, names + (["findings"] if findings_html else []),
+                                 body, markdown=out.name))
     return written + [out, page]
 

@@ -35,7 +35,7 @@ FINDINGS = {
     "thermus-order": ("Thermus: SGD, AdaGrad and TONGA converge faster than oLBFGS or the momentum "
                       "methods (§4).",
                       "at 5K and 50K evaluations, each of SGD / AdaGrad / TONGA ahead of each of "
-                      "oLBFGS / CM / NAG (median): all 9 pairs reproduced, most partly"),
+                      "oLBFGS / CM / NAG (median): reproduced if all 18 pairs are, partly if most"),
     "one-epoch": ("A reasonable structure within one epoch from a random start (abstract, §5).",
                   f"after one epoch (the first snapshot at ≥ K evaluations) SGD's FSC-0.5 "
                   f"resolution is within {BAND_FACTOR}× the band limit 1/r_max (median over seeds)"),
