@@ -284,7 +284,8 @@ def test_write_leaderboard_deterministic(fake_root, tmp_path):
     assert "| task-a-c-0 | task-a | ci | c | 0 | diverged | 3,100 | iterate not finite |" in text
     # the HTML page beside it: the same sections and figures, runs linked to their meta.json
     page = a["LEADERBOARD.html"].decode()
-    assert page.count("<section id=") == 2 and 'id="small"' in page and "tune" not in page
+    assert page.count("<section id=") == 3 and 'id="small"' in page and "tune" not in page
+    assert 'id="findings"' in page and "## The paper's findings beside ours" in text   # last section
     assert '<img src="figures/small-convergence.png"' in page and 'href="figures/other-profile.svg"' in page
     assert "http" not in page and "src=\"/" not in page and "href=\"/" not in page   # relative only
     for cell in ("task-a-a-0", "task-a-c-0"):             # the results lie elsewhere: ../../

@@ -226,7 +226,7 @@ def cmd_report(args) -> None:
     print(f"wrote {len(paths)} files into {out} (start with {out / 'report.md'})")
 
 
-def _dataset_sizes(root: Path, sets: list[str]) -> dict:
+def leaderboard_sizes(root: Path, sets: list[str]) -> dict:
     """{(task, scale): (K training images, band-limit resolution 1/r_max in Å)} of the simulated
     (task, scale) pairs in the result sets, from the task specifications (for the findings)."""
     import json
@@ -251,7 +251,7 @@ def cmd_leaderboard(args) -> None:
     """Regenerate the leaderboard (markdown, HTML page and figures) from the committed results."""
     from cryobench.report.figures import result_sets, write_leaderboard
     root = Path(args.results)
-    paths = write_leaderboard(root, sizes=_dataset_sizes(root, result_sets(root)))
+    paths = write_leaderboard(root, sizes=leaderboard_sizes(root, result_sets(root)))
     print(f"wrote {len(paths)} files; see {Path(args.results) / 'LEADERBOARD.md'} and .html")
 
 
