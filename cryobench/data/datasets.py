@@ -169,7 +169,7 @@ def load_dataset(spec: TaskSpec, scale: Scale, data_dir: Path, progress: bool = 
 def _load_simulated(spec, scale, data_dir, progress) -> Dataset:
     from cryobench.data.mrc import read_volume
     folder = ensure_simulated(spec, scale, data_dir, progress)
-    particles = read_particles(folder / "particles.star", memory_map=True)
+    particles = read_particles(folder / "particles.star", memory_map=True, check_images=False)
     meta = json.loads((folder / "meta.json").read_text())
     truth, _ = read_volume(folder / "ground_truth.mrc")
     sigma = np.full(len(particles.images), float(meta["noise_sigma"]))

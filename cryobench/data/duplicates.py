@@ -18,7 +18,10 @@ def repeated_names(star: Path, index: np.ndarray, paths: list[Path]) -> tuple[in
     seen: dict[tuple[Path, int], int] = {}
     resolved: dict[Path, Path] = {}
     for row, (i, path) in enumerate(zip(index.tolist(), paths)):
-        key = (resolved.setdefault(path, Path(path).resolve()), i)
+        where = resolved.get(path)
+        if where is None:                       # resolve each stack once, not once per row
+            where = resolved[path] = Path(path).resolve()
+        key = (where, i)
         if key in seen:
             return seen[key], row
         seen[key] = row
