@@ -75,8 +75,9 @@ def _per_seed(results: Results, task: str, scale: str) -> dict:
         if r.label not in chosen:
             continue
         failed = r.status != "ok"
-        t = traces[r.cell]
-        final = np.inf if failed else float(t.sort_values("evals")["test_nll"].iloc[-1])
+        t = traces.get(r.cell, results.trace.iloc[:0])          # a failed run may have no rows
+        final = np.inf if failed else (float(t.sort_values("evals")["test_nll"].iloc[-1])
+                                       if len(t) else np.nan)
         out.setdefault(r.optimizer, {})[r.seed] = (_curve(t, failed), final, r.cell)
     return out
 
@@ -178,6 +179,8 @@ def _one_epoch(m: dict, results: Results, k_train: int | None, band_A: float | N
         return "not measurable", "needs SGD runs with a ground truth and the task's K and r_max"
     res, at = [], None
     for _, _, cell in m["sgd"].values():
+        if cell not in results.folders:              # results built in memory: no snapshots
+            continue
         snaps = [s for s in read_meta(results.folders[cell]).get("snapshots") or []
                  if s.get("evals", 0) >= k_train and s.get("resolution_A") is not None]
         if snaps:
