@@ -212,8 +212,11 @@ def test_sigint_stops_a_grid_at_once_and_leaves_it_resumable(tmp_path, data_dir,
     grid = grid_file(tmp_path / "grid.toml", [f"{opt_file}:slow"], budget=600, extra="seeds = 6\n")
     env = dict(os.environ, CRYOBENCH_DATA=str(data_dir))
     command = [sys.executable, "-m", "cryobench.cli", "grid", str(grid), "--workers", "2", "--quiet"]
+    # as from a terminal: a shell without job control starts background commands with SIGINT
+    # ignored (`nohup .ci/run &`), and a Python started so never raises KeyboardInterrupt
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert wait_for(lambda: len(cell_processes(proc.pid)) == 2)
     children = cell_processes(proc.pid)
     sent = time.time()
