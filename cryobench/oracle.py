@@ -13,6 +13,7 @@ is done. The optimizer never sees test or validation images: it is handed :meth:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import MappingProxyType
 
 import numpy as np
@@ -242,44 +243,48 @@ class Oracle(CountedOracle):
         return bool(batch.min() >= 0 and batch.max() < len(self._train_mask)
                     and self._train_mask[batch].all())
 
-    def _evaluate(self, x, batch, gradient: bool):
-        task = self._task
-        if not isinstance(x, np.ndarray) or x.shape != task.init.shape:
-            raise ValueError(f"the oracle evaluates densities of shape {task.init.shape}, got "
+    def _start(self, x, batch):
+        """Refuse an iterate that is not a density of the task's shape; tally the batch's work."""
+        shape = self._task.init.shape
+        if not isinstance(x, np.ndarray) or x.shape != shape:
+            raise ValueError(f"the oracle evaluates densities of shape {shape}, got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
         self._work(len(batch))
+
+    @contextmanager
+    def _kernel(self):
+        """A valid request the kernel could not answer is our fault (:class:`HarnessFault`);
+        memory runs out as itself."""
         try:
+            yield
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise HarnessFault(f"the likelihood failed on a valid request: {type(exc).__name__}: "
+                               f"{exc}") from exc
+
+    def _evaluate(self, x, batch, gradient: bool):
+        task = self._task
+        self._start(x, batch)
+        with self._kernel():
             data = task.likelihood.subset(task.spectra, batch)
             k = task.n_train
             if not gradient:
                 return float(task.likelihood.nll(x, data).mean() + task.prior.value(x) / k), None
             nll, grad = task.likelihood.nll_and_grad(x, data)
             grad = grad / len(batch) + task.prior.grad(x) / k
-        except MemoryError:
-            raise
-        except Exception as exc:        # a valid request the kernel could not answer: our fault
-            raise HarnessFault(f"the likelihood failed on a valid request: {type(exc).__name__}: "
-                               f"{exc}") from exc
         return float(nll.mean() + task.prior.value(x) / k), grad.astype(x.dtype, copy=False)
 
     def _evaluate_weights(self, x, batch, hard: bool):
         task = self._task
-        if not isinstance(x, np.ndarray) or x.shape != task.init.shape:
-            raise ValueError(f"the oracle evaluates densities of shape {task.init.shape}, got "
-                             f"{getattr(x, 'shape', type(x).__name__)}")
-        self._work(len(batch))
-        try:
+        self._start(x, batch)
+        with self._kernel():
             data = task.likelihood.subset(task.spectra, batch)
             k, n = task.n_train, len(batch)
             nll, grad, weights, back = task.likelihood.nll_grad_weights(x, data, hard=hard)
             prior_grad = task.prior.grad(x) / k
             grad = grad / n + prior_grad
             back = back / n - sfft.rfftn(prior_grad.astype(np.float64), norm="ortho")
-        except MemoryError:
-            raise
-        except Exception as exc:        # a valid request the kernel could not answer: our fault
-            raise HarnessFault(f"the likelihood failed on a valid request: {type(exc).__name__}: "
-                               f"{exc}") from exc
         cdtype = np.result_type(x.dtype, np.complex64)
         return (float(nll.mean() + task.prior.value(x) / k), grad.astype(x.dtype, copy=False),
                 (weights / n).astype(x.dtype), back.astype(cdtype))
