@@ -82,9 +82,14 @@ def _per_seed(results: Results, task: str, scale: str) -> dict:
     return out
 
 
-def _median_at(runs: dict, evals: float | None) -> float:
+def _values(runs: dict, evals: float | None) -> list[float]:
+    """Each seed's test NLL at ``evals`` (None: its final value), seeds that do not apply left out."""
     v = [final if evals is None else curve(evals) for curve, final, _ in runs.values()]
-    v = [x for x in v if not np.isnan(x)]
+    return [x for x in v if not np.isnan(x)]
+
+
+def _median_at(runs: dict, evals: float | None) -> float:
+    v = _values(runs, evals)
     return float(np.median(v)) if v else np.nan
 
 
@@ -93,8 +98,7 @@ def _fmt(v: float) -> str:
 
 
 def _spread(runs: dict, evals: float | None) -> float:
-    v = [final if evals is None else curve(evals) for curve, final, _ in runs.values()]
-    v = [x for x in v if np.isfinite(x)]
+    v = [x for x in _values(runs, evals) if np.isfinite(x)]
     return float(max(v) - min(v)) if len(v) > 1 else np.nan
 
 
