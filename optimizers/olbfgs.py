@@ -1,20 +1,41 @@
 """Online L-BFGS: stochastic quasi-Newton with curvature pairs measured on one minibatch."""
+from typing import NamedTuple
+
 import numpy as np
 
 from cryobench.optim import GradientMethod, Hyper, dot64, method
 from cryobench.schedules import annealed_lr
 
 
-def two_loop(g, S, Y, order):
-    """−H g by the L-BFGS two-loop recursion over the pairs S[i], Y[i], i in ``order`` (oldest
-    first), with H₀ = (1/n) Σ_i s_iᵀy_i / y_iᵀy_i (the online scaling; 1 without pairs)."""
-    q, alpha = g.astype(np.float64), {}
-    for i in reversed(order):
-        alpha[i] = dot64(S[i], q) / dot64(S[i], Y[i])
-        q -= alpha[i] * Y[i]
-    q *= np.mean([dot64(S[i], Y[i]) / dot64(Y[i], Y[i]) for i in order]) if order else 1.0
-    for i in order:
-        q += (alpha[i] - dot64(Y[i], q) / dot64(S[i], Y[i])) * S[i]
+class Pair(NamedTuple):
+    """A curvature pair (s, y), kept with its float64 copies and its inner products sᵀy, yᵀy."""
+
+    s: np.ndarray
+    y: np.ndarray
+    s64: np.ndarray
+    y64: np.ndarray
+    sy: float
+    yy: float
+
+
+def curvature_pair(s: np.ndarray, y: np.ndarray) -> Pair:
+    """A :class:`Pair` of (s, y); its products are :func:`~cryobench.optim.dot64`'s."""
+    s64, y64 = s.reshape(-1).astype(np.float64), y.reshape(-1).astype(np.float64)
+    return Pair(s, y, s64, y64, dot64(s, y), dot64(y, y))
+
+
+def two_loop(g, pairs):
+    """−H g by the L-BFGS two-loop recursion over ``pairs`` (oldest first), with
+    H₀ = (1/n) Σ_i s_iᵀy_i / y_iᵀy_i (the online scaling; 1 without pairs). Inner products are
+    accumulated in float64 against the pairs' float64 copies (no conversion per product)."""
+    q, alpha = g.astype(np.float64), []
+    flat = q.reshape(-1)
+    for p in reversed(pairs):
+        alpha.append(float(np.dot(p.s64, flat)) / p.sy)
+        q -= alpha[-1] * p.y
+    q *= np.mean([p.sy / p.yy for p in pairs]) if pairs else 1.0
+    for p, a in zip(pairs, reversed(alpha)):
+        q += (a - float(np.dot(p.y64, flat)) / p.sy) * p.s
     return (-q).astype(g.dtype)
 
 
@@ -31,27 +52,22 @@ def olbfgs(lr, decay, damping, batch_size, memory):
     with η₀ = ``lr``, λ = ``decay``, λ_reg = ``damping``; H_t's initial scaling is the mean of
     s_iᵀy_i / y_iᵀy_i over the stored pairs (1 with none), and pairs with s_tᵀy_t ≤ 0 are not
     stored. The second gradient is on the SAME minibatch B_t and is charged: each iteration
-    costs 2 |B| gradient evaluations.
+    costs 2 |B| gradient evaluations. The pairs are an immutable tuple (a step shares the
+    arrays of the pairs it keeps), each with float64 copies: 6 volumes of memory per pair.
     """
     def init(x0, *, budget, rng):
-        buf = np.zeros((memory, *x0.shape), x0.dtype)
-        return {"x": x0.copy(), "t": 0, "S": buf, "Y": buf.copy(), "n": 0, "head": 0}
+        return {"x": x0.copy(), "t": 0, "pairs": ()}
 
     def step(state, oracle):
-        x, t, n, head = state["x"], state["t"], state["n"], state["head"]
+        x, t, pairs = state["x"], state["t"], state["pairs"]
         batch = oracle.next_batch(batch_size)
         _, g = oracle.value_and_grad(x, batch)
-        order = [(head - n + i) % memory for i in range(n)]
-        p = two_loop(g, state["S"], state["Y"], order)
-        x_new = (x + annealed_lr(lr, t, decay) * p).astype(x.dtype)
+        x_new = (x + annealed_lr(lr, t, decay) * two_loop(g, pairs)).astype(x.dtype)
         _, g_new = oracle.value_and_grad(x_new, batch)
         s = x_new - x
-        y = g_new - g + np.asarray(damping, x.dtype) * s
-        S, Y = state["S"], state["Y"]
-        if dot64(s, y) > 0:
-            S, Y = S.copy(), Y.copy()
-            S[head], Y[head] = s, y
-            head, n = (head + 1) % memory, min(n + 1, memory)
-        return {"x": x_new, "t": t + 1, "S": S, "Y": Y, "n": n, "head": head}
+        pair = curvature_pair(s, g_new - g + np.asarray(damping, x.dtype) * s)
+        if pair.sy > 0:
+            pairs = (pairs + (pair,))[-memory:]
+        return {"x": x_new, "t": t + 1, "pairs": pairs}
 
     return GradientMethod(init, step)

@@ -122,12 +122,25 @@ def test_olbfgs_two_loop_satisfies_the_secant_equation():
     rng = np.random.default_rng(2)
     A = np.diag(np.geomspace(1, 0.01, 6))
     S = rng.normal(size=(3, 6))
-    Y = S @ A
+    pairs = tuple(olbfgs_mod.curvature_pair(s, s @ A) for s in S)          # oldest first
     for newest in range(3):
-        order = [(newest + 1 + i) % 3 for i in range(3)]                    # oldest first
-        assert np.allclose(olbfgs_mod.two_loop(Y[newest], S, Y, order), -S[newest])
+        assert np.allclose(olbfgs_mod.two_loop(pairs[newest].y, pairs[:newest + 1]), -S[newest])
     g = rng.normal(size=6)
-    assert np.allclose(olbfgs_mod.two_loop(g, S, Y, []), -g)               # H₀ = I without pairs
+    assert np.allclose(olbfgs_mod.two_loop(g, ()), -g)                     # H₀ = I without pairs
+
+
+def test_olbfgs_keeps_the_newest_memory_pairs_and_shares_their_arrays():
+    oracle = QuadraticOracle(budget=10**6)
+    opt = OLBFGS.configure(memory=3)
+    state = opt.init(oracle.initial_point(), budget=oracle.budget, rng=None)
+    history = [state]
+    for _ in range(5):
+        history.append(opt.step(history[-1], oracle))
+    kept = history[-1]["pairs"]
+    assert len(kept) == 3 and kept == history[-2]["pairs"][1:] + kept[-1:]
+    assert all(a is b for a, b in zip(kept[:2], history[-2]["pairs"][1:]))   # shared, not copied
+    for t, state in enumerate(history[1:], 1):                              # s = x_t − x_{t−1}
+        assert np.array_equal(state["pairs"][-1].s, state["x"] - history[t - 1]["x"])
 
 
 class ConcaveOracle(CountedOracle):
@@ -147,7 +160,7 @@ class ConcaveOracle(CountedOracle):
 def test_olbfgs_skips_pairs_without_positive_curvature():
     oracle = ConcaveOracle(budget=1000)
     states = steps(OLBFGS.configure(batch_size=5), oracle, 3, x0=np.ones(4, np.float32))
-    assert all(s["n"] == 0 and not np.any(s["S"]) for s in states)
+    assert all(s["pairs"] == () for s in states)
 
 
 # ----------------------------------------------------------------------------- convergence
