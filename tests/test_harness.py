@@ -193,6 +193,27 @@ def test_tune_selects_on_validation_and_run_picks_it_up(tmp_path, data_dir):
     assert params["lr"] == 0.1 and source["lr"] == "explicit"
 
 
+def test_tuning_with_fewer_checkpoints_chooses_the_same(tmp_path, data_dir, capsys):
+    kwargs = dict(points=3, budget=300, workers=2, data_dir=data_dir, progress=False)
+    dense = tune(["synthetic-cylinder"], "ci", ["sgd"], ["lr"], out=tmp_path / "dense",
+                 record_to=tmp_path / "dense.json", **kwargs)["synthetic-cylinder", "sgd"]
+    sparse = tune(["synthetic-cylinder"], "ci", ["sgd"], ["lr"], out=tmp_path / "sparse",
+                  record_to=tmp_path / "sparse.json", per_decade=1,
+                  **kwargs)["synthetic-cylinder", "sgd"]
+    rows = {k: load_results(tmp_path / k).trace.groupby("cell").size().max()
+            for k in ("sparse", "dense")}
+    assert rows == {"sparse": 3, "dense": 4}       # 0, one minibatch, the budget; + one per decade
+    assert sparse["params"] == dense["params"] and sparse["validation_nll"] == dense["validation_nll"]
+    assert [c["status"] for c in sparse["candidates"]] == [c["status"] for c in dense["candidates"]]
+    finals = [[c["finals"] for c in e["candidates"] if c["status"] == ["ok", "ok"]]
+              for e in (sparse, dense)]     # a divergence is caught at a checkpoint: later here
+    assert finals[0] == finals[1] and len(finals[0]) == 2
+    assert cli(["tune", "synthetic-cylinder", "--scale", "ci", "--per-decade", "0",
+                "--data-dir", str(data_dir), "--out", str(tmp_path / "t"),
+                "--record", str(tmp_path / "t.json")]) == 2
+    assert "checkpoints per decade must be a positive whole number, got 0" in capsys.readouterr().err
+
+
 def test_cli_run_and_its_errors(tmp_path, data_dir, capsys):
     common = ["--scale", "ci", "--data-dir", str(data_dir), "--out", str(tmp_path), "--tuned", "none"]
     assert cli(["run", "synthetic-cylinder", "sgd", "--budget", "200", "--set", "lr=0.5", *common]) == 0

@@ -206,7 +206,8 @@ def cmd_tune(args) -> None:
     from cryobench.harness.tuning import tune
     chosen = tune(args.task, args.scale, args.optimizers.split(","), args.params.split(","),
                   args.points, args.budget, args.out, args.record,
-                  args.workers, _data_dir(args), progress=not args.quiet, seeds=args.seeds)
+                  args.workers, _data_dir(args), progress=not args.quiet, seeds=args.seeds,
+                  per_decade=args.per_decade)
     for (task, name), entry in sorted(chosen.items()):
         values = ", ".join(f"{k}={v:g}" for k, v in entry["params"].items()
                            if k in args.params.split(","))

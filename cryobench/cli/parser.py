@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=2, help="training streams per candidate; the "
                                                        "median decides (default 2, at least 2)")
     p.add_argument("--budget", type=int, help="gradient evaluations per candidate (default 1 epoch)")
+    p.add_argument("--per-decade", type=int, default=5, help="validation checkpoints per decade of "
+                   "evaluations (default 5; the choice uses the first and the last)")
     p.add_argument("--out", help="folder for the candidate runs (default: results/tune/SCALE for "
                    "a shipped task, ./results/tune/SCALE when installed from a wheel; "
                    "TASK.tune/SCALE beside any other task file)")

@@ -159,7 +159,11 @@ class _Scorer:
 def check_run(spec: RunSpec, method, n_train: int, task_batch: int, budget: int) -> None:
     """Refuse a run that could not do any work, with one line: a budget below one minibatch,
     a batch size above the budget or the training set, hyper-parameter values that cannot be
-    meant (:meth:`~cryobench.optim.Hyper.check`)."""
+    meant (:meth:`~cryobench.optim.Hyper.check`), checkpoints per decade that are not a positive
+    whole number."""
+    if isinstance(spec.per_decade, bool) or not isinstance(spec.per_decade, int) or spec.per_decade < 1:
+        raise ValueError(f"checkpoints per decade must be a positive whole number, got "
+                         f"{spec.per_decade!r}")
     for name, hyper in method.hypers.items():
         if name in spec.params:
             hyper.check(name, spec.params[name])

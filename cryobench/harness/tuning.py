@@ -123,12 +123,14 @@ def default_tune_dir(task, scale: str) -> Path:
 
 def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
          budget: int | None = None, out=None, record_to=None, workers=None, data_dir=None,
-         progress=True, seeds: int = 2) -> dict:
+         progress=True, seeds: int = 2, per_decade: int = 5) -> dict:
     """Search, select on validation, and record; returns {(task, optimizer): chosen entry}.
 
     ``scale`` None: each task's default scale. ``out`` None: :func:`default_tune_dir`.
     ``record_to`` None: each task's :func:`default_tuned_file` — a task outside the repository's
-    ``tasks/`` records beside its own file, never into the repository.
+    ``tasks/`` records beside its own file, never into the repository. ``per_decade``: validation
+    checkpoints per decade of evaluations (the selection reads only the first and the last;
+    fewer checkpoints spare the scoring where a validation NLL costs as much as the run).
     """
     from cryobench.harness.cell import make_cell
     from cryobench.harness.grid import run_grid
@@ -158,8 +160,8 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
                 params, _ = resolve_params(method, values, {}, task, sc)
                 label = " ".join([method.name] + [f"{k}={v:g}" for k, v in values.items()])
                 for seed in range(seeds):
-                    spec = RunSpec(task, sc, ref, params, seed, task_budget, label=label,
-                                   score="validation")
+                    spec = RunSpec(task, sc, ref, params, seed, task_budget, per_decade,
+                                   label=label, score="validation")
                     check_run(spec, method, n_train, task_batch, task_budget)
                     cells.append(make_cell(spec, thash, method))
             plan.append((task, sc, method.name, task_budget, cells, folder, target, thash))
