@@ -1,6 +1,7 @@
 """The harness: runs, grids (local processes and Dask), kill-and-resume, tuning, results files."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,6 +152,28 @@ def test_grid_on_a_dask_local_cluster(tmp_path, data_dir):
     a, b = load_results(tmp_path / "dask"), load_results(tmp_path / "local")
     pd.testing.assert_frame_equal(a.trace.drop(columns="wall_s"), b.trace.drop(columns="wall_s"))
     assert local == status
+
+
+def test_combined_sets_equal_loading_their_folders_together(tmp_path, data_dir):
+    from cryobench.harness.results import combine
+    grid = write_grid(tmp_path / "grid.toml", ["sgd", "nesterov"], budget=200)
+    run_grid(expand(load_grid(grid), data_dir), tmp_path / "all", workers=2, data_dir=data_dir,
+             progress=False)
+    sgd, nag = sorted((tmp_path / "all" / "cells").iterdir(),
+                      key=lambda d: json.loads((d / "meta.json").read_text())["optimizer_name"])[1::-1]
+    for name, cells in [("a", [sgd]), ("b", [sgd, nag])]:          # SGD in both sets
+        for cell in cells:
+            shutil.copytree(cell, tmp_path / name / "cells" / cell.name)
+    sets = [tmp_path / "a", tmp_path / "b"]
+    together, combined = load_results(*sets), combine(*map(load_results, sets))
+    for frame in ("trace", "cells", "fsc"):
+        pd.testing.assert_frame_equal(getattr(combined, frame), getattr(together, frame))
+    assert combined.folders == together.folders and len(combined.cells) == 2
+    shutil.copytree(nag, tmp_path / "c" / "cells" / nag.name)
+    meta = tmp_path / "c" / "cells" / nag.name / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "task_hash": "f" * 64}))
+    with pytest.raises(InputError, match=f"{meta}: task synthetic-cylinder .ci. has content hash ffff"):
+        combine(load_results(tmp_path / "a"), load_results(tmp_path / "c"))
 
 
 def test_results_refuse_other_schema_or_task_hash(tmp_path, data_dir):

@@ -251,3 +251,29 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
     fsc = pd.concat(fscs, ignore_index=True) if fscs else pd.DataFrame(
         columns=["cell", "label", "evals", "freq", "fsc"])
     return Results(trace, cells, fsc, folders)
+
+
+def combine(*parts: Results) -> Results:
+    """Loaded result sets as one — what :func:`load_results` over all their folders gives, without
+    reading them again: a cell in several sets once (from the first given; pass the sets in
+    sorted folder order), one task content hash per (task, scale)."""
+    if not parts:
+        raise InputError("no results to combine")
+    folders, firsts, hashes = {}, [], {}
+    for part in parts:
+        new = [c for c in part.folders if c not in folders]
+        folders.update({c: part.folders[c] for c in new})
+        firsts.append(set(new))
+        for row in part.cells[part.cells["cell"].isin(new)].itertuples():
+            key, meta = (row.task, row.scale), folders[row.cell] / "meta.json"
+            expected = hashes.setdefault(key, (row.task_hash, meta))
+            if row.task_hash != expected[0]:
+                raise InputError(f"{meta}: task {key[0]} ({key[1]}) has content hash "
+                                 f"{row.task_hash[:12]}, but {expected[1]} has {expected[0][:12]}; "
+                                 "results of different task definitions cannot be compared")
+
+    def pick(frame_of):
+        return pd.concat([frame_of(p)[frame_of(p)["cell"].isin(f)] for p, f in zip(parts, firsts)],
+                         ignore_index=True)
+    cells = pick(lambda p: p.cells).sort_values(["task", "scale", "label", "seed"], ignore_index=True)
+    return Results(pick(lambda p: p.trace), cells, pick(lambda p: p.fsc), folders)

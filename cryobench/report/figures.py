@@ -19,7 +19,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from cryobench.harness.results import Results, atomic_write, load_results, read_meta
+from cryobench.harness.results import Results, atomic_write, combine, load_results, read_meta
 from cryobench.report.densities import _lowest_seed_cells, density_figure  # noqa: F401
 from cryobench.report.html import page_html, section_html
 from cryobench.report.style import RC, style as _style  # noqa: F401
@@ -295,13 +295,14 @@ def result_sets(results_root) -> list[str]:
     return names
 
 
-def _findings(root: Path, names: list[str], sizes: dict | None) -> tuple[list[str], list[str]]:
-    """(markdown, HTML) of the paper-findings section over all result sets together."""
+def _findings(loaded: dict[str, Results], sizes: dict | None) -> tuple[list[str], list[str]]:
+    """(markdown, HTML) of the paper-findings section over all result sets together
+    ({set name: its results}, combined in sorted order as loading their folders would)."""
     from cryobench.report.findings import findings_markdown, findings_table
     from cryobench.report.html import inline, table_html
-    if not names:
+    if not loaded:
         return [], []
-    table = findings_table(load_results(*[root / n for n in names]), sizes)
+    table = findings_table(combine(*(loaded[n] for n in sorted(loaded))), sizes)
     intro = ("Each finding of the paper (§4, Figure 3, Figure 6) as a criterion stated here, "
              "measured over all result sets above by seed (median over seeds; the same training "
              "streams for every method); see `docs/paper-findings.md`.")
@@ -327,15 +328,16 @@ def write_leaderboard(results_root, out=None, sets=None, title: str = "cryobench
     intro = "Regenerate with `cryobench leaderboard`; the same results give byte-identical output."
     md, written, body = [f"# {title}", "", intro, ""], [], []
     names = sets if sets is not None else result_sets(root)
+    loaded = {}
     for name in names:
-        results = load_results(root / name)
+        results = loaded[name] = load_results(root / name)
         table = checkpoint_table(results)
         figs = _figures(results, fig_dir, prefix=f"{name}-")
         written += [p for _, paths in figs.values() for p in paths]
         md += [f"## {name}", "", *_section(results, table, figs, "figures/", "###")]
         body += section_html(name, results, table, figs, _relabelled(results), provenance(results),
                              out.parent)
-    findings_md, findings_html = _findings(root, names, sizes)
+    findings_md, findings_html = _findings(loaded, sizes)
     md, body = md + findings_md, body + findings_html
     page = out.with_suffix(".html")
     atomic_write(out, "\n".join(md))
