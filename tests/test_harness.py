@@ -216,6 +216,16 @@ def test_tune_selects_on_validation_and_run_picks_it_up(tmp_path, data_dir):
     assert params["lr"] == 0.1 and source["lr"] == "explicit"
 
 
+def test_tuning_records_nothing_for_a_method_that_never_moved(tmp_path, data_dir):
+    record = tmp_path / "tuned.json"      # SVRG: a full gradient (350 images), then no room for a step
+    with pytest.raises(InputError, match=r"nothing recorded for svrg on synthetic-cylinder \(ci\): "
+                                         r"every candidate was rejected \(seed 0 never moved.*"
+                                         r"\(recorded: sgd\)"):
+        tune(["synthetic-cylinder"], "ci", ["sgd", "svrg"], ["lr"], points=2, budget=400,
+             out=tmp_path / "tune", record_to=record, workers=2, data_dir=data_dir, progress=False)
+    assert list(load_tuned(record)["synthetic-cylinder"]["ci"]) == ["sgd"]
+
+
 def test_tuning_with_fewer_checkpoints_chooses_the_same(tmp_path, data_dir, capsys):
     kwargs = dict(points=3, budget=300, workers=2, data_dir=data_dir, progress=False)
     dense = tune(["synthetic-cylinder"], "ci", ["sgd"], ["lr"], out=tmp_path / "dense",
@@ -262,7 +272,7 @@ def test_tuning_selection_rejects_blow_ups_and_records_the_edge():
     runs = {  # lr: [(status, final validation NLL) per seed]; every run starts at 100
         0.1: [("ok", 90.0), ("ok", 92.0)], 0.3: [("ok", 80.0), ("ok", 88.0)],
         1.0: [("ok", 70.0), ("ok", 101.0)], 3.0: [("ok", 60.0), ("diverged", float("nan"))],
-        10.0: [("error", float("nan")), ("ok", 50.0)]}
+        10.0: [("error", float("nan")), ("ok", 50.0)], 0.01: [("ok", 100.0), ("ok", 100.0)]}
     cells, trace = [], []
     for lr, seeds in runs.items():
         for seed, (status, final) in enumerate(seeds):
@@ -277,5 +287,6 @@ def test_tuning_selection_rejects_blow_ups_and_records_the_edge():
     assert why[0.1] == "" and why[0.3] == ""
     assert "seed 1 ended worse than it started" in why[1.0]
     assert why[3.0].startswith("seed 1 diverged") and why[10.0].startswith("seed 0 error")
+    assert why[0.01].startswith("seed 0 never moved")          # not chosen, not a blow-up edge
     edge = nearest_blow_up(table, {"lr": 0.3}, ["lr"])
     assert edge == {"lr": {"value": 1.0, "ratio": pytest.approx(1 / 0.3)}}

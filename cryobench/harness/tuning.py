@@ -5,8 +5,10 @@ For each (task, scale, optimizer) the hyper-parameters named (``lr`` by default)
 several names give the product), every other hyper-parameter keeps its default. Each candidate
 runs for a short budget on training streams 0 … seeds−1 (at least 2) and is scored by the
 median over its seeds of the validation NLL of its final iterate — never the test set. A
-candidate is rejected if any seed diverged, failed or ended worse than it started (a slow
-blow-up the 10× divergence rule misses). The best accepted candidate is recorded, with the
+candidate is rejected if any seed diverged, failed, ended worse than it started (a slow
+blow-up the 10× divergence rule misses) or never moved (its first step needs more than the
+budget, or every step was skipped); a method whose every candidate is rejected gets nothing
+recorded, and ``tune`` says so after recording the others. The best accepted candidate is recorded, with the
 nearest value that blew up (how far the choice is from the edge), in a tuned-values file, keyed by the task's identity — its ``name`` and, in the entry, its
 content hash at that scale (never the path as typed)::
 
@@ -44,8 +46,10 @@ def candidates(method, names, points: int) -> list[dict]:
 def select(cells: pd.DataFrame, trace: pd.DataFrame) -> pd.DataFrame:
     """One row per candidate (its ``params``): the median final validation NLL over its seeds,
     each seed's final and status, and why it is rejected — any seed that did not end ``ok``
-    (diverged, failed, time limit, or missing), or that ended worse than it started. Accepted
-    candidates first, best first."""
+    (diverged, failed, time limit, or missing), that ended worse than it started, or that ended
+    exactly where it started (a method whose first step needs more than the budget, or whose
+    every step was skipped: choosing among such candidates would record an arbitrary value).
+    Accepted candidates first, best first."""
     first = trace.groupby("cell").head(1).set_index("cell")["validation_nll"]
     final = trace.groupby("cell").tail(1).set_index("cell")["validation_nll"]
     table = cells.set_index("cell").join(final.rename("final")).join(first.rename("initial"))
@@ -59,6 +63,9 @@ def select(cells: pd.DataFrame, trace: pd.DataFrame) -> pd.DataFrame:
             elif not r.final <= r.initial:
                 why = why or (f"seed {r.seed} ended worse than it started (validation NLL "
                               f"{r.final:.6g} > {r.initial:.6g}): a slow blow-up")
+            elif r.final == r.initial:
+                why = why or (f"seed {r.seed} never moved (validation NLL {r.final:.6g} at the "
+                              "start and the end: no step changed the density within the budget)")
         finals = runs["final"].to_numpy(float)
         rows.append({"params": params, "validation_nll": float(np.median(finals)),
                      "seeds": runs["seed"].tolist(), "finals": finals.tolist(),
@@ -92,7 +99,7 @@ def record(path, task: str, scale: str, optimizer: str, table: pd.DataFrame, bud
     choice to the nearest diverging value."""
     from cryobench.harness.results import atomic_write, to_json
     if table.empty or table["rejected"].iloc[0]:
-        raise ValueError(f"tuning {optimizer} on {task} ({scale}): every candidate was rejected "
+        raise ValueError(f"{optimizer} on {task} ({scale}): every candidate was rejected "
                          f"({table['rejected'].iloc[0] if len(table) else 'no candidates'}, …)")
     rows = [{"params": json.loads(r.params), "validation_nll": r.validation_nll, "seeds": r.seeds,
              "finals": r.finals, "status": r.status, "rejected": r.rejected}
@@ -176,11 +183,18 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
             raise InputError(f"{folder}: {lost} candidate runs were interrupted (see above); run "
                              "the same tune command again to compute them before choosing")
     results = {folder: load_results(folder) for folder in folders}
-    chosen = {}
+    chosen, unchosen = {}, []
     for task, sc, name, task_budget, cells, folder, target, thash in plan:
         ids = {c.cell for c in cells}
         res = results[folder]
         table = select(res.cells[res.cells["cell"].isin(ids)], res.trace)
-        entry = record(target, task, sc, name, table, task_budget, thash, names)
+        try:
+            entry = record(target, task, sc, name, table, task_budget, thash, names)
+        except ValueError as exc:          # the others are still recorded
+            unchosen.append(str(exc))
+            continue
         chosen[task, name] = {**entry, "recorded_in": str(target)}
+    if unchosen:
+        raise InputError("nothing recorded for " + "; ".join(unchosen)
+                         + (f" (recorded: {', '.join(n for _, n in sorted(chosen))})" if chosen else ""))
     return chosen
