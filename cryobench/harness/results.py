@@ -202,6 +202,20 @@ class Results:
             raise InputError(f"{path}: cannot read the views: {exc}") from None
 
 
+def _check_task_hash(seen: dict, key: tuple, task_hash: str, meta: Path,
+                     required: str | None = None) -> None:
+    """Refuse a cell of ``key`` = (task, scale) computed on another task definition than the
+    first one seen of that key (``seen``: key → (hash, its meta.json), updated) or than
+    ``required``, with one line naming both."""
+    expected = required or seen.get(key, (task_hash, meta))[0]
+    if task_hash != expected:
+        other = seen.get(key, (None, "the current task definition"))[1]
+        raise InputError(f"{meta}: task {key[0]} ({key[1]}) has content hash {task_hash[:12]}, "
+                         f"but {other} has {expected[:12]}; results of different task "
+                         "definitions cannot be compared")
+    seen.setdefault(key, (task_hash, meta))
+
+
 def load_results(*roots, task_hashes: dict | None = None) -> Results:
     """Every cell under ``roots`` (a cell id found in several folders once, from the first in
     sorted order); refuses mixed schema versions or task content hashes.
@@ -216,13 +230,8 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
         if cell in folders:             # the same run in two results sets (e.g. SGD as reference)
             continue
         key = (run["task"], run["scale"])
-        expected = (task_hashes or {}).get(key) or seen.get(key, (meta["task_hash"], folder))[0]
-        if meta["task_hash"] != expected:
-            other = seen.get(key, (None, "the current task definition"))[1]
-            raise InputError(f"{folder / 'meta.json'}: task {key[0]} ({key[1]}) has content hash "
-                             f"{meta['task_hash'][:12]}, but {other} has {expected[:12]}; results "
-                             "of different task definitions cannot be compared")
-        seen.setdefault(key, (meta["task_hash"], folder / "meta.json"))
+        _check_task_hash(seen, key, meta["task_hash"], folder / "meta.json",
+                         (task_hashes or {}).get(key))
         folders[cell] = folder
         trace = read_trace(folder)
         traces.append(trace)
@@ -259,21 +268,18 @@ def combine(*parts: Results) -> Results:
     sorted folder order), one task content hash per (task, scale)."""
     if not parts:
         raise InputError("no results to combine")
-    folders, firsts, hashes = {}, [], {}
+    folders, firsts, seen = {}, [], {}
     for part in parts:
         new = [c for c in part.folders if c not in folders]
         folders.update({c: part.folders[c] for c in new})
         firsts.append(set(new))
         for row in part.cells[part.cells["cell"].isin(new)].itertuples():
-            key, meta = (row.task, row.scale), folders[row.cell] / "meta.json"
-            expected = hashes.setdefault(key, (row.task_hash, meta))
-            if row.task_hash != expected[0]:
-                raise InputError(f"{meta}: task {key[0]} ({key[1]}) has content hash "
-                                 f"{row.task_hash[:12]}, but {expected[1]} has {expected[0][:12]}; "
-                                 "results of different task definitions cannot be compared")
+            _check_task_hash(seen, (row.task, row.scale), row.task_hash,
+                             folders[row.cell] / "meta.json")
 
     def pick(frame_of):
         return pd.concat([frame_of(p)[frame_of(p)["cell"].isin(f)] for p, f in zip(parts, firsts)],
                          ignore_index=True)
-    cells = pick(lambda p: p.cells).sort_values(["task", "scale", "label", "seed"], ignore_index=True)
+    cells = pick(lambda p: p.cells).sort_values(["task", "scale", "label", "seed"],
+                                                ignore_index=True)
     return Results(pick(lambda p: p.trace), cells, pick(lambda p: p.fsc), folders)

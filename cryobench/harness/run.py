@@ -161,9 +161,10 @@ def check_run(spec: RunSpec, method, n_train: int, task_batch: int, budget: int)
     a batch size above the budget or the training set, hyper-parameter values that cannot be
     meant (:meth:`~cryobench.optim.Hyper.check`), checkpoints per decade that are not a positive
     whole number."""
-    if isinstance(spec.per_decade, bool) or not isinstance(spec.per_decade, int) or spec.per_decade < 1:
+    per_decade = spec.per_decade
+    if isinstance(per_decade, bool) or not isinstance(per_decade, int) or per_decade < 1:
         raise ValueError(f"checkpoints per decade must be a positive whole number, got "
-                         f"{spec.per_decade!r}")
+                         f"{per_decade!r}")
     for name, hyper in method.hypers.items():
         if name in spec.params:
             hyper.check(name, spec.params[name])

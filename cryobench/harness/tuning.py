@@ -8,8 +8,8 @@ median over its seeds of the validation NLL of its final iterate — never the t
 candidate is rejected if any seed diverged, failed, ended worse than it started (a slow
 blow-up the 10× divergence rule misses) or never moved (its first step needs more than the
 budget, or every step was skipped); a method whose every candidate is rejected gets nothing
-recorded, and ``tune`` says so after recording the others. The best accepted candidate is recorded, with the
-nearest value that blew up (how far the choice is from the edge), in a tuned-values file, keyed by the task's identity — its ``name`` and, in the entry, its
+recorded, and ``tune`` says so after recording the others. The best accepted candidate is
+recorded, with the nearest value that blew up (how far the choice is from the edge), in a tuned-values file, keyed by the task's identity — its ``name`` and, in the entry, its
 content hash at that scale (never the path as typed)::
 
     {"thermus-style": {"small": {"sgd": {"params": {"lr": 0.32}, "validation_nll": …,
@@ -195,6 +195,6 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
             continue
         chosen[task, name] = {**entry, "recorded_in": str(target)}
     if unchosen:
-        raise InputError("nothing recorded for " + "; ".join(unchosen)
-                         + (f" (recorded: {', '.join(n for _, n in sorted(chosen))})" if chosen else ""))
+        recorded = f" (recorded: {', '.join(n for _, n in sorted(chosen))})" if chosen else ""
+        raise InputError("nothing recorded for " + "; ".join(unchosen) + recorded)
     return chosen
