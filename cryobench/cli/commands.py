@@ -228,8 +228,9 @@ def cmd_report(args) -> None:
 
 
 def leaderboard_sizes(root: Path, sets: list[str]) -> dict:
-    """{(task, scale): (K training images, band-limit resolution 1/r_max in Å)} of the simulated
-    (task, scale) pairs in the result sets, from the task specifications (for the findings)."""
+    """{(task, scale): (K training images, band-limit resolution 1/r_max in Å, box side in Å)} of
+    the simulated (task, scale) pairs in the result sets, from the task specifications (for the
+    findings)."""
     import json
 
     from cryobench.data.spec import load_spec
@@ -244,7 +245,7 @@ def leaderboard_sizes(root: Path, sets: list[str]) -> dict:
         sc = load_spec(task).scale(scale)
         if sc.box and sc.pixel_size:
             sizes[task, scale] = (split_sizes(task, scale)["train"],
-                                  sc.box * sc.pixel_size / sc.rmax_px(sc.box))
+                                  sc.box * sc.pixel_size / sc.rmax_px(sc.box), sc.box * sc.pixel_size)
     return sizes
 
 
