@@ -187,6 +187,7 @@ def cmd_run(args) -> int:
 def cmd_grid(args) -> int:
     """Run a grid file's cells (cached: finished cells are not recomputed)."""
     from cryobench.harness.grid import expand, load_grid, run_grid
+    from cryobench.harness.reference import record_references
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads}: the thread count is a positive integer")
     if args.workers is not None and args.workers < 1:
@@ -194,6 +195,10 @@ def cmd_grid(args) -> int:
     grid = load_grid(args.grid)
     out = Path(args.out) if args.out else grid.path.parent
     cells = expand(grid, _data_dir(args), threads=args.threads or 1)
+    written = record_references(out, {(c.spec.task, c.spec.scale): c.task_hash for c in cells},
+                                _data_dir(args))
+    if written:
+        print(f"wrote the ground truth's test NLL into {written}")
     status = run_grid(cells, out, args.workers, args.scheduler, _data_dir(args),
                       progress=not args.quiet)
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}

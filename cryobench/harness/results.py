@@ -13,6 +13,8 @@
   known.
 
 A cell folder appears only when complete: it is written under a temporary name and renamed.
+Beside ``cells/``, ``RESULTS/reference.json`` holds the ground truth's test NLL of each simulated
+(task, scale) (:mod:`cryobench.harness.reference`), loaded as :attr:`Results.references`.
 """
 from __future__ import annotations
 
@@ -189,6 +191,7 @@ class Results:
     cells: pd.DataFrame
     fsc: pd.DataFrame
     folders: dict = field(default_factory=dict)     # cell id → folder
+    references: dict = field(default_factory=dict)  # (task, scale) → reference.json entry
 
     def views(self, cell: str) -> dict[str, np.ndarray]:
         """The aligned projections of a cell's snapshots and of the ground truth."""
@@ -259,7 +262,24 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
     cells = pd.DataFrame(rows).sort_values(["task", "scale", "label", "seed"], ignore_index=True)
     fsc = pd.concat(fscs, ignore_index=True) if fscs else pd.DataFrame(
         columns=["cell", "label", "evals", "freq", "fsc"])
-    return Results(trace, cells, fsc, folders)
+    return Results(trace, cells, fsc, folders, _references(roots, seen))
+
+
+def _references(roots, seen: dict) -> dict:
+    """The ``reference.json`` entries (:mod:`cryobench.harness.reference`) of the result sets
+    under ``roots`` for the (task, scale) pairs of their cells (``seen``: key → (task hash, its
+    meta.json)); the first in sorted order of a key is kept, and one of another task hash than
+    the cells' is refused."""
+    from cryobench.harness.reference import REFERENCE_FILE, read_references
+    files = sorted({f for root in roots for f in [Path(root) / REFERENCE_FILE,
+                                                   *Path(root).glob(f"*/{REFERENCE_FILE}")]})
+    out = {}
+    for path in files:
+        for key, entry in read_references(path).items():
+            if key in seen and key not in out:
+                _check_task_hash(seen, key, entry["task_hash"], path)
+                out[key] = entry
+    return out
 
 
 def combine(*parts: Results) -> Results:
@@ -282,4 +302,10 @@ def combine(*parts: Results) -> Results:
                          ignore_index=True)
     cells = pick(lambda p: p.cells).sort_values(["task", "scale", "label", "seed"],
                                                 ignore_index=True)
-    return Results(pick(lambda p: p.trace), cells, pick(lambda p: p.fsc), folders)
+    references = {}
+    for part in parts:
+        for key, entry in part.references.items():
+            if key not in references:
+                _check_task_hash(seen, key, entry["task_hash"], f"the reference of {key[0]} ({key[1]})")
+                references[key] = entry
+    return Results(pick(lambda p: p.trace), cells, pick(lambda p: p.fsc), folders, references)

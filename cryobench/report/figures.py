@@ -108,9 +108,10 @@ def convergence_figure(results: Results) -> Figure:
     """Figure 3: per dataset (columns) test NLL vs gradient evaluations (top, log x) and a zoom on
     the last decade of evaluations (bottom, y fitted there); median over seeds, min–max band over
     seeds (``seed_curves``: a failed seed counts as +inf after its end, so the median curve ends,
-    with ×, where at least half the seeds have failed). The top y-range runs from the best value to
-    the initial NLL (the 0-evaluation point itself is off the log axis; worse values are cut
-    off). Interrupted runs are left out."""
+    with ×, where at least half the seeds have failed). The top y-range runs from the best value
+    (or the ground truth's, dotted, when the results have a reference) to the initial NLL (the
+    0-evaluation point itself is off the log axis; worse values are cut off). Interrupted runs
+    are left out."""
     results = comparable(results)
     colours, datasets = _colours(results), _datasets(results)
     with _style():
@@ -131,8 +132,15 @@ def convergence_figure(results: Results) -> Figure:
                 if 2 * len(failed.get(label, ())) >= d["seed"].nunique() and len(ends):
                     top.plot(ends["evals"], ends["median"], "x", ms=7, mew=2, color=colour)
                 windows.append(_window(c, start, f0 if np.isfinite(f0) else np.inf))
+            ref = results.references.get((task, scale))
+            lowest = data["test_nll"][np.isfinite(data["test_nll"])].min()
+            if ref is not None:                 # outside the zoom's fitted range it is not drawn
+                for ax in (top, zoom):
+                    ax.axhline(ref["truth_test_nll"], color="0.15", ls=":", lw=1.3,
+                               label=ref["density"], gid="reference")
+                lowest = min(lowest, ref["truth_test_nll"])
             top.set(xscale="log", title=title, ylabel="test NLL")
-            _set_ylim(top, data["test_nll"][np.isfinite(data["test_nll"])].min(), f0, pad=0.03)
+            _set_ylim(top, lowest, f0, pad=0.03)
             zoom.set(xscale="log", xlabel="gradient evaluations", ylabel="test NLL",
                      title=f"last decade (≥ {start:,.0f})" if start > 0 else "last decade")
             if start > 0:

@@ -89,7 +89,8 @@ def comparable(results: Results) -> Results:
     numeric = [c for c in NUMERIC if c in trace and trace[c].dtype == object]
     trace = trace.astype(dict.fromkeys(numeric, float))   # object if a header-only trace.csv came first
     sort = ["task", "scale", "label", "seed", "cell"]
-    return Results(trace, cells.sort_values(sort, ignore_index=True), results.fsc, results.folders)
+    return Results(trace, cells.sort_values(sort, ignore_index=True), results.fsc, results.folders,
+                   results.references)
 
 
 def sign_flip_pvalue(d) -> float:
@@ -218,6 +219,7 @@ def checkpoint_table(results: Results, alpha: float = ALPHA) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=["task", "scale", "label", "Seeds", *per_column,
                                         "Final evals", "Resolution (Å)", "Status"])
     table.attrs["alpha"] = alpha
+    table.attrs["references"] = dict(results.references)
     return table
 
 
@@ -268,6 +270,9 @@ def table_blocks(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFr
         line = (f"**{task} ({scale})**: {seeds} seed{'s' if hi > 1 else ''} per method; noise "
                 "floor (median over methods of the Final seed range): "
                 + (f"{floor:,.1f}." if pd.notna(floor) else "not measurable (fewer than 2 seeds)."))
+        ref = table.attrs.get("references", {}).get((task, scale))
+        if ref is not None:
+            line += f" The {ref['density']}'s test NLL: {ref['truth_test_nll']:,.1f}."
         if lo < n_min:
             line += (f" Fewer than {n_min} seeds: the test cannot tell any method apart from the "
                      f"best (p ≥ 2^−n > {alpha:g}); only failures do.")
