@@ -247,6 +247,25 @@ def test_tuning_with_fewer_checkpoints_chooses_the_same(tmp_path, data_dir, caps
     assert "checkpoints per decade must be a positive whole number, got 0" in capsys.readouterr().err
 
 
+def test_tuning_over_a_range_given_instead_of_the_declared_one(tmp_path, data_dir, capsys):
+    """``--range lr=0.05,0.5`` with 2 points searches exactly those ends (sgd declares 1e-3…10)
+    and records the range with the choice; bad ranges get one line each."""
+    common = ["--scale", "ci", "--optimizers", "sgd", "--budget", "300", "--points", "2",
+              "--data-dir", str(data_dir), "--out", str(tmp_path / "tune"), "--quiet"]
+    record = tmp_path / "tuned.json"
+    assert cli(["tune", "synthetic-cylinder", "--range", "lr=0.05,0.5", "--record", str(record),
+                *common]) == 0
+    entry = load_tuned(record)["synthetic-cylinder"]["ci"]["sgd"]
+    assert sorted(c["params"]["lr"] for c in entry["candidates"]) == [0.05, 0.5]
+    assert entry["searched_ranges"] == {"lr": [0.05, 0.5]} and entry["params"]["lr"] in (0.05, 0.5)
+    for bad, message in [("mu=1,2", "--range mu: not a searched hyper-parameter (--params lr)"),
+                         ("lr=1", "--range lr=1: expected NAME=LOW,HIGH with two numbers"),
+                         ("lr=2,1", "a range is LOW,HIGH with finite LOW < HIGH"),
+                         ("lr=0,1", "sgd's lr is searched on a log scale, so LOW must be positive")]:
+        assert cli(["tune", "synthetic-cylinder", "--range", bad, "--record", str(record), *common]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_cli_run_and_its_errors(tmp_path, data_dir, capsys):
     common = ["--scale", "ci", "--data-dir", str(data_dir), "--out", str(tmp_path), "--tuned", "none"]
     assert cli(["run", "synthetic-cylinder", "sgd", "--budget", "200", "--set", "lr=0.5", *common]) == 0

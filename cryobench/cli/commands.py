@@ -206,13 +206,26 @@ def cmd_grid(args) -> int:
     return _report_interrupted(status, out)
 
 
+def _ranges(items: list[str]) -> dict:
+    """``--range NAME=LOW,HIGH`` arguments as {name: (low, high)}, one error line for a bad one."""
+    out = {}
+    for item in items:
+        name, _, bounds = item.partition("=")
+        try:
+            low, high = (float(v) for v in bounds.split(","))
+        except ValueError:
+            raise InputError(f"--range {item}: expected NAME=LOW,HIGH with two numbers") from None
+        out[name.strip()] = (low, high)
+    return out
+
+
 def cmd_tune(args) -> None:
     """Choose hyper-parameters on the validation split and record them for run and grid."""
     from cryobench.harness.tuning import tune
     chosen = tune(args.task, args.scale, args.optimizers.split(","), args.params.split(","),
                   args.points, args.budget, args.out, args.record,
                   args.workers, _data_dir(args), progress=not args.quiet, seeds=args.seeds,
-                  per_decade=args.per_decade)
+                  per_decade=args.per_decade, ranges=_ranges(args.range))
     for (task, name), entry in sorted(chosen.items()):
         values = ", ".join(f"{k}={v:g}" for k, v in entry["params"].items()
                            if k in args.params.split(","))

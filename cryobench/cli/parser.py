@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, help="gradient evaluations per candidate (default 1 epoch)")
     p.add_argument("--per-decade", type=int, default=5, help="validation checkpoints per decade of "
                    "evaluations (default 5; the choice uses the first and the last)")
+    p.add_argument("--range", action="append", default=[], metavar="NAME=LOW,HIGH",
+                   help="search NAME over [LOW, HIGH] instead of its declared range (repeatable; "
+                        "recorded with the choice)")
     p.add_argument("--out", help="folder for the candidate runs (default: results/tune/SCALE for "
                    "a shipped task, ./results/tune/SCALE when installed from a wheel; "
                    "TASK.tune/SCALE beside any other task file)")

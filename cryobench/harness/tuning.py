@@ -32,12 +32,14 @@ from cryobench.errors import InputError
 from cryobench.harness.tuned import default_tuned_file, is_shipped, load_tuned, resolve_params
 
 
-def candidates(method, names, points: int) -> list[dict]:
-    """Values of the hyper-parameters ``names`` over their declared ranges (3 significant digits)."""
+def candidates(method, names, points: int, ranges: dict | None = None) -> list[dict]:
+    """Values of the hyper-parameters ``names`` over their declared ranges, or over
+    ``ranges[name]`` = (low, high) where given (3 significant digits)."""
     axes = []
     for name in names:
         h = method.hypers[name]
-        grid = np.geomspace(h.low, h.high, points) if h.log else np.linspace(h.low, h.high, points)
+        low, high = (ranges or {}).get(name, (h.low, h.high))
+        grid = np.geomspace(low, high, points) if h.log else np.linspace(low, high, points)
         grid = np.unique(np.round(grid)) if h.integer else [float(f"{v:.3g}") for v in grid]
         axes.append([h.check(name, v) for v in grid])
     return [dict(zip(names, values)) for values in itertools.product(*axes)]
@@ -93,10 +95,10 @@ def nearest_blow_up(table: pd.DataFrame, chosen: dict, names) -> dict:
 
 
 def record(path, task: str, scale: str, optimizer: str, table: pd.DataFrame, budget: int,
-           task_hash: str | None = None, names=("lr",)) -> dict:
+           task_hash: str | None = None, names=("lr",), ranges: dict | None = None) -> dict:
     """Add the best accepted candidate of ``table`` (from :func:`select`) to the tuned-values
-    file, under the task's name, with its content hash, every candidate and the distance of the
-    choice to the nearest diverging value."""
+    file, under the task's name, with its content hash, every candidate, the distance of the
+    choice to the nearest diverging value, and the ranges given in place of the declared ones."""
     from cryobench.harness.results import atomic_write, to_json
     if table.empty or table["rejected"].iloc[0]:
         raise ValueError(f"{optimizer} on {task} ({scale}): every candidate was rejected "
@@ -113,6 +115,8 @@ def record(path, task: str, scale: str, optimizer: str, table: pd.DataFrame, bud
             "candidates": rows}
     if task_hash is not None:
         best["task_hash"] = task_hash
+    if ranges:
+        best["searched_ranges"] = {k: list(v) for k, v in sorted(ranges.items()) if k in params}
     tuned = load_tuned(path)
     tuned.setdefault(load_spec(task).name, {}).setdefault(scale, {})[optimizer] = best
     atomic_write(path, to_json(tuned))
@@ -128,9 +132,21 @@ def default_tune_dir(task, scale: str) -> Path:
     return spec.path.with_suffix(".tune") / scale
 
 
+def check_ranges(ranges: dict, names) -> None:
+    """Refuse a search range for a hyper-parameter not searched, or one that is not low < high
+    with finite ends (positive for a log range is checked against each method's declaration)."""
+    for name, (low, high) in ranges.items():
+        if name not in names:
+            raise InputError(f"--range {name}: not a searched hyper-parameter (--params "
+                             f"{','.join(names)})")
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise InputError(f"--range {name}={low:g},{high:g}: a range is LOW,HIGH with finite "
+                             "LOW < HIGH")
+
+
 def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
          budget: int | None = None, out=None, record_to=None, workers=None, data_dir=None,
-         progress=True, seeds: int = 2, per_decade: int = 5) -> dict:
+         progress=True, seeds: int = 2, per_decade: int = 5, ranges: dict | None = None) -> dict:
     """Search, select on validation, and record; returns {(task, optimizer): chosen entry}.
 
     ``scale`` None: each task's default scale. ``out`` None: :func:`default_tune_dir`.
@@ -138,6 +154,8 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
     ``tasks/`` records beside its own file, never into the repository. ``per_decade``: validation
     checkpoints per decade of evaluations (the selection reads only the first and the last;
     fewer checkpoints spare the scoring where a validation NLL costs as much as the run).
+    ``ranges`` {name: (low, high)}: search there instead of the declared range (recorded with
+    the choice), e.g. to look past a choice that sits at the declared range's edge.
     """
     from cryobench.harness.cell import make_cell
     from cryobench.harness.grid import run_grid
@@ -145,6 +163,8 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
     from cryobench.harness.results import load_results
     from cryobench.harness.run import RunSpec, check_run, run_sizes
     from cryobench.task import task_hash
+    ranges = dict(ranges or {})
+    check_ranges(ranges, list(names))
     plan = []
     for task in tasks:
         sc = scale or load_spec(task).default_scale
@@ -162,8 +182,12 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
             tunable = [n for n in names if n in method.hypers]
             if not tunable:
                 continue
+            for n in tunable:
+                if n in ranges and method.hypers[n].log and ranges[n][0] <= 0:
+                    raise InputError(f"--range {n}={ranges[n][0]:g},{ranges[n][1]:g}: {method.name}'s "
+                                     f"{n} is searched on a log scale, so LOW must be positive")
             cells = []
-            for values in candidates(method, tunable, points):
+            for values in candidates(method, tunable, points, ranges):
                 params, _ = resolve_params(method, values, {}, task, sc)
                 label = " ".join([method.name] + [f"{k}={v:g}" for k, v in values.items()])
                 for seed in range(seeds):
@@ -189,7 +213,7 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
         res = results[folder]
         table = select(res.cells[res.cells["cell"].isin(ids)], res.trace)
         try:
-            entry = record(target, task, sc, name, table, task_budget, thash, names)
+            entry = record(target, task, sc, name, table, task_budget, thash, names, ranges)
         except ValueError as exc:          # the others are still recorded
             unchosen.append(str(exc))
             continue
