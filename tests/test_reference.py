@@ -67,3 +67,20 @@ def test_malformed_or_foreign_references_are_refused(graded, tmp_path, edit, mes
     with pytest.raises(InputError) as err:
         load_results(copy)
     assert str(err.value).startswith(str(path)) and message in str(err.value)
+
+
+def test_verify_recomputes_the_reference_and_catches_a_forged_one(graded, tmp_path, data_dir,
+                                                                  capsys, monkeypatch):
+    monkeypatch.setenv("CRYOBENCH_DATA", str(data_dir))
+    assert cli(["verify", str(graded[0])]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic-cylinder ci ground truth (reference.json)" in out
+    assert out.splitlines()[-1].endswith("; 1 of 1 ground-truth references agree")
+    copy = tmp_path / "forged"
+    shutil.copytree(graded[0], copy)
+    raw = json.loads((copy / "reference.json").read_text())
+    raw["references"][0]["truth_test_nll"] -= 1.0            # a better-looking truth line
+    (copy / "reference.json").write_text(json.dumps(raw))
+    assert cli(["verify", str(copy)]) == 1
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "reference.json" in ln)
+    assert line.startswith("MISMATCH") and "stored" in line

@@ -5,7 +5,8 @@ hyper-parameter, seed, checkpoints, thread count) and computed again in this pro
 budget cut to ``prefix`` evaluations if asked (the longest stored checkpoint within it: the
 first evaluations of a run do not depend on its budget, since the shipped optimizers never read
 it — a method whose ``init`` uses its budget must be verified in full). The rows of both traces
-at the evaluation counts they share are compared, with the status and the counts.
+at the evaluation counts they share are compared, with the status and the counts. The ground
+truth's test NLL in each set's ``reference.json`` is computed again too.
 
 * **Same platform** — the stored platform (CPU, BLAS, NumPy, numba, Python) and thread count
   equal this machine's: the numbers must be bit-identical, since the same code, data, seed and
@@ -162,6 +163,32 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     return Verdict(row.cell, what, True, False, len(common), worst)
 
 
+def verify_reference(key: tuple, entry: dict, task_cache: dict) -> Verdict:
+    """Recompute a result set's ground-truth test NLL (``reference.json``) and compare: equal on
+    the platform that wrote it, within :data:`REL_FLOOR` relative on another."""
+    from threadpoolctl import threadpool_limits
+
+    from cryobench.harness.reference import truth_reference
+    from cryobench.task import load_task
+    what = f"{key[0]} {key[1]} {entry['density']} (reference.json)"
+    if key not in task_cache:
+        task_cache[key] = load_task(*key, progress=False)
+    task = task_cache[key]
+    if task.content_hash != entry["task_hash"]:
+        return Verdict("reference", what, False, False, 0, np.inf,
+                       f"task content hash {task.content_hash[:12]} here, "
+                       f"{entry['task_hash'][:12]} stored")
+    with threadpool_limits(limits=1):
+        now = truth_reference(task, *key)
+    if now is None:
+        return Verdict("reference", what, False, False, 0, np.inf, "the task has no ground truth here")
+    delta = abs(now["truth_test_nll"] - entry["truth_test_nll"])
+    ok = delta <= REL_FLOOR * abs(entry["truth_test_nll"])
+    return Verdict("reference", what, ok, delta == 0, 1, delta, "" if ok else (
+        f"test NLL of the truth {now['truth_test_nll']:,.4f} now, {entry['truth_test_nll']:,.4f} "
+        "stored"))
+
+
 def verify(roots, sample: int | None = None, prefix: int | None = None, out=None) -> int:
     """Verify the cells under ``roots``; print a line per cell and a summary (to ``out``, by
     default standard output); 0 or 1."""
@@ -177,10 +204,16 @@ def verify(roots, sample: int | None = None, prefix: int | None = None, out=None
         v = verify_cell(results, row, prefix, cache)
         verdicts.append(v)
         print(v.line(), file=out, flush=True)
+    refs = [verify_reference(key, entry, cache) for key, entry in sorted(results.references.items())]
+    for v in refs:
+        print(v.line(), file=out, flush=True)
     bad = [v for v in verdicts if not v.ok]
     exact = sum(v.exact for v in verdicts)
+    bad_refs = [v for v in refs if not v.ok]
     print(f"verified {len(verdicts)} of {len(results.cells)} cells"
           f"{f' up to {prefix:,} evaluations' if prefix else ''}: {len(verdicts) - len(bad)} agree "
           f"({exact} compared bit for bit, {len(verdicts) - exact} within the off-platform "
-          f"tolerance), {len(bad)} mismatch", file=out)
-    return 1 if bad else 0
+          f"tolerance), {len(bad)} mismatch"
+          + (f"; {len(refs) - len(bad_refs)} of {len(refs)} ground-truth references agree"
+             if refs else ""), file=out)
+    return 1 if bad or bad_refs else 0
