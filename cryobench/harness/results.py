@@ -275,11 +275,18 @@ def _references(roots, seen: dict) -> dict:
                                                    *Path(root).glob(f"*/{REFERENCE_FILE}")]})
     out = {}
     for path in files:
-        for key, entry in read_references(path).items():
-            if key in seen and key not in out:
-                _check_task_hash(seen, key, entry["task_hash"], path)
-                out[key] = entry
+        _merge_references(out, read_references(path), seen, path)
     return out
+
+
+def _merge_references(out: dict, entries: dict, seen: dict, where) -> None:
+    """Add to ``out`` the reference ``entries`` {(task, scale): entry} of keys that have cells
+    (``seen``) and are not in ``out`` yet, refusing one of another task hash than the cells'
+    (``where`` names it in the error)."""
+    for key, entry in entries.items():
+        if key in seen and key not in out:
+            _check_task_hash(seen, key, entry["task_hash"], where)
+            out[key] = entry
 
 
 def combine(*parts: Results) -> Results:
@@ -304,8 +311,5 @@ def combine(*parts: Results) -> Results:
                                                 ignore_index=True)
     references = {}
     for part in parts:
-        for key, entry in part.references.items():
-            if key not in references:
-                _check_task_hash(seen, key, entry["task_hash"], f"the reference of {key[0]} ({key[1]})")
-                references[key] = entry
+        _merge_references(references, part.references, seen, "a result set's reference.json")
     return Results(pick(lambda p: p.trace), cells, pick(lambda p: p.fsc), folders, references)

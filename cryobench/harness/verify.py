@@ -90,6 +90,14 @@ def tolerance(results, row, evals: np.ndarray) -> np.ndarray:
     return spread.reindex(evals).fillna(0.0).to_numpy(float)
 
 
+def _cached_task(task_cache: dict, task: str, scale: str):
+    """The loaded task (task, scale), loaded once per verify run."""
+    from cryobench.task import load_task
+    if (task, scale) not in task_cache:
+        task_cache[task, scale] = load_task(task, scale, progress=False)
+    return task_cache[task, scale]
+
+
 def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     """Recompute one cell (see module doc) and compare it with what is stored."""
     from cryobench.base.threads import set_threads
@@ -97,7 +105,6 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     from cryobench.harness.registry import resolve
     from cryobench.harness.results import read_meta
     from cryobench.harness.run import execute
-    from cryobench.task import load_task
     folder = results.folders[row.cell]
     meta = read_meta(folder)
     what = f"{row.task} {row.scale} {row.label} seed {row.seed}"
@@ -110,10 +117,7 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
             from dataclasses import replace
             spec = replace(spec, budget=int(within.max()))
     set_threads(spec.threads)
-    key = (spec.task, spec.scale)
-    if key not in task_cache:
-        task_cache[key] = load_task(spec.task, spec.scale, progress=False)
-    task = task_cache[key]
+    task = _cached_task(task_cache, spec.task, spec.scale)
     if task.content_hash != meta["task_hash"]:
         return Verdict(row.cell, what, False, False, 0, np.inf,
                        f"task content hash {task.content_hash[:12]} here, {meta['task_hash'][:12]} "
@@ -169,11 +173,8 @@ def verify_reference(key: tuple, entry: dict, task_cache: dict) -> Verdict:
     from threadpoolctl import threadpool_limits
 
     from cryobench.harness.reference import truth_reference
-    from cryobench.task import load_task
     what = f"{key[0]} {key[1]} {entry['density']} (reference.json)"
-    if key not in task_cache:
-        task_cache[key] = load_task(*key, progress=False)
-    task = task_cache[key]
+    task = _cached_task(task_cache, *key)
     if task.content_hash != entry["task_hash"]:
         return Verdict("reference", what, False, False, 0, np.inf,
                        f"task content hash {task.content_hash[:12]} here, "
