@@ -128,3 +128,14 @@ def test_thermus_order_counts_pairs():
     row = table[table["key"] == "thermus-order"].iloc[0]
     assert row["verdict"] == "partly" and "50K: 6/9 pairs" in row["measured"]
     assert "synthetic-plateau" not in set(table["key"])                # applies to its set only
+
+
+def test_one_seed_per_method_says_its_seed_ranges_are_not_measurable():
+    """A paper-scale set with one training stream (thermus-paper) has no seed range: the
+    within-two-log-units row says so instead of printing nan."""
+    curves = {m: line(1000, 100.0 + i) for i, m in enumerate(PAPER)}
+    row = findings_table(results(curves, seeds=1)).set_index("key").loc["within-two"]
+    assert "seed ranges not measurable (one seed per method)" in row["measured"]
+    assert "nan" not in row["measured"] and "range 6.0 nats" in row["measured"]
+    many = findings_table(results(curves, seeds=3)).set_index("key").loc["within-two"]
+    assert "largest seed range of one method 0.0" in many["measured"]

@@ -112,9 +112,10 @@ def _within_two(m: dict, **_) -> tuple[str, str]:
     if len(ok) < 2:
         return "not measurable", "fewer than two methods finished"
     lo, hi = min(ok, key=ok.get), max(ok, key=ok.get)
-    spread = max(_spread(m[k], None) for k in ok)
+    spreads = [s for s in (_spread(m[k], None) for k in ok) if np.isfinite(s)]
     text = (f"range {ok[hi] - ok[lo]:.1f} nats ({NAMES[lo]} {ok[lo]:,.1f} … {NAMES[hi]} "
-            f"{ok[hi]:,.1f}); largest seed range of one method {spread:.1f}")
+            f"{ok[hi]:,.1f}); " + (f"largest seed range of one method {max(spreads):.1f}" if spreads
+                                   else "seed ranges not measurable (one seed per method)"))
     if failed:
         text += f"; failed (median seed): {', '.join(failed)}"
     if len(have) < len(PAPER):
