@@ -23,7 +23,8 @@ import numpy as np
 
 from cryobench.base.seeding import content_hash, rng_for
 from cryobench.data.cache import file_sha256
-from cryobench.data.datasets import Dataset, dataset_size, default_data_dir, load_dataset
+from cryobench.data.datasets import (Dataset, dataset_size, default_data_dir, load_dataset,
+                                     simulated_dir)
 from cryobench.data.mrc import read_volume, write_volume
 from cryobench.data.prepared import prepared_spectra
 from cryobench.data.spec import TASKS_DIR, Scale, TaskSpec, check_splits, load_spec
@@ -97,6 +98,12 @@ class Task:
     def validation_nll(self, volume: np.ndarray) -> float:
         """Σ_{validation} −log p(I_i | θ_i, V), for tuning."""
         return float(self.nll(volume, self.splits["validation"]).sum())
+
+    @property
+    def recipe_hash(self) -> str:
+        """What the task is, independent of the bits a platform renders it with (see
+        :func:`task_recipe`)."""
+        return _task_recipe(self.spec, self.scale, self.dataset.files_hash, self.init.dtype)
 
     def oracle(self, budget: int | None = None, stream: int = 0):
         """A fresh counted oracle on training stream ``stream`` (see :mod:`cryobench.oracle`)."""
@@ -222,6 +229,32 @@ def task_hash(name_or_path, scale: str, data_dir=None, dtype=np.float32,
     else:
         files = load_dataset(spec, sc, data_dir, progress=False).files_hash
     return _task_hash(spec, sc, files, dtype)
+
+
+def task_recipe(name_or_path, scale: str, data_dir=None, dtype=np.float32,
+                tasks_dir: Path = TASKS_DIR) -> str:
+    """The task's recipe hash: its content hash with a simulated dataset's files replaced by
+    what they are simulated from (the simulation parameters and the simulator's format version).
+
+    A simulated dataset's last bits depend on the GEMM kernel the machine's BLAS picks (OpenBLAS's
+    SkylakeX and Haswell kernels round the simulation's products differently), so the same
+    recipe gives another content hash on another platform; the recipe hash is the same
+    everywhere, and changes when anything the task is made of changes. Tuned values and
+    ``verify`` match on it. A STAR task's files are its data, so its recipe is its content hash
+    (the files are read). Nothing is simulated.
+    """
+    spec = load_spec(name_or_path, tasks_dir)
+    sc = spec.scale(scale)
+    if spec.section("dataset").get("kind") == "simulated":
+        return _task_recipe(spec, sc, None, dtype)
+    return task_hash(spec.path, scale, data_dir, dtype, tasks_dir)
+
+
+def _task_recipe(spec: TaskSpec, scale: Scale, files_hash: str | None, dtype) -> str:
+    if spec.section("dataset").get("kind") != "simulated":
+        return _task_hash(spec, scale, files_hash, dtype)
+    simulation = simulated_dir(spec, scale, Path(".")).name        # <scale>-<parameters' hash>
+    return _task_hash(spec, scale, f"simulated from {simulation}", dtype)
 
 
 def split_sizes(name_or_path, scale: str, data_dir=None, tasks_dir: Path = TASKS_DIR) -> dict:

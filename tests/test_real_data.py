@@ -22,7 +22,7 @@ from cryobench.harness.registry import resolve
 from cryobench.harness.run import REPO_DIR, RunSpec, execute, lowpass
 from cryobench.harness.tuned import DEFAULT_TUNED, default_tuned_file, load_tuned, resolve_params
 from cryobench.model.fsc import aligned_fsc
-from cryobench.task import task_hash
+from cryobench.task import task_hash, task_recipe
 
 
 def cryobench_messages(caplog):
@@ -155,6 +155,24 @@ def test_tuned_values_follow_the_task_identity_not_its_path(tmp_path, caplog, mo
     legacy = {"my-particles": {"tiny": {"sgd": {"params": {"lr": 0.0123}}}}}   # no hash
     assert resolve_params(sgd, {}, legacy, str(path), "tiny")[1]["lr"] == "default"
     assert default_tuned_file("my-particles.toml") == tmp_path / "my-particles.tuned.json"
+    assert task_recipe(path, "tiny", cache) == task_hash(path, "tiny", cache)   # its files are it
+
+
+def test_tuned_values_follow_the_recipe_not_the_bits_of_a_simulation(tmp_path, caplog):
+    """Recorded on a platform whose BLAS kernel simulated other last bits (another content
+    hash), tuned values still apply to the same recipe, found without simulating; not to
+    another recipe."""
+    sgd, empty = resolve("sgd"), tmp_path / "no-data"
+    recipe = task_recipe("synthetic-cylinder", "ci", empty)
+    entry = {"params": {"lr": 0.0123}, "task_hash": "f" * 64, "task_recipe": recipe}
+    params, source = resolve_params(sgd, {}, {"synthetic-cylinder": {"ci": {"sgd": entry}}},
+                                    "synthetic-cylinder", "ci", data_dir=empty)
+    assert params["lr"] == 0.0123 and source["lr"] == "tuned" and not empty.exists()
+    entry["task_recipe"] = "0" * 64
+    with caplog.at_level(logging.WARNING, logger="cryobench"):
+        params, source = resolve_params(sgd, {}, {"synthetic-cylinder": {"ci": {"sgd": entry}}},
+                                        "synthetic-cylinder", "ci", data_dir=empty)
+    assert source["lr"] == "default" and "were for task content 000000000000" in caplog.text
 
 
 def test_committed_tuned_values_still_found_for_the_shipped_tasks():

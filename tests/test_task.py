@@ -152,3 +152,24 @@ def test_info_reports_paper_sizes_without_simulating(tmp_path):
     assert "1454 directions × 65 in-plane × 5 shifts = 472,550 points" in out
     assert "10.24 px = 1/35 Å (16 % of Nyquist)" in out and "not simulated yet" in out
     assert not any(tmp_path.iterdir())
+
+
+def test_recipe_needs_no_simulation_and_changes_with_what_the_task_is_made_of(tmp_path, cylinder):
+    """The recipe hash (what tuned values and verify match on): the loaded task's, computed
+    without simulating, unlike the content hash blind to the bits a BLAS kernel renders; another
+    scale, simulation parameter or objective is another recipe."""
+    from cryobench.data.spec import TASKS_DIR
+    from cryobench.task import task_recipe
+    empty = tmp_path / "no-data"
+    assert task_recipe("synthetic-cylinder", "ci", empty) == cylinder.recipe_hash
+    assert not empty.exists()                                  # nothing was simulated
+    assert cylinder.recipe_hash != cylinder.content_hash
+    assert task_recipe("synthetic-cylinder", "small", empty) != cylinder.recipe_hash
+    text = (TASKS_DIR / "synthetic-cylinder.toml").read_text()
+    for old, new in (("snr = 0.05", "snr = 0.06"), ("prior_beta = 1.0", "prior_beta = 2.0"),
+                     ("", "")):
+        copy = tmp_path / new.replace(" ", "") / "synthetic-cylinder.toml"
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_text(text.replace(old, new) if old else text)
+        same = task_recipe(copy, "ci", empty) == cylinder.recipe_hash
+        assert same == (not old), (old, new)                 # an unchanged copy: the same task

@@ -108,6 +108,43 @@ def test_off_platform_cells_are_judged_against_the_seed_spread(tmp_path, results
     assert "× the tolerance" in capsys.readouterr().out
 
 
+def _rerender(copy: Path, recipe=None) -> None:
+    """Store the set as if its data had been simulated with other last bits (another BLAS kernel):
+    another content hash in every cell and reference, the recipe kept (or replaced)."""
+    paths = list(copy.glob("cells/*/meta.json")) + [copy / "reference.json"]
+    for path in paths:
+        raw = json.loads(path.read_text())
+        for entry in raw.get("references", [raw]):
+            assert entry["task_recipe"]                   # recorded by the grid
+            task = entry["task"] if "task" in entry else entry["run"]["task"]
+            entry["task_hash"] = "f" * 64 if task == "synthetic-cylinder" else "e" * 64
+            entry["task_recipe"] = recipe or entry["task_recipe"]
+        path.write_text(json.dumps(raw))
+
+
+def test_the_same_task_simulated_with_other_bits_is_compared_as_another_platform(
+        tmp_path, results, data_dir, capsys):
+    """A simulation's last bits depend on the BLAS kernel (OpenBLAS's SkylakeX against Haswell):
+    a set whose content hashes differ but whose recipe is this task's is verified within the
+    off-platform tolerance and says why; one whose recipe differs too is another task."""
+    from cryobench.harness.reference import record_references
+    metas = [json.loads(m.read_text()) for m in results.glob("cells/*/meta.json")]
+    hashes = {(m["run"]["task"], m["run"]["scale"]): m["task_hash"] for m in metas}
+    for name in ("other-bits", "other-task"):
+        shutil.copytree(results, tmp_path / name)
+        assert record_references(tmp_path / name, hashes, data_dir)      # the truth of each task
+    _rerender(tmp_path / "other-bits")
+    assert cli(["verify", str(tmp_path / "other-bits")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sum("same task, simulated with other last bits here" in line for line in out) == 6
+    assert "4 agree (0 compared bit for bit, 4 within the off-platform tolerance)" in out[-1]
+    assert out[-1].endswith("2 of 2 ground-truth references agree")
+    _rerender(tmp_path / "other-task", recipe="0" * 64)
+    assert cli(["verify", str(tmp_path / "other-task")]) == 1
+    out = capsys.readouterr().out
+    assert out.count("MISMATCH") == 6 and "the data or the task definition changed" in out
+
+
 def test_code_fingerprint_ignores_comments_docstrings_and_layout():
     a = 'def f(x):\n    """Doc."""\n    # note\n    return x + 1\n'
     b = 'def f(x):\n\n    return (x +\n            1)   # other note\n'

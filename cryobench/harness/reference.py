@@ -15,7 +15,9 @@ Real data get the reference map's value when the task names one, else no entry.
                      "density": "ground truth", "truth_test_nll": 13866.9}, …]}
 
 A reference whose task hash is not that of the result set's cells is refused when results load,
-like a cell of another task definition.
+like a cell of another task definition. ``task_recipe`` (:func:`cryobench.task.task_recipe`,
+absent from entries written before it was recorded) lets ``verify`` recompute the value on a
+platform whose simulation renders the same task with other last bits.
 """
 from __future__ import annotations
 
@@ -71,7 +73,8 @@ def truth_reference(task, name: str, scale: str) -> dict | None:
     if truth is None:
         return None
     density = "reference map" if task.spec.section("dataset").get("kind") == "star" else "ground truth"
-    return {"task": name, "scale": scale, "task_hash": task.content_hash, "density": density,
+    return {"task": name, "scale": scale, "task_hash": task.content_hash,
+            "task_recipe": task.recipe_hash, "density": density,
             "truth_test_nll": task.test_nll(truth.astype(task.init.dtype))}
 
 

@@ -297,7 +297,8 @@ def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | Non
     meta = {"schema_version": SCHEMA_VERSION, "run": spec.to_dict(), "optimizer_name": method.name,
             "budget": budget, "status": status, "message": message, "traceback": tb,
             "evaluations": oracle.evaluations, "counts": dict(oracle.counts), "wall_s": clock.elapsed,
-            "time_limit_s": limit, "task_hash": task.content_hash, "provenance": provenance(task)}
+            "time_limit_s": limit, "task_hash": task.content_hash, "task_recipe": task.recipe_hash,
+            "provenance": provenance(task)}
     out = RunOutput(trace, meta, densities)
     start = time.perf_counter()
     if compare:

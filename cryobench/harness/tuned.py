@@ -4,9 +4,12 @@ a run's hyper-parameters (explicit, else tuned, else default).
 The file is ``results/tuned.json`` for the tasks shipped in ``tasks/`` and
 ``<task>.tuned.json`` beside any other task file (:func:`default_tuned_file`), unless the user
 names another. ``run`` and ``grid`` take hyper-parameters from there unless given explicitly;
-an entry whose ``task_hash`` is not the task's (the task file or its data changed since) is not
-used: the defaults are, with a one-line note saying so. Entries without a ``task_hash`` (those
-committed before hashes were recorded) are used for the shipped tasks only.
+an entry whose ``task_recipe`` (:func:`cryobench.task.task_recipe`; entries recorded before it
+was: whose ``task_hash``) is not the task's (the task file or its data changed since) is not
+used: the defaults are, with a one-line note saying so. The recipe, not the content hash, is
+matched because a simulated dataset's last bits differ between BLAS kernels while the task does
+not. Entries with neither (those committed before hashes were recorded) are used for the
+shipped tasks only.
 
 In a wheel install the shipped file is read-only (inside the package, see
 :mod:`cryobench.base.paths`): ``tune`` on a shipped task then needs ``--record FILE``, and
@@ -45,13 +48,19 @@ def tuned_entry(tuned: dict, task, scale: str, optimizer: str, task_hash=None,
     entry = tuned.get(spec.name, {}).get(scale, {}).get(optimizer)
     if not entry:
         return {}, ""
-    recorded = entry.get("task_hash")
-    if recorded is None:
+    recorded, recipe = entry.get("task_hash"), entry.get("task_recipe")
+    if recipe is not None:                  # the same task everywhere, whatever bits it renders
+        simulated = spec.section("dataset").get("kind") == "simulated"
+        if task_hash is None or simulated:
+            from cryobench.task import task_recipe
+            task_hash = task_recipe(spec.path, scale, data_dir)
+        recorded = recipe
+    elif recorded is None:
         if is_shipped(spec):
             return entry.get("params", {}), ""
         return {}, (f"cryobench: note: the tuned values of {optimizer} for {spec.name} ({scale}) "
                     f"record no task content hash; using the defaults (run cryobench tune again)")
-    if task_hash is None:
+    elif task_hash is None:
         from cryobench.task import task_hash as compute
         task_hash = compute(spec.path, scale, data_dir)
     if recorded != task_hash:

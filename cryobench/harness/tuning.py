@@ -9,11 +9,13 @@ candidate is rejected if any seed diverged, failed, ended worse than it started 
 blow-up the 10× divergence rule misses) or never moved (its first step needs more than the
 budget, or every step was skipped); a method whose every candidate is rejected gets nothing
 recorded, and ``tune`` says so after recording the others. The best accepted candidate is
-recorded, with the nearest value that blew up (how far the choice is from the edge), in a tuned-values file, keyed by the task's identity — its ``name`` and, in the entry, its
-content hash at that scale (never the path as typed)::
+recorded, with the nearest value that blew up (how far the choice is from the edge), in a
+tuned-values file, keyed by the task's identity — its ``name`` and, in the entry, its content
+hash and recipe hash at that scale (never the path as typed)::
 
     {"thermus-style": {"small": {"sgd": {"params": {"lr": 0.32}, "validation_nll": …,
-                                         "budget": 4600, "task_hash": "…", "candidates": [...]}}}}
+                                         "budget": 4600, "task_hash": "…", "task_recipe": "…",
+                                         "candidates": [...]}}}}
 
 The tuned-values file and how ``run`` and ``grid`` use it are in :mod:`cryobench.harness.tuned`.
 """
@@ -95,7 +97,8 @@ def nearest_blow_up(table: pd.DataFrame, chosen: dict, names) -> dict:
 
 
 def record(path, task: str, scale: str, optimizer: str, table: pd.DataFrame, budget: int,
-           task_hash: str | None = None, names=("lr",), ranges: dict | None = None) -> dict:
+           task_hash: str | None = None, names=("lr",), ranges: dict | None = None,
+           task_recipe: str | None = None) -> dict:
     """Add the best accepted candidate of ``table`` (from :func:`select`) to the tuned-values
     file, under the task's name, with its content hash, every candidate, the distance of the
     choice to the nearest diverging value, and the ranges given in place of the declared ones."""
@@ -115,6 +118,8 @@ def record(path, task: str, scale: str, optimizer: str, table: pd.DataFrame, bud
             "candidates": rows}
     if task_hash is not None:
         best["task_hash"] = task_hash
+    if task_recipe is not None:
+        best["task_recipe"] = task_recipe
     if ranges:
         best["searched_ranges"] = {k: list(v) for k, v in sorted(ranges.items()) if k in params}
     tuned = load_tuned(path)
@@ -162,7 +167,7 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
     from cryobench.harness.registry import resolve
     from cryobench.harness.results import load_results
     from cryobench.harness.run import RunSpec, check_run, run_sizes
-    from cryobench.task import task_hash
+    from cryobench.task import task_hash, task_recipe
     ranges = dict(ranges or {})
     check_ranges(ranges, list(names))
     plan = []
@@ -174,7 +179,7 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
             raise InputError(f"{target}: the shipped tuned values are read-only in an installed "
                              "cryobench; name the file to record into with --record FILE (and "
                              "use it with run or grid --tuned FILE)")
-        thash = task_hash(task, sc, data_dir)
+        thash, recipe = task_hash(task, sc, data_dir), task_recipe(task, sc, data_dir)
         n_train, task_batch, _ = run_sizes(task, sc, data_dir)
         task_budget = budget or n_train                                       # one epoch
         for ref in optimizers:
@@ -195,7 +200,7 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
                                    label=label, score="validation")
                     check_run(spec, method, n_train, task_batch, task_budget)
                     cells.append(make_cell(spec, thash, method))
-            plan.append((task, sc, method.name, task_budget, cells, folder, target, thash))
+            plan.append((task, sc, method.name, task_budget, cells, folder, target, thash, recipe))
     folders = sorted({p[5] for p in plan})
     if seeds < 2:
         raise ValueError(f"tuning needs at least 2 seeds per candidate, got {seeds}")
@@ -208,12 +213,12 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
                              "the same tune command again to compute them before choosing")
     results = {folder: load_results(folder) for folder in folders}
     chosen, unchosen = {}, []
-    for task, sc, name, task_budget, cells, folder, target, thash in plan:
+    for task, sc, name, task_budget, cells, folder, target, thash, recipe in plan:
         ids = {c.cell for c in cells}
         res = results[folder]
         table = select(res.cells[res.cells["cell"].isin(ids)], res.trace)
         try:
-            entry = record(target, task, sc, name, table, task_budget, thash, names, ranges)
+            entry = record(target, task, sc, name, table, task_budget, thash, names, ranges, recipe)
         except ValueError as exc:          # the others are still recorded
             unchosen.append(str(exc))
             continue
