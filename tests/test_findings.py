@@ -99,6 +99,17 @@ def test_figure_6_is_judged_by_structure_and_says_when_the_nll_disagrees(tmp_pat
     assert row["verdict"] == "partly" and "PM after 5 iterations: 106 Å" in row["measured"]
 
 
+def test_figure_6_is_not_measurable_when_em_stops_before_five_iterations(tmp_path):
+    """With K = 20,000 five iterations are 100,000 evaluations, beyond EM's last snapshot (50K,
+    2.5 iterations): its structure there is not the paper's five-iteration one."""
+    curves = {"sgd": line(1000, 100.0), "em": line(1000, 900.0)}
+    table = findings_table(results(curves, tmp=tmp_path, coarser={"em": 30.0}),
+                           {("synthetic-cylinder", "ci"): (20000, 41.0, 1000.0)})
+    row = table[table["key"] == "figure-6"].iloc[0]
+    assert row["verdict"] == "not measurable"
+    assert row["measured"] == "no EM run reaches five iterations (100,000 evaluations)"
+
+
 def test_the_paper_not_reproduced_partly_and_unmeasurable(tmp_path):
     """oLBFGS ahead of SGD; HF diverged (so the finals are not all within 2 nats); SGD ahead of
     TONGA on one seed only; structure far from the band limit; no EM run."""

@@ -229,7 +229,7 @@ def _bracketing(evals: float):
 def _figure_6(m: dict, results: Results, k_train: int | None, box_A: float | None, **_):
     """The paper's Figure 6 compares structures, so the verdict is by FSC 0.5 against the ground
     truth: SGD after one epoch finer than EM's and PM's best snapshot next to five iterations
-    (5·K evaluations) by more than one Fourier shell (1/box_A: r²/box_A Å at resolution r; less
+    (5·K evaluations; not measurable if their runs stop before it) by more than one Fourier shell (1/box_A: r²/box_A Å at resolution r; less
     is a tie, and a tie is not ahead). The test NLL at the same points is given beside it, and a
     disagreement said."""
     rivals = [k for k in ("em", "projection-matching") if k in m]
@@ -243,6 +243,9 @@ def _figure_6(m: dict, results: Results, k_train: int | None, box_A: float | Non
     parts, wins, nll_wins = [f"SGD after 1 epoch: FSC 0.5 at {sgd:.0f} Å ({sgd_at}; one shell "
                              f"there is {shell:.1f} Å), test NLL {_fmt(sgd_nll)} at {k_train:,}"], [], []
     for k in rivals:
+        if not _resolutions(results, m[k], _first_after(5 * k_train))[0]:
+            return "not measurable", (f"no {NAMES[k]} run reaches five iterations "
+                                      f"({5 * k_train:,} evaluations)")
         res, at = _resolutions(results, m[k], _bracketing(5 * k_train))
         if not res:
             return "not measurable", f"no {NAMES[k]} snapshot with an FSC near five iterations"
