@@ -103,7 +103,9 @@ class Task:
     def recipe_hash(self) -> str:
         """What the task is, independent of the bits a platform renders it with (see
         :func:`task_recipe`)."""
-        return _task_recipe(self.spec, self.scale, self.dataset.files_hash, self.init.dtype)
+        if _is_simulated(self.spec):
+            return _simulation_recipe(self.spec, self.scale, self.init.dtype)
+        return self.content_hash
 
     def oracle(self, budget: int | None = None, stream: int = 0):
         """A fresh counted oracle on training stream ``stream`` (see :mod:`cryobench.oracle`)."""
@@ -224,7 +226,7 @@ def task_hash(name_or_path, scale: str, data_dir=None, dtype=np.float32,
     sc = spec.scale(scale)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     check_splits(spec, sc, dataset_size(spec, sc))
-    if spec.section("dataset").get("kind") == "simulated":
+    if _is_simulated(spec):
         files = (ensure_simulated(spec, sc, data_dir, progress=False) / "manifest.json").read_text()
     else:
         files = load_dataset(spec, sc, data_dir, progress=False).files_hash
@@ -244,16 +246,19 @@ def task_recipe(name_or_path, scale: str, data_dir=None, dtype=np.float32,
     (the files are read). Nothing is simulated.
     """
     spec = load_spec(name_or_path, tasks_dir)
-    sc = spec.scale(scale)
-    if spec.section("dataset").get("kind") == "simulated":
-        return _task_recipe(spec, sc, None, dtype)
+    if _is_simulated(spec):
+        return _simulation_recipe(spec, spec.scale(scale), dtype)
     return task_hash(spec.path, scale, data_dir, dtype, tasks_dir)
 
 
-def _task_recipe(spec: TaskSpec, scale: Scale, files_hash: str | None, dtype) -> str:
-    if spec.section("dataset").get("kind") != "simulated":
-        return _task_hash(spec, scale, files_hash, dtype)
-    simulation = simulated_dir(spec, scale, Path(".")).name        # <scale>-<parameters' hash>
+def _is_simulated(spec: TaskSpec) -> bool:
+    return spec.section("dataset").get("kind") == "simulated"
+
+
+def _simulation_recipe(spec: TaskSpec, scale: Scale, dtype) -> str:
+    """A simulated task's content hash with its files' manifest replaced by the simulation's
+    folder name, ``<scale>-<hash of the simulation parameters and the simulator's format>``."""
+    simulation = simulated_dir(spec, scale, Path(".")).name
     return _task_hash(spec, scale, f"simulated from {simulation}", dtype)
 
 

@@ -107,7 +107,8 @@ def test_figure_6_is_not_measurable_when_em_stops_before_five_iterations(tmp_pat
                            {("synthetic-cylinder", "ci"): (20000, 41.0, 1000.0)})
     row = table[table["key"] == "figure-6"].iloc[0]
     assert row["verdict"] == "not measurable"
-    assert row["measured"] == "no EM run reaches five iterations (100,000 evaluations)"
+    assert row["measured"] == ("no EM run reaches five iterations (100,000 evaluations) "
+                               "with an FSC snapshot")
 
 
 def test_the_paper_not_reproduced_partly_and_unmeasurable(tmp_path):
