@@ -141,15 +141,24 @@ def test_seed_curves_count_failed_seeds_as_worst():
     assert np.isnan(c.loc[1000, "median"]) and c.loc[100, "median"] == 5.5
 
 
-def test_colours_fixed_per_label(results):
+def test_line_style_fixed_per_label(results):
     fig = report.convergence_figure(results)
-    colours = {}
+    styles = {}
     for ax in fig.axes:
-        for line in ax.get_lines():
-            colours.setdefault(line.get_label(), set()).add(line.get_color() if isinstance(
-                line.get_color(), str) else tuple(line.get_color()))
-    assert all(len(c) == 1 for c in colours.values())
-    assert len({next(iter(c)) for c in colours.values()}) == 3
+        for line in (ln for ln in ax.get_lines() if not ln.get_label().startswith("_")):
+            styles.setdefault(line.get_label(), set()).add(
+                (tuple(np.atleast_1d(line.get_color())), line.get_linestyle()))
+    assert all(len(s) == 1 for s in styles.values())
+    assert len({next(iter(s)) for s in styles.values()}) == 3
+
+
+def test_fifteen_methods_get_fifteen_distinct_line_styles():
+    labels = [f"method-{i:02d}" for i in range(15)]
+    styles = report.line_styles(labels[::-1] + labels[:3])       # order and repeats do not matter
+    pairs = {(tuple(s["color"]), s["ls"]) for s in styles.values()}
+    assert len(styles) == 15 and len(pairs) == 15
+    assert [styles[k]["ls"] for k in labels] == ["-"] * 10 + ["--"] * 5
+    assert styles["method-00"]["color"] == styles["method-10"]["color"]
 
 
 def test_density_figure_grid(results):

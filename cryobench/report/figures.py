@@ -31,11 +31,16 @@ DATASET = ["task", "scale"]
 BAND = "median over seeds; band: min–max over seeds"
 
 
-def _colours(results: Results) -> dict:
-    """A fixed colour per label, in sorted label order over all results."""
-    labels = sorted(results.cells["label"].unique())
-    palette = "colorblind" if len(labels) <= 10 else "husl"
-    return dict(zip(labels, sns.color_palette(palette, len(labels))))
+LINESTYLES = ("-", "--", "-.")       # ":" is the ground truth's
+
+
+def line_styles(labels) -> dict[str, dict]:
+    """A fixed ``color`` and ``ls`` per label, in sorted label order: seaborn's ten colour-blind
+    colours, solid for the first ten labels, then dashed, then dash-dotted (so fifteen methods
+    stay distinguishable where a palette of fifteen hues would not be)."""
+    colours = sns.color_palette("colorblind", 10)
+    return {label: {"color": colours[i % 10], "ls": LINESTYLES[i // 10 % len(LINESTYLES)]}
+            for i, label in enumerate(sorted(set(labels)))}
 
 
 def _datasets(results: Results) -> list[tuple]:
@@ -113,7 +118,7 @@ def convergence_figure(results: Results) -> Figure:
     0-evaluation point itself is off the log axis; worse values are cut off). Interrupted runs
     are left out."""
     results = comparable(results)
-    colours, datasets = _colours(results), _datasets(results)
+    styles, datasets = line_styles(results.cells["label"]), _datasets(results)
     with _style():
         fig, axes = _panels(2, len(datasets), 6.4)
         for (task, scale, title), top, zoom in zip(datasets, *axes):
@@ -123,14 +128,14 @@ def convergence_figure(results: Results) -> Figure:
             f0, start = data.loc[data["evals"] == 0, "test_nll"].median(), data["evals"].max() / 10
             windows = []
             for label, d in data.groupby("label", sort=True):
-                c, colour = seed_curves(d, failed.get(label, ())), colours[label]
+                c, st = seed_curves(d, failed.get(label, ())), styles[label]
                 for ax in (top, zoom):
-                    ax.plot(c["evals"], c["median"], color=colour, lw=1.5, label=label, gid=label)
+                    ax.plot(c["evals"], c["median"], **st, lw=1.5, label=label, gid=label)
                     if d["seed"].nunique() > 1:
-                        ax.fill_between(c["evals"], c["lo"], c["hi"], color=colour, alpha=0.2, lw=0)
+                        ax.fill_between(c["evals"], c["lo"], c["hi"], color=st["color"], alpha=0.2, lw=0)
                 ends = c[np.isfinite(c["median"])].iloc[-1:]
                 if 2 * len(failed.get(label, ())) >= d["seed"].nunique() and len(ends):
-                    top.plot(ends["evals"], ends["median"], "x", ms=7, mew=2, color=colour)
+                    top.plot(ends["evals"], ends["median"], "x", ms=7, mew=2, color=st["color"])
                 windows.append(_window(c, start, f0 if np.isfinite(f0) else np.inf))
             ref = results.references.get((task, scale))
             lowest = data["test_nll"][np.isfinite(data["test_nll"])].min()
@@ -157,14 +162,14 @@ def fsc_figure(results: Results) -> Figure:
     """FSC of the final (aligned) densities against the ground truth, one panel per dataset, one
     line per label (its lowest seed); the 0.5 threshold as a dashed line."""
     results = comparable(results)
-    colours, datasets = _colours(results), _datasets(results)
+    styles, datasets = line_styles(results.cells["label"]), _datasets(results)
     with _style():
         fig, (axes,) = _panels(1, len(datasets), 3.4)
         for ax, (task, scale, title) in zip(axes, datasets):
             for label, cell in _lowest_seed_cells(results, task, scale).items():
                 f = results.fsc[(results.fsc["cell"] == cell) & (results.fsc["label"] == "final")]
                 if len(f):
-                    ax.plot(f["freq"], f["fsc"], color=colours[label], lw=1.3, label=label, gid=label)
+                    ax.plot(f["freq"], f["fsc"], **styles[label], lw=1.3, label=label, gid=label)
             ax.axhline(0.5, color="0.3", ls="--", lw=1, label="_nolegend_")
             ax.set(title=title, xlabel="spatial frequency (1/Å)",
                    ylabel="FSC (final density)", ylim=(-0.1, 1.05))
@@ -177,7 +182,7 @@ def profile_figure(results: Results, tau=(1e-1, 1e-2)) -> Figure:
     (``performance_profile``: a problem is a dataset and a seed): the fraction of problems a label
     solves within a factor α of the fastest label (α on a log2 axis)."""
     results = comparable(results)
-    colours, taus = _colours(results), list(np.atleast_1d(tau))
+    styles, taus = line_styles(results.cells["label"]), list(np.atleast_1d(tau))
     ttt = time_to_target(results, taus)
     with _style():
         fig, (axes,) = _panels(1, len(taus), 3.4)
@@ -188,7 +193,7 @@ def profile_figure(results: Results, tau=(1e-1, 1e-2)) -> Figure:
             for label, r in prof.items():
                 x = np.unique(np.concatenate([[1.0], r[np.isfinite(r)], [amax]]))
                 y = np.searchsorted(r, x, side="right") / len(r)     # fraction with ratio ≤ x
-                ax.step(x, y, where="post", color=colours[label], lw=1.5, label=label, gid=label)
+                ax.step(x, y, where="post", **styles[label], lw=1.5, label=label, gid=label)
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             n = len(next(iter(prof.values()))) if prof else 0
