@@ -252,6 +252,8 @@ def test_fsc_figure(results):
     for ax in fig.axes:
         assert sorted(_labelled_lines(ax)) == ["a", "b"]       # c has no final density
         assert any(np.allclose(l.get_ydata(), 0.5) for l in ax.get_lines())
+        # the last sample ≥ 0.5 is freq 0.1/7 (exp(-0.1/7 · 30) = 0.65): the axis ends at twice it
+        assert ax.get_xlim() == pytest.approx((0, 2 * 0.1 / 7))
 
 
 def _tree(folder):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from cryobench.harness.results import Results, atomic_write, combine, load_results, read_meta
 from cryobench.report.densities import _lowest_seed_cells, density_figure  # noqa: F401
@@ -160,19 +160,28 @@ def convergence_figure(results: Results) -> Figure:
 
 def fsc_figure(results: Results) -> Figure:
     """FSC of the final (aligned) densities against the ground truth, one panel per dataset, one
-    line per label (its lowest seed); the 0.5 threshold as a dashed line."""
+    line per label (its lowest seed); the 0.5 threshold as a dashed line. The x-axis ends at
+    twice the highest frequency where a curve is still ≥ 0.5 (Nyquist if that is beyond it):
+    past the band limit the curves are noise about 0 and, drawn to Nyquist, squeeze the
+    resolved shells into the left edge."""
     results = comparable(results)
     styles, datasets = line_styles(results.cells["label"]), _datasets(results)
     with _style():
         fig, (axes,) = _panels(1, len(datasets), 3.4)
         for ax, (task, scale, title) in zip(axes, datasets):
+            resolved, nyquist = 0.0, 0.0
             for label, cell in _lowest_seed_cells(results, task, scale).items():
                 f = results.fsc[(results.fsc["cell"] == cell) & (results.fsc["label"] == "final")]
                 if len(f):
                     ax.plot(f["freq"], f["fsc"], **styles[label], lw=1.3, label=label, gid=label)
+                    resolved = max([resolved, *f.loc[f["fsc"] >= 0.5, "freq"]])
+                    nyquist = max(nyquist, f["freq"].max())
             ax.axhline(0.5, color="0.3", ls="--", lw=1, label="_nolegend_")
             ax.set(title=title, xlabel="spatial frequency (1/Å)",
                    ylabel="FSC (final density)", ylim=(-0.1, 1.05))
+            if resolved > 0:
+                ax.set_xlim(0, min(2 * resolved, nyquist))
+                ax.xaxis.set_major_locator(MaxNLocator(5))      # short labels on a narrow range
         _legend(fig)
     return fig
 
