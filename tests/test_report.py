@@ -98,8 +98,12 @@ def results(fake_root):
     return load_results(fake_root / "main")
 
 
+def _labelled(ax):
+    return [l for l in ax.get_lines() if not l.get_label().startswith("_")]
+
+
 def _labelled_lines(ax):
-    return [l.get_label() for l in ax.get_lines() if not l.get_label().startswith("_")]
+    return [l.get_label() for l in _labelled(ax)]
 
 
 def test_convergence_figure_structure(results):
@@ -145,7 +149,7 @@ def test_line_style_fixed_per_label(results):
     fig = report.convergence_figure(results)
     styles = {}
     for ax in fig.axes:
-        for line in (ln for ln in ax.get_lines() if not ln.get_label().startswith("_")):
+        for line in _labelled(ax):
             styles.setdefault(line.get_label(), set()).add(
                 (tuple(np.atleast_1d(line.get_color())), line.get_linestyle()))
     assert all(len(s) == 1 for s in styles.values())
