@@ -23,15 +23,19 @@ import numpy as np
 
 from cryobench.base.seeding import content_hash, rng_for
 from cryobench.data.cache import file_sha256
-from cryobench.data.datasets import (Dataset, dataset_size, default_data_dir, load_dataset,
-                                     simulated_dir)
+from cryobench.data.datasets import (Dataset, dataset_size, default_data_dir,
+                                     ensure_simulated, load_dataset, simulated_dir)
 from cryobench.data.mrc import read_volume, write_volume
+from cryobench.data.realdata import CONTRAST_Z
+from cryobench.data.star import read_particles
 from cryobench.data.prepared import prepared_spectra
 from cryobench.data.spec import TASKS_DIR, Scale, TaskSpec, check_splits, load_spec
 from cryobench.errors import InputError
+from cryobench.model.ctf import evaluate_ctf
 from cryobench.model.likelihood import ImageSpectra, Likelihood
 from cryobench.model.prior import Prior
 from cryobench.model.quadrature import quadrature_for
+from cryobench.oracle import Oracle, stream_slice
 
 FORMAT_VERSION = 1
 
@@ -79,7 +83,6 @@ class Task:
 
     def stream(self, start: int, size: int, stream: int = 0) -> np.ndarray:
         """Images at positions [start, start + size) of training stream ``stream``."""
-        from cryobench.oracle import stream_slice
         return stream_slice(start, size, self.n_train, lambda e: self.epoch_order(e, stream))
 
     def nll(self, volume: np.ndarray, index) -> np.ndarray:
@@ -109,7 +112,6 @@ class Task:
 
     def oracle(self, budget: int | None = None, stream: int = 0):
         """A fresh counted oracle on training stream ``stream`` (see :mod:`cryobench.oracle`)."""
-        from cryobench.oracle import Oracle
         return Oracle(self, self.budget if budget is None else budget, stream)
 
     def write_density(self, volume: np.ndarray, path) -> None:
@@ -162,7 +164,6 @@ def match_power(volume: np.ndarray, likelihood: Likelihood, spectra: ImageSpectr
     dw = likelihood.quadrature.direction_weights
     mean_power = (np.abs(slices.astype(complex)) ** 2 * dw[:, None]).sum(0)        # (Np,)
     freq = likelihood.points / (likelihood.box * likelihood.pixel_size)
-    from cryobench.model.ctf import evaluate_ctf
     ctf2 = (evaluate_ctf(spectra.ctf, freq[:, 0], freq[:, 1]) * spectra.inv_sigma[:, None]) ** 2
     w = likelihood.point_weights.astype(float)
     model = float((ctf2 * mean_power * w).sum())
@@ -214,41 +215,48 @@ def _task_hash(spec: TaskSpec, scale: Scale, files_hash: str, dtype) -> str:
                          "dtype": np.dtype(dtype).name})
 
 
-def task_hash(name_or_path, scale: str, data_dir=None, dtype=np.float32,
-              tasks_dir: Path = TASKS_DIR) -> str:
-    """The content hash a loaded task would have, without preparing its images.
+def task_identity(name_or_path, scale, data_dir=None, dtype=np.float32,
+                  tasks_dir: Path = TASKS_DIR) -> tuple[str, str]:
+    """(content hash, recipe hash) a loaded task would have, without preparing its images.
 
-    A simulated task is simulated first if needed (its hash covers the files' SHA-256 manifest);
-    a STAR task's files are read to hash them.
+    The content hash covers the task's definition and its data: a simulated task is simulated
+    first if needed (its hash covers the files' SHA-256 manifest); a STAR task's files are read
+    to hash them. The recipe replaces a simulated dataset's files by what they are simulated
+    from (the simulation parameters and the simulator's format version), so it is known without
+    simulating; a STAR task's files are its data, so its recipe is its content hash. ``scale``:
+    a name or a :class:`~cryobench.data.spec.Scale`.
     """
-    from cryobench.data.datasets import ensure_simulated
     spec = load_spec(name_or_path, tasks_dir)
-    sc = spec.scale(scale)
+    sc = scale if isinstance(scale, Scale) else spec.scale(scale)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     check_splits(spec, sc, dataset_size(spec, sc))
     if _is_simulated(spec):
         files = (ensure_simulated(spec, sc, data_dir, progress=False) / "manifest.json").read_text()
-    else:
-        files = load_dataset(spec, sc, data_dir, progress=False).files_hash
-    return _task_hash(spec, sc, files, dtype)
+        return _task_hash(spec, sc, files, dtype), _simulation_recipe(spec, sc, dtype)
+    content = _task_hash(spec, sc, load_dataset(spec, sc, data_dir, progress=False).files_hash, dtype)
+    return content, content
+
+
+def task_hash(name_or_path, scale: str, data_dir=None, dtype=np.float32,
+              tasks_dir: Path = TASKS_DIR) -> str:
+    """The content hash a loaded task would have (see :func:`task_identity`)."""
+    return task_identity(name_or_path, scale, data_dir, dtype, tasks_dir)[0]
 
 
 def task_recipe(name_or_path, scale: str, data_dir=None, dtype=np.float32,
                 tasks_dir: Path = TASKS_DIR) -> str:
-    """The task's recipe hash: its content hash with a simulated dataset's files replaced by
-    what they are simulated from (the simulation parameters and the simulator's format version).
+    """The task's recipe hash (see :func:`task_identity`), without simulating.
 
     A simulated dataset's last bits depend on the GEMM kernel the machine's BLAS picks (OpenBLAS's
     SkylakeX and Haswell kernels round the simulation's products differently), so the same
     recipe gives another content hash on another platform; the recipe hash is the same
     everywhere, and changes when anything the task is made of changes. Tuned values and
-    ``verify`` match on it. A STAR task's files are its data, so its recipe is its content hash
-    (the files are read). Nothing is simulated.
+    ``verify`` match on it.
     """
     spec = load_spec(name_or_path, tasks_dir)
     if _is_simulated(spec):
         return _simulation_recipe(spec, spec.scale(scale), dtype)
-    return task_hash(spec.path, scale, data_dir, dtype, tasks_dir)
+    return task_identity(spec, scale, data_dir, dtype, tasks_dir)[1]
 
 
 def _is_simulated(spec: TaskSpec) -> bool:
@@ -312,3 +320,56 @@ def _cached_init(path: Path, record: Path) -> tuple[np.ndarray | None, str | Non
         return read_volume(path)[0], None
     except InputError as exc:
         return None, str(exc)
+
+
+def describe(name_or_path, scale_name: str | None, data_dir) -> dict:
+    """Sizes of a task at a scale, as ``cryobench info`` prints them: images, splits, box, r_max,
+    quadrature, flops per evaluation; for a STAR task also its origins, reference map and
+    contrast."""
+    spec = load_spec(name_or_path)
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    scale = spec.scale(scale_name)
+    kind = spec.section("dataset").get("kind")
+    check_splits(spec, scale, dataset_size(spec, scale))        # before reading any stack
+    if kind == "simulated":
+        box, pixel, n_images = scale.box, scale.pixel_size, scale.n_images
+        folder = simulated_dir(spec, scale, data_dir)
+        cached = str(folder) if (folder / "manifest.json").is_file() else f"not simulated yet ({folder})"
+    else:
+        data = load_dataset(spec, scale, data_dir, progress=False)
+        box, pixel, n_images = data.images.shape[-1], data.pixel_size, len(data.images)
+        cached = str(spec.path.parent / spec.section("dataset")["star"])
+        real = _star_lines(spec, data)
+    protocol = spec.section("protocol")
+    sizes = check_splits(spec, scale, n_images)
+    lik = likelihood_for(spec, scale, box, pixel)
+    quad, rmax = lik.quadrature, lik.rmax
+    n_train = sizes["train"]
+    return {
+        "task": spec.name, "scale": scale.name, "images": n_images,
+        "splits (train / validation / test)": f"{n_train} / {sizes['validation']} / {sizes['test']}",
+        "box": f"{box} px, {pixel:.4g} Å/px", "r_max": f"{rmax:.4g} px = 1/{box * pixel / rmax:.4g} Å"
+        f" ({100 * rmax / (box / 2):.3g} % of Nyquist)",
+        "Fourier coefficients (half disk)": len(lik.points),
+        "quadrature": f"{len(quad.directions)} directions × {len(quad.inplane_angles)} in-plane × "
+                      f"{len(quad.shifts)} shifts = {quad.size:,} points",
+        "flops per gradient evaluation": f"{lik.flops_per_image() / 1e6:.4g} MFLOP",
+        "minibatch": protocol.get("batch_size", 100),
+        "budget": f"{protocol.get('budget_epochs', 10)} epochs = "
+                  f"{int(protocol.get('budget_epochs', 10) * n_train):,} gradient evaluations",
+        "data": cached,
+        **(real if kind != "simulated" else {}),
+    }
+
+
+def _star_lines(spec, data) -> dict:
+    """What ``info`` says about a STAR task's origins, reference map and contrast."""
+    recipe = spec.section("dataset")
+    origins = read_particles(spec.path.parent / recipe["star"], max_images=1).origins
+    z = data.contrast_z
+    sign = ("as the model expects (white particles)" if z > CONTRAST_Z else
+            "OPPOSITE to the model's: change invert_sign" if z < -CONTRAST_Z else "inconclusive")
+    return {"origins": "applied (images re-centred)" if origins is not None else "none in the STAR file",
+            "reference": (f"{recipe['reference']} (resampled to {data.images.shape[-1]} px, "
+                          f"{data.pixel_size:.4g} Å/px)") if "reference" in recipe else "none",
+            "contrast": f"z = {z:+.1f}, {sign}"}

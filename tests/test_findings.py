@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from cryobench.harness.results import Results
-from cryobench.harness.run import SCHEMA_VERSION
+from cryobench.harness.record import SCHEMA_VERSION, CellRecord
 from cryobench.report.findings import findings_markdown, findings_table
 
 EVALS = [0, 1000, 5000, 20000, 50000, 100000]
@@ -35,12 +35,14 @@ def results(curves: dict, task="synthetic-cylinder", seeds=3, failed=(), tmp=Non
                 worse = (coarser or {}).get(name, 0.0)
                 snaps = [{"label": "5K", "evals": 5000, "resolution_A": 60.0 + seed + worse},
                          {"label": "50K", "evals": 50000, "resolution_A": 45.0 + seed + worse}]
-                run = {"task": task, "scale": "ci", "label": name, "seed": seed, "params": {}}
+                run = {"task": task, "scale": "ci", "optimizer": name, "label": name, "seed": seed,
+                       "params": {}}
                 (tmp / cell / "meta.json").write_text(json.dumps({
                     "schema_version": SCHEMA_VERSION, "run": run, "cell": cell, "status": status,
                     "message": "", "budget": 100000, "evaluations": evals[-1], "wall_s": 0.0,
                     "task_hash": "t", "optimizer_name": name, "snapshots": snaps}))
-    return Results(pd.DataFrame(rows), pd.DataFrame(cells), NO_FSC, folders)
+    return Results(pd.DataFrame(rows), pd.DataFrame(cells), NO_FSC, folders,
+                   records={c: CellRecord.read(f) for c, f in folders.items()})
 
 
 def line(start, end, noise=0.0):

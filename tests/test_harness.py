@@ -17,9 +17,11 @@ from cryobench.data.mrc import read_volume
 from cryobench.errors import InputError
 from cryobench.harness.grid import expand, load_grid, run_grid
 from cryobench.harness.registry import resolve
-from cryobench.harness.results import load_results, read_meta
-from cryobench.harness.run import RunSpec, checkpoints, execute
-from cryobench.harness.tuned import load_tuned, resolve_params
+from cryobench.harness.plan import Planner, resolve_params
+from cryobench.harness.record import CellRecord, RunSpec
+from cryobench.harness.results import load_results
+from cryobench.harness.run import checkpoints, execute
+from cryobench.harness.tuned import load_tuned
 from cryobench.harness.tuning import tune
 
 BAD_OPTIMIZERS = '''
@@ -71,14 +73,14 @@ def test_checkpoints_are_log_spaced_and_include_paper_marks():
 def test_run_trace_is_deterministic_and_scored_uncounted(cylinder):
     spec = RunSpec("synthetic-cylinder", "ci", "sgd", {"lr": 1.0}, seed=0, budget=600)
     a, b = (execute(spec, cylinder, resolve("sgd")) for _ in range(2))
-    assert a.meta["status"] == "ok" and a.meta["evaluations"] == 600
-    assert a.meta["counts"] == {"grad": 600, "value": 0, "hvp": 0}     # scoring is not counted
+    assert a.record.status == "ok" and a.record.evaluations == 600
+    assert a.record.counts == {"grad": 600, "value": 0, "hvp": 0}     # scoring is not counted
     pd.testing.assert_series_equal(a.trace["test_nll"], b.trace["test_nll"])
     assert a.trace["evals"].tolist()[0] == 0 and a.trace["evals"].tolist()[-1] == 600
     assert a.trace["test_nll"].iloc[-1] < a.trace["test_nll"].iloc[0]
     assert a.trace["wall_s"].is_monotonic_increasing
-    assert set(a.densities) == {"final"} and a.meta["snapshots"][0]["resolution_A"] > 0
-    prov = a.meta["provenance"]
+    assert set(a.densities) == {"final"} and a.record.snapshots[0]["resolution_A"] > 0
+    prov = a.record.provenance
     assert prov["task_hash"] == cylinder.content_hash and prov["blas"] and prov["cpu"]
     other = execute(RunSpec("synthetic-cylinder", "ci", "sgd", {"lr": 1.0}, seed=1, budget=600),
                     cylinder, resolve("sgd"))
@@ -88,12 +90,12 @@ def test_run_trace_is_deterministic_and_scored_uncounted(cylinder):
 def test_diverging_and_failing_runs_keep_their_checkpoints(cylinder, bad_optimizers):
     out = execute(RunSpec("synthetic-cylinder", "ci", f"{bad_optimizers}:exploding", {}, budget=600),
                   cylinder, resolve(f"{bad_optimizers}:exploding"))
-    assert out.meta["status"] == "diverged" and "not finite" in out.meta["message"]
+    assert out.record.status == "diverged" and "not finite" in out.record.message
     assert "final" not in out.densities and len(out.trace) == 2
     out = execute(RunSpec("synthetic-cylinder", "ci", f"{bad_optimizers}:failing", {"after": 3},
                           budget=600), cylinder, resolve(f"{bad_optimizers}:failing"))
-    assert out.meta["status"] == "error" and "deliberate failure" in out.meta["message"]
-    assert out.meta["evaluations"] == 200 and out.trace["evals"].iloc[-1] == 200
+    assert out.record.status == "error" and "deliberate failure" in out.record.message
+    assert out.record.evaluations == 200 and out.trace["evals"].iloc[-1] == 200
 
 
 def test_grid_records_every_status_and_resumes_without_recomputing(tmp_path, data_dir, bad_optimizers):
@@ -109,8 +111,8 @@ def test_grid_records_every_status_and_resumes_without_recomputing(tmp_path, dat
     assert len(results.cells) == 3 and (results.trace.groupby("cell")["evals"].max() <= 400).all()
     final, size = read_volume(next(tmp_path.glob("cells/*/density_final.mrc")))
     assert final.shape == (24, 24, 24) and size > 0
-    for meta in map(read_meta, tmp_path.glob("cells/*")):            # where a cell's time went
-        overhead = meta["overhead_s"]
+    for record in map(CellRecord.read, tmp_path.glob("cells/*")):            # where a cell's time went
+        overhead = record.overhead_s
         assert set(overhead) == {"loading", "scoring", "comparison"}
         assert overhead["loading"] > 0 and overhead["scoring"] > 0 and overhead["comparison"] >= 0
 
@@ -208,11 +210,11 @@ def test_tune_selects_on_validation_and_run_picks_it_up(tmp_path, data_dir):
     assert entry["params"] == best and len(entry["candidates"]) == 3 and entry["seeds"] == [0, 1]
     assert entry["validation_nll"] == medians.min()
     tuned = load_tuned(record)
-    params, source = resolve_params(resolve("sgd"), {}, tuned, "synthetic-cylinder", "ci",
-                                    data_dir=data_dir)
+    params, source = resolve_params(resolve("sgd"), {}, tuned,
+                                    Planner(data_dir).task("synthetic-cylinder", "ci"))
     assert params["lr"] == best["lr"] and source["lr"] == "tuned"
-    params, source = resolve_params(resolve("sgd"), {"lr": 0.1}, tuned, "synthetic-cylinder", "ci",
-                                    data_dir=data_dir)
+    params, source = resolve_params(resolve("sgd"), {"lr": 0.1}, tuned,
+                                    Planner(data_dir).task("synthetic-cylinder", "ci"))
     assert params["lr"] == 0.1 and source["lr"] == "explicit"
 
 

@@ -14,11 +14,12 @@ import pytest
 from helpers import write_grid as grid_file
 
 from cryobench.cli import main as cli
-from cryobench.harness.cell import make_cell
+from cryobench.harness.plan import plan_for_cell
 from cryobench.harness.grid import expand, load_grid, run_grid
 from cryobench.harness.registry import resolve
 from cryobench.harness.results import load_results
-from cryobench.harness.run import RunSpec, execute
+from cryobench.harness.record import RunSpec
+from cryobench.harness.run import execute
 
 OPTIMIZERS = '''
 import time
@@ -245,7 +246,7 @@ def test_cells_die_with_their_grid(tmp_path, data_dir, opt_file):
 
 def test_harness_fault_in_a_cell_is_not_cached(tmp_path, data_dir, cylinder):
     spec = RunSpec("synthetic-cylinder", "ci", "sgd", {"lr": 0.5}, budget=200, label="sgd")
-    cell = make_cell(spec, "0" * 64, resolve("sgd"))       # the grid expects other data
+    cell = plan_for_cell(spec, "synthetic-cylinder", "0" * 64, resolve("sgd"))       # the grid expects other data
     status = run_grid([cell], tmp_path, workers=1, data_dir=data_dir, progress=False)
     assert status == {cell.cell: "interrupted"}
     assert not (tmp_path / "cells" / cell.cell).exists()
@@ -284,9 +285,9 @@ def test_infinite_loop_in_a_step_is_stopped_by_the_time_limit(cylinder, opt_file
     t = time.time()
     out = run_one(opt_file, "spinning", cylinder, time_limit=1.0)
     assert time.time() - t < 20
-    assert out.meta["status"] == "budget" and "time limit of 1 s" in out.meta["message"]
-    assert out.meta["evaluations"] == 100 and out.trace["evals"].tolist() == [0, 100]
-    assert out.meta["time_limit_s"] == 1.0
+    assert out.record.status == "budget" and "time limit of 1 s" in out.record.message
+    assert out.record.evaluations == 100 and out.trace["evals"].tolist() == [0, 100]
+    assert out.record.time_limit_s == 1.0
 
 
 def test_step_blocked_in_c_ends_its_cell_as_a_time_limit(tmp_path, data_dir, opt_file):
@@ -308,8 +309,8 @@ def test_step_blocked_in_c_ends_its_cell_as_a_time_limit(tmp_path, data_dir, opt
     ("ledger_forger", "accounting was tampered with")])
 def test_cheating_optimizers_end_in_error(cylinder, opt_file, name, message):
     out = run_one(opt_file, name, cylinder)
-    assert out.meta["status"] == "error" and message in out.meta["message"]
-    assert out.meta["evaluations"] <= 400
+    assert out.record.status == "error" and message in out.record.message
+    assert out.record.evaluations <= 400
 
 
 def test_optimizers_are_handed_a_view_without_the_data(cylinder):
@@ -331,10 +332,10 @@ def test_optimizers_are_handed_a_view_without_the_data(cylinder):
 
 def test_wrong_shaped_iterate_and_idle_optimizer_are_the_methods_errors(cylinder, opt_file):
     out = run_one(opt_file, "misshapen", cylinder)
-    assert out.meta["status"] == "error" and "shape (24, 24, 5)" in out.meta["message"]
+    assert out.record.status == "error" and "shape (24, 24, 5)" in out.record.message
     assert len(out.trace) >= 2 and np.isnan(out.trace["test_nll"].iloc[-1])
     out = run_one(opt_file, "idle", cylinder)
-    assert out.meta["status"] == "error" and "no evaluations" in out.meta["message"]
+    assert out.record.status == "error" and "no evaluations" in out.record.message
 
 
 # --- 6. zero work is not a result --------------------------------------------------------------

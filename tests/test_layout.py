@@ -25,7 +25,8 @@ ALLOWED = {
                                                   "cryobench.task"},
     "cryobench.checks": FOUNDATION | PROTOCOL | {"cryobench.model", "cryobench.data",
                                                  "cryobench.task", "cryobench.harness"},
-    "cryobench.report": FOUNDATION | {"cryobench.harness.results"},     # reports read results only
+    "cryobench.report": FOUNDATION | {"cryobench.harness.results",     # reports read results only
+                                      "cryobench.harness.record"},
     "cryobench.cli": None,                                                # the top: anything
     "cryobench": FOUNDATION | {"cryobench.oracle", "cryobench.task"},     # __init__: the public API
 }
@@ -109,6 +110,53 @@ def test_parts_import_no_cycle():
     for a, targets in edges.items():
         for b in targets - {a, "cryobench"}:
             assert a == "cryobench" or a not in edges.get(b, set()), f"{a} <-> {b}"
+
+
+def module_cycles() -> list[list[str]]:
+    """Cycles of imports between modules (any import, anywhere in a file), as lists of modules."""
+    names = {module_name(p): p for p in package_modules()}
+    edges = {m: {t for t in imports(p) if t in names and t != m} for m, p in names.items()}
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    def visit(v):                                   # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+    for v in sorted(names):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_modules_import_no_cycle():
+    """Not even inside a part: no module imports, directly or through others, one that imports it
+    (a function-local import does not hide a cycle from this test)."""
+    assert not module_cycles(), module_cycles()
+
+
+def test_the_cycle_check_finds_a_cycle(monkeypatch):
+    a, b = PACKAGE / "harness" / "run.py", PACKAGE / "harness" / "record.py"
+    real = imports
+    monkeypatch.setitem(globals(), "imports",
+                        lambda p: real(p) | ({"cryobench.harness.run"} if p == b else set()))
+    assert any({"cryobench.harness.run", "cryobench.harness.record"} <= set(c) for c in module_cycles())
+    assert "cryobench.harness.record" in real(a)
 
 
 def test_one_module_for_the_error_types():

@@ -2,7 +2,6 @@
 import shutil
 from pathlib import Path
 
-from cryobench.cli.commands import leaderboard_sizes
 from cryobench.report.figures import result_sets, write_leaderboard
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -14,7 +13,7 @@ def test_committed_leaderboard_is_regenerated_from_committed_results(tmp_path):
     copy = tmp_path / "results"
     for name in sets:
         shutil.copytree(RESULTS / name, copy / name, ignore=shutil.ignore_patterns("*.mrc"))
-    written = write_leaderboard(copy, sizes=leaderboard_sizes(copy, sets))   # as the CLI does
+    written = write_leaderboard(copy)                                       # as the CLI does
     stale = [p.relative_to(copy) for p in written
              if not (RESULTS / p.relative_to(copy)).is_file()
              or (RESULTS / p.relative_to(copy)).read_bytes() != p.read_bytes()]

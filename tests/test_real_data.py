@@ -19,8 +19,12 @@ from cryobench.data.realdata import contrast_z, recentre, resample_map
 from cryobench.data.spec import TASKS_DIR, load_spec
 from cryobench.data.star import read_particles
 from cryobench.harness.registry import resolve
-from cryobench.harness.run import REPO_DIR, RunSpec, execute, lowpass
-from cryobench.harness.tuned import DEFAULT_TUNED, default_tuned_file, load_tuned, resolve_params
+from cryobench.base.paths import REPO_DIR
+from cryobench.harness.plan import Planner, resolve_params
+from cryobench.harness.record import RunSpec
+from cryobench.harness.run import execute
+from cryobench.model.views import lowpass
+from cryobench.harness.tuned import DEFAULT_TUNED, default_tuned_file, load_tuned
 from cryobench.model.fsc import aligned_fsc
 from cryobench.task import task_hash, task_recipe
 
@@ -91,7 +95,7 @@ def test_reference_map_gives_fsc_views_and_enters_the_task_hash(tmp_path):
     assert np.corrcoef(lowpass(truth, 6).ravel(), lowpass(direct, 6).ravel())[0, 1] > 0.998
     out = execute(RunSpec(str(path), "tiny", "sgd", {"lr": 0.5}, budget=300), task, resolve("sgd"))
     assert set(out.views) == {"final", "ground_truth"} and set(out.fsc["label"]) == {"final"}
-    assert np.isfinite(out.meta["snapshots"][-1]["resolution_A"])
+    assert np.isfinite(out.record.snapshots[-1]["resolution_A"])
     with mrcfile.open(tmp_path / "reference.mrc", "r+") as mrc:     # other bytes, same shape
         mrc.data[0, 0, 0] += 1.0
     assert task_hash(path, None, tmp_path / "cache") != task.content_hash
@@ -144,16 +148,16 @@ def test_tuned_values_follow_the_task_identity_not_its_path(tmp_path, caplog, mo
     tuned = {"my-particles": {"tiny": {"sgd": entry}}}
     monkeypatch.chdir(tmp_path)
     for spelling in (str(path), "my-particles.toml", f"../{tmp_path.name}/./my-particles.toml"):
-        params, source = resolve_params(sgd, {}, tuned, spelling, "tiny", data_dir=cache)
+        params, source = resolve_params(sgd, {}, tuned, Planner(cache).task(spelling, "tiny"))
         assert params["lr"] == 0.0123 and source["lr"] == "tuned"
     path.write_text(path.read_text().replace("particle_radius = 150.0", "particle_radius = 140.0"))
     with caplog.at_level(logging.WARNING, logger="cryobench"):
-        params, source = resolve_params(sgd, {}, tuned, str(path), "tiny", data_dir=cache)
+        params, source = resolve_params(sgd, {}, tuned, Planner(cache).task(str(path), "tiny"))
     assert params["lr"] == sgd.hypers["lr"].default and source["lr"] == "default"
     notes = cryobench_messages(caplog)
     assert len(notes) == 1 and "were for task content" in notes[0] and "tune again" in notes[0]
     legacy = {"my-particles": {"tiny": {"sgd": {"params": {"lr": 0.0123}}}}}   # no hash
-    assert resolve_params(sgd, {}, legacy, str(path), "tiny")[1]["lr"] == "default"
+    assert resolve_params(sgd, {}, legacy, Planner(cache).task(str(path), "tiny"))[1]["lr"] == "default"
     assert default_tuned_file("my-particles.toml") == tmp_path / "my-particles.tuned.json"
     assert task_recipe(path, "tiny", cache) == task_hash(path, "tiny", cache)   # its files are it
 
@@ -166,12 +170,12 @@ def test_tuned_values_follow_the_recipe_not_the_bits_of_a_simulation(tmp_path, c
     recipe = task_recipe("synthetic-cylinder", "ci", empty)
     entry = {"params": {"lr": 0.0123}, "task_hash": "f" * 64, "task_recipe": recipe}
     params, source = resolve_params(sgd, {}, {"synthetic-cylinder": {"ci": {"sgd": entry}}},
-                                    "synthetic-cylinder", "ci", data_dir=empty)
+                                    Planner(empty).task("synthetic-cylinder", "ci"))
     assert params["lr"] == 0.0123 and source["lr"] == "tuned" and not empty.exists()
     entry["task_recipe"] = "0" * 64
     with caplog.at_level(logging.WARNING, logger="cryobench"):
         params, source = resolve_params(sgd, {}, {"synthetic-cylinder": {"ci": {"sgd": entry}}},
-                                        "synthetic-cylinder", "ci", data_dir=empty)
+                                        Planner(empty).task("synthetic-cylinder", "ci"))
     assert source["lr"] == "default" and "were for task content 000000000000" in caplog.text
 
 
@@ -180,7 +184,7 @@ def test_committed_tuned_values_still_found_for_the_shipped_tasks():
     lr = committed["synthetic-cylinder"]["small"]["sgd"]["params"]["lr"]
     for spelling in ("synthetic-cylinder", str(TASKS_DIR / "synthetic-cylinder.toml"),
                      str(TASKS_DIR / ".." / "tasks" / "synthetic-cylinder.toml")):
-        params, source = resolve_params(sgd, {}, committed, spelling, "small")
+        params, source = resolve_params(sgd, {}, committed, Planner().task(spelling, "small"))
         assert params["lr"] == lr and source["lr"] == "tuned"
     assert default_tuned_file("thermus-style") == DEFAULT_TUNED
 

@@ -10,7 +10,8 @@ import pytest
 from matplotlib.image import AxesImage
 
 from cryobench.harness.results import Results, load_results
-from cryobench.harness.run import SCHEMA_VERSION, lowpass, projections
+from cryobench.harness.record import SCHEMA_VERSION
+from cryobench.model.views import lowpass, projections
 from cryobench.report import figures as report
 
 DATASETS = [("task-a", "ci"), ("task-b", "ci")]
@@ -70,7 +71,9 @@ def _write_cell(root, task, scale, label, seed, status):
             "budget": int(_evals(label)[-1]), "evaluations": int(evals[-1]), "wall_s": 1.0,
             "task_hash": f"hash-{task}", "provenance": {"cryobench": "0.1.0", "git_commit": "abc",
                                                          "cpu": "fake", "blas": "openblas"},
-            "snapshots": [{"label": k, "evals": e, "resolution_A": 40.0 + seed} for k, e in snaps.items()]}
+            "snapshots": [{"label": k, "evals": e, "resolution_A": 40.0 + seed} for k, e in snaps.items()],
+            "task_facts": {"n_train": 1000, "batch_size": 100, "box": D, "pixel_size": 10.0,
+                           "rmax_px": RMAX}}
     (folder / "meta.json").write_text(json.dumps(meta))
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from cryobench.cli import main as cli
 from cryobench.harness.results import Results, load_results
-from cryobench.harness.run import SCHEMA_VERSION
+from cryobench.harness.record import SCHEMA_VERSION
 from cryobench.report import figures as report
 
 EVALS = [0, 1000, 5000, 50000, 100000]

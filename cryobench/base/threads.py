@@ -13,13 +13,16 @@ were imported before cryobench; then set them in the environment.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import llvmlite.binding  # noqa: E402
 import numba  # noqa: E402  (after the environment above)
+import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 
@@ -29,6 +32,18 @@ def set_threads(n: int | None = None) -> int:
     threadpool_limits(limits=n)
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     return n
+
+
+@contextlib.contextmanager
+def using_threads(n: int):
+    """BLAS and numba use ``n`` threads inside the block; the previous counts are restored."""
+    before = numba.get_num_threads()
+    with threadpool_limits(limits=n):
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        try:
+            yield n
+        finally:
+            numba.set_num_threads(before)
 
 
 def cpu_name() -> str:
@@ -59,11 +74,6 @@ def machine() -> str:
     """The platform: CPU, the kernels OpenBLAS and LLVM chose for it, the BLAS build, NumPy,
     numba and Python versions — what besides the code decides the bits a run computes (two
     machines alike in these compute alike)."""
-    import platform
-
-    import llvmlite.binding
-    import numpy as np
-
     info = thread_info()
     return (f"{info.get('cpu')} | {info.get('blas')} {info.get('blas_architecture')} | llvm "
             f"{llvmlite.binding.get_host_cpu_name()} | numpy {np.__version__} | numba "

@@ -1,4 +1,4 @@
-"""``cryobench bench``: how fast this machine runs a task's kernel, next to its own SGEMM (SPEC §5).
+"""``cryobench bench``: how fast this machine runs a task's kernel, next to its own SGEMM.
 
 In one process, per task: this machine's single-precision GEMM throughput on the kernel's own
 matrix products (same shapes and layouts, random float32 operands), the kernel's throughput —
@@ -18,6 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from cryobench.base.threads import set_threads, thread_info
+from cryobench.data.datasets import default_data_dir, simulated_dir
+from cryobench.data.spec import load_spec
+from cryobench.task import load_task
 
 DEFAULT_TASKS = ("synthetic-cylinder", "thermus-style")
 MINIBATCH = 100
@@ -87,7 +92,6 @@ def gemm_rate(shapes, repeats: int = 5, dtype=np.float32, seed: int = 0) -> dict
 
 
 def _dataset_cached(spec, scale_name: str, data_dir: Path) -> bool:
-    from cryobench.data.datasets import simulated_dir
     if spec.section("dataset").get("kind") != "simulated":
         return True
     return (simulated_dir(spec, spec.scale(scale_name), data_dir) / "manifest.json").is_file()
@@ -101,11 +105,6 @@ def run_bench(task_name: str, scale: str = "ci", data_dir=None, *, threads: int 
     the whole epoch, except 50 minibatches at paper scale). ``log``: a callable for progress
     lines (e.g. that the dataset is being simulated first), or None.
     """
-    from cryobench.base.threads import set_threads, thread_info
-    from cryobench.data.datasets import default_data_dir
-    from cryobench.data.spec import load_spec
-    from cryobench.task import load_task
-
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     n_threads = set_threads(threads)
     gc.collect()

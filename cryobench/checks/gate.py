@@ -1,4 +1,4 @@
-"""``cryobench gate``: the quality gate for CI (SPEC §4).
+"""``cryobench gate``: the quality gate for CI .
 
 Every registered optimizer, with its default hyper-parameters (no tuned values), runs on both
 ``ci`` tasks for a fixed budget of gradient evaluations on a few seeds (seed n = training stream
@@ -37,7 +37,6 @@ budget and seeds).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import math
@@ -46,8 +45,16 @@ from pathlib import Path
 
 import numpy as np
 
+from cryobench.base.files import atomic_write
 from cryobench.base.paths import RESULTS_DIR
+from cryobench.base.provenance import git_commit
+from cryobench.base.threads import thread_info, using_threads
 from cryobench.errors import InputError
+from cryobench.harness.fingerprint import optimizer_fingerprint
+from cryobench.harness.plan import Planner
+from cryobench.harness.registry import discover
+from cryobench.harness.run import execute
+from cryobench.task import load_task
 
 DEFAULT_REFERENCE = RESULTS_DIR / "gate" / "reference.json"
 TASKS = ("synthetic-cylinder", "thermus-style")
@@ -60,28 +67,13 @@ FLOOR = 1e-5
 SCHEMA = 1
 
 
-@contextlib.contextmanager
-def using_threads(n: int):
-    """BLAS and numba use ``n`` threads inside the block; the previous counts are restored."""
-    import numba
-    from threadpoolctl import threadpool_limits
-    before = numba.get_num_threads()
-    with threadpool_limits(limits=n):
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-        try:
-            yield n
-        finally:
-            numba.set_num_threads(before)
-
-
-def run_seed(task, method, seed: int, budget: int) -> dict:
-    """One run of ``method`` (defaults) on ``task`` through :func:`cryobench.harness.run.execute` (no
-    comparison with the ground truth): {"status", "final", "message"}; the final is the test
-    NLL of the last iterate (None unless the status is ok)."""
-    from cryobench.harness.run import RunSpec, execute
-    spec = RunSpec(task.name, task.scale.name, method.name, method.defaults(), seed, budget)
-    out = execute(spec, task, method, compare=False)
-    status, message = out.meta["status"], out.meta["message"]
+def run_seed(task, plan) -> dict:
+    """The run ``plan`` (:class:`~cryobench.harness.plan.RunPlan`) on the loaded ``task`` through
+    :func:`cryobench.harness.run.execute` (no comparison with the ground truth): {"status",
+    "final", "message"}; the final is the test NLL of the last iterate (None unless the status
+    is ok)."""
+    out = execute(plan.spec, task, plan.method, compare=False)
+    status, message = out.record.status, out.record.message
     final = float(out.trace["test_nll"].iloc[-1])
     if status == "ok" and not math.isfinite(final):
         status, message = "diverged", f"final test NLL {final}"
@@ -99,16 +91,18 @@ def summarise(finals) -> tuple[float | None, float | None]:
 def measure(methods: dict, tasks=TASKS, scale: str = SCALE, budget: int = BUDGET,
             seeds: int = SEEDS, threads: int = THREADS, data_dir=None, log=None) -> dict:
     """Run every method on every task and seed; {task: {method: entry}} with per-seed finals,
-    statuses and messages, their median and noise, the parameters and the optimizer's code hash."""
-    from cryobench.harness.fingerprint import optimizer_fingerprint
-    from cryobench.task import load_task
+    statuses and messages, their median and noise, the parameters and the optimizer's code hash.
+    Each method runs with its defaults (no tuned values), planned like any run."""
     out = {}
+    planner = Planner(data_dir, threads, tuned=None)
     with using_threads(threads):
         for name in tasks:
             task = load_task(name, scale, data_dir, progress=False)
+            ref = planner.task(name, scale)
             out[task.name] = {}
             for mname, method in sorted(methods.items()):
-                runs = [run_seed(task, method, s, budget) for s in range(seeds)]
+                runs = [run_seed(task, planner.plan(ref, method.name, {}, s, budget, method=method))
+                        for s in range(seeds)]
                 finals = [r["final"] for r in runs]
                 median, noise = summarise(finals)
                 out[task.name][mname] = {
@@ -159,8 +153,6 @@ def load_reference(path) -> dict:
 
 def made() -> dict:
     """When, from which commit and on which machine a reference is made."""
-    from cryobench.base.threads import thread_info
-    from cryobench.harness.run import git_commit
     commit, dirty = git_commit()
     return {"date": datetime.date.today().isoformat(), "git_commit": commit, "git_dirty": dirty,
             "numpy": np.__version__,
@@ -169,11 +161,7 @@ def made() -> dict:
 
 def write_document(path, doc: dict) -> None:
     """Write a reference document atomically, as sorted, indented JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def write_reference(path, results: dict, config: dict) -> None:
@@ -235,7 +223,6 @@ def gate(methods: dict | None = None, reference=DEFAULT_REFERENCE, update: bool 
     ``methods``: {name: Method} to gate (default: every registered optimizer). ``budget``,
     ``seeds`` and ``tasks`` apply to ``update`` only (the gate runs the reference's settings).
     """
-    from cryobench.harness.registry import discover
     out = out or sys.stdout
     say = lambda line: print(line, file=out, flush=True)  # noqa: E731
     methods = discover() if methods is None else methods

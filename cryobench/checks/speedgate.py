@@ -38,8 +38,10 @@ import numpy as np
 
 from cryobench.base.paths import RESULTS_DIR
 from cryobench.checks.bench import DEFAULT_TASKS, gemm_products
-from cryobench.checks.gate import made, using_threads, write_document
+from cryobench.base.threads import using_threads
+from cryobench.checks.gate import made, read_reference, write_document
 from cryobench.errors import InputError
+from cryobench.task import load_task
 
 DEFAULT_REFERENCE = RESULTS_DIR / "gate" / "speed.json"
 SCALE = "small"
@@ -99,7 +101,6 @@ def measure_task(task, pairs: int = PAIRS, block_s: float = BLOCK_S, clock=time.
 def measure(tasks=DEFAULT_TASKS, scale: str = SCALE, pairs: int = PAIRS, block_s: float = BLOCK_S,
             threads: int = THREADS, data_dir=None) -> dict:
     """{task: measure_task(...)} for each task at ``scale``, on ``threads`` threads."""
-    from cryobench.task import load_task
     out = {}
     with using_threads(threads):
         for name in tasks:
@@ -111,7 +112,6 @@ def measure(tasks=DEFAULT_TASKS, scale: str = SCALE, pairs: int = PAIRS, block_s
 
 def load_reference(path) -> dict:
     """The speed reference, checked; one InputError line naming the file and problem otherwise."""
-    from cryobench.checks.gate import read_reference
     path = Path(path)
     ref = read_reference(path, "speed reference", SCHEMA, "cryobench speed-gate")
     for key in ("tasks", "scale", "pairs", "block_s", "threads", "tolerance"):

@@ -11,17 +11,22 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cryobench.base.messages import warn_once
 from cryobench.base.seeding import content_hash, derive_seed
 from cryobench.data.cache import (MANIFEST, discard, file_sha256, fs_now, manifest_problem,
                                   record_verified, remove_dead_temporaries, temporary_dir)
 from cryobench.data.images import estimate_noise_sigma, fourier_crop
-from cryobench.data.spec import Scale, TaskSpec
+from cryobench.data.mrc import read_volume
+from cryobench.data.realdata import contrast_advice, contrast_z, load_reference, recentre
+from cryobench.data.simulate import FORMAT_VERSION, SimulationParams, simulate
+from cryobench.data.spec import Scale, TaskSpec, check_splits, load_spec
 from cryobench.data.star import count_particles, read_particles
 from cryobench.errors import InputError
 from cryobench.model.ctf import CTFParams
@@ -41,7 +46,6 @@ SIMULATION_THREADS = 2
 def simulate_in_fresh_process(spec: TaskSpec, scale: Scale, folder: Path, progress: bool) -> None:
     """Simulate ``spec`` at ``scale`` into ``folder`` in a new process with
     :data:`SIMULATION_THREADS` BLAS threads (so the bits never depend on the caller's state)."""
-    import subprocess
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env["OPENBLAS_NUM_THREADS"] = str(SIMULATION_THREADS)
     code = ("import sys; from pathlib import Path; from cryobench.data.spec import load_spec; "
@@ -84,7 +88,6 @@ class Dataset:
 
 def simulation_params(spec: TaskSpec, scale: Scale):
     """The :class:`SimulationParams` of a simulated task at a scale."""
-    from cryobench.data.simulate import SimulationParams
     recipe = spec.section("dataset")
     recipe.pop("kind", None)
     for key in ("n_images", "box", "pixel_size"):
@@ -100,7 +103,6 @@ def simulation_params(spec: TaskSpec, scale: Scale):
 
 def simulated_dir(spec: TaskSpec, scale: Scale, data_dir: Path) -> Path:
     """The cache folder of a simulated task at a scale (it may not exist yet)."""
-    from cryobench.data.simulate import FORMAT_VERSION
     key = content_hash({"params": simulation_params(spec, scale).to_dict(), "format": FORMAT_VERSION})
     return Path(data_dir) / spec.name / f"{scale.name}-{key[:12]}"
 
@@ -141,6 +143,24 @@ def ensure_simulated(spec: TaskSpec, scale: Scale, data_dir: Path, progress: boo
     return target
 
 
+def simulate_task(name_or_path, scale: str | None, data_dir: Path, out: Path | None = None,
+                  progress: bool = True) -> tuple[str, str, int, Path]:
+    """Simulate a task's dataset into the cache (or into ``out``); (task, scale, images, folder).
+    A task that reads a STAR file, or whose splits do not fit, is refused in one line."""
+    spec = load_spec(name_or_path)
+    sc = spec.scale(scale)
+    if spec.section("dataset").get("kind") != "simulated":
+        raise InputError(f"{spec.path}: task {spec.name!r} reads a STAR file; nothing to simulate")
+    check_splits(spec, sc, sc.n_images or 0)
+    if out is not None:
+        meta = simulate(simulation_params(spec, sc), Path(out), progress=progress)
+        folder = Path(out)
+    else:
+        folder = ensure_simulated(spec, sc, data_dir, progress=progress)
+        meta = json.loads((folder / "meta.json").read_text())
+    return spec.name, sc.name, meta["params"]["n_images"], folder
+
+
 def dataset_size(spec: TaskSpec, scale: Scale) -> int:
     """The number of images a task has at a scale, without simulating or reading any stack."""
     recipe = spec.section("dataset")
@@ -167,7 +187,6 @@ def load_dataset(spec: TaskSpec, scale: Scale, data_dir: Path, progress: bool = 
 
 
 def _load_simulated(spec, scale, data_dir, progress) -> Dataset:
-    from cryobench.data.mrc import read_volume
     folder = ensure_simulated(spec, scale, data_dir, progress)
     particles = read_particles(folder / "particles.star", memory_map=True, check_images=False)
     meta = json.loads((folder / "meta.json").read_text())
@@ -182,8 +201,6 @@ def _load_star(spec, scale) -> Dataset:
     """A STAR task's images: read, sign-inverted if asked, re-centred by their origins, Fourier-
     cropped to the scale's box, σ-estimated; the optional reference map resampled to the same
     grid; and the contrast checked (one warning when the data prefer the negated density)."""
-    from cryobench.data.realdata import (contrast_advice, contrast_z, load_reference, recentre,
-                                         warn_once)
     recipe = spec.section("dataset")
     allowed = {"kind", "star", "particle_radius", "invert_sign", "reference"}
     unknown = sorted(set(recipe) - allowed)

@@ -23,7 +23,6 @@ explains the images better; see its docstring.
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 
 import mrcfile
@@ -34,7 +33,6 @@ from cryobench.errors import InputError
 from cryobench.model.ctf import CTFParams, evaluate_ctf
 from cryobench.model.fourier import centered_dft2, centered_idft2, dft_matrix, volume_to_cube
 
-log = logging.getLogger("cryobench")
 CONTRAST_Z = 3.0            # |z| beyond which the contrast check is conclusive
 
 
@@ -147,14 +145,3 @@ def contrast_advice(z: float, invert_sign: bool, spec_path) -> str | None:
     return (f"cryobench: warning: the images fit the negated density better than the density "
             f"(contrast z = {z:.1f}): their contrast is the opposite of RELION's; set "
             f"invert_sign = {'false' if invert_sign else 'true'} in [dataset] of {spec_path}")
-
-
-_said: set = set()
-
-
-def warn_once(message: str) -> None:
-    """Log ``message`` as a warning of logger ``cryobench``, once per process (loading a task
-    several times, as ``tune`` and ``run`` do, says it once)."""
-    if message not in _said:
-        _said.add(message)
-        log.warning(message)

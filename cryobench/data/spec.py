@@ -202,7 +202,10 @@ def known_tasks(tasks_dir: Path = TASKS_DIR) -> list[str]:
 
 
 def load_spec(name_or_path, tasks_dir: Path = TASKS_DIR) -> TaskSpec:
-    """Parse a task by name (``tasks/NAME.toml``) or by the path of a TOML file."""
+    """Parse a task by name (``tasks/NAME.toml``) or by the path of a TOML file (a parsed
+    :class:`TaskSpec` is returned as it is)."""
+    if isinstance(name_or_path, TaskSpec):
+        return name_or_path
     path = Path(name_or_path)
     if path.suffix != ".toml":
         path = Path(tasks_dir) / f"{name_or_path}.toml"

@@ -1,4 +1,4 @@
-"""What a cell's identity covers: fingerprints of behaviour, not of file text (SPEC §7).
+"""What a cell's identity covers: fingerprints of behaviour, not of file text .
 
 A cell's numbers are decided by the task's data and definition (the task content hash), the
 run's specification (hyper-parameters, seed, budget, checkpoints, threads), the optimizer's code
@@ -28,8 +28,18 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from cryobench.base.threads import machine  # noqa: F401  (part of a cell's identity)
+from cryobench.base.seeding import rng_for
+from cryobench.data.datasets import Dataset
+from cryobench.data.spec import Scale, TaskSpec
+from cryobench.harness.record import RunSpec
+from cryobench.harness.run import execute
+from cryobench.model.ctf import CTFParams
+from cryobench.model.prior import Prior
+from cryobench.optim import GradientMethod, Hyper, dot64, method
+from cryobench.schedules import annealed_lr, sutskever_momentum
+from cryobench.task import Task, likelihood_for, make_splits, match_power, random_spheres
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -70,12 +80,6 @@ class _Bits:
 
 def _probe_task(shift_sigma_px: float, n_images: int = 60):
     """A small in-memory task (box 16, r_max 4 px) on images drawn from a fixed generator."""
-    from cryobench.base.seeding import rng_for
-    from cryobench.data.datasets import Dataset
-    from cryobench.data.spec import Scale, TaskSpec
-    from cryobench.model.ctf import CTFParams
-    from cryobench.model.prior import Prior
-    from cryobench.task import Task, likelihood_for, make_splits, match_power, random_spheres
     box, pixel = 16, 4.0
     rng = rng_for("fingerprint", shift_sigma_px)
     spec = TaskSpec("fingerprint", Path("fingerprint.toml"), {
@@ -100,9 +104,6 @@ def _probe_task(shift_sigma_px: float, n_images: int = 60):
 def _probe_sgd():
     """Plain annealed SGD with momentum-free steps, defined here so the probe depends on the
     library only."""
-    from cryobench.optim import GradientMethod, Hyper, method
-    from cryobench.schedules import annealed_lr
-
     @method(lr=Hyper(0.5, 1e-3, 1e2))
     def probe_sgd(lr):
         def step(state, oracle):
@@ -114,9 +115,6 @@ def _probe_sgd():
 
 
 def _probe(bits: _Bits) -> None:
-    from cryobench.harness.run import RunSpec, execute
-    from cryobench.optim import dot64
-    from cryobench.schedules import annealed_lr, sutskever_momentum
     for shift in (0.0, 1.0):
         task = _probe_task(shift)
         lik, v = task.likelihood, task.init
@@ -134,8 +132,8 @@ def _probe(bits: _Bits) -> None:
              dot64(task.init, task.init * 3))
     out = execute(RunSpec("fingerprint", "probe", "probe-sgd", {"lr": 0.5}, seed=1, budget=400,
                           snapshots=()), task, _probe_sgd())
-    bits.add(out.trace.drop(columns="wall_s").to_numpy(float), out.meta["status"],
-             out.meta["evaluations"], *[out.densities[k] for k in sorted(out.densities)],
+    bits.add(out.trace.drop(columns="wall_s").to_numpy(float), out.record.status,
+             out.record.evaluations, *[out.densities[k] for k in sorted(out.densities)],
              out.fsc.to_numpy(object).astype(str), *[out.views[k] for k in sorted(out.views)])
 
 
@@ -153,7 +151,6 @@ def source_digest() -> str:
 def numerics_fingerprint() -> str:
     """SHA-256 of the bits the library's numerical code computes on the fixed probe (module doc),
     with one BLAS thread; a few hundred milliseconds, computed once per process."""
-    from threadpoolctl import threadpool_limits
     bits = _Bits()
     with threadpool_limits(1):
         _probe(bits)

@@ -23,7 +23,6 @@ distributed cluster and their files come back to be written here.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import sys
 import tomllib
@@ -33,10 +32,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cryobench.errors import InputError
-from cryobench.harness.cell import Cell, make_cell
-from cryobench.harness.results import cell_complete, remove_stale_temporaries
-from cryobench.harness.run import RunSpec, check_run, run_sizes
-from cryobench.harness.tuned import DEFAULT_TUNED, default_tuned_file, load_tuned, resolve_params
+from cryobench.harness.plan import EACH_TASKS_OWN, HyperParameterError, Planner, RunPlan
+from cryobench.harness.registry import resolve
+from cryobench.harness.processes import check_output_folder, run_dask, run_local
+from cryobench.harness.record import CellRecord, cell_complete
+from cryobench.harness.results import remove_stale_temporaries
 
 
 class GridInterrupted(KeyboardInterrupt):
@@ -61,7 +61,7 @@ class Grid:
     params: dict = field(default_factory=dict)
     per_decade: int = 5
     time_limit: float | None = None
-    tuned: Path | None = None
+    tuned: Path | str | None = EACH_TASKS_OWN     # a file, each task's own, or None (defaults)
 
 
 def _fail(path, message):
@@ -136,57 +136,42 @@ def load_grid(path) -> Grid:
         tuned = path.parent / tuned
         if not tuned.is_file():
             raise InputError(f"{path}: 'tuned' names {tuned}, which does not exist")
-    tuned = DEFAULT_TUNED if tuned is None else (tuned or None)
+    tuned = EACH_TASKS_OWN if tuned is None else (tuned or None)
     return Grid(path, raw["tasks"], raw.get("scales", ["ci"]), raw["optimizers"], seeds,
                 raw.get("budget"), raw.get("budget_epochs"), raw.get("params", {}),
                 raw.get("per_decade", 5), raw.get("time_limit"), tuned)
 
 
-def config_label(method, params: dict) -> str:
-    """The method's name and every hyper-parameter that differs from its default
-    (``sgd lr=0.5``): one label per configuration, so no report averages two."""
-    return " ".join([method.name] + [f"{k}={v:g}" for k, v in params.items()
-                                     if v != method.hypers[k].default])
-
-
-def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[Cell]:
-    """The grid's cells, in a fixed order (tasks are simulated first if needed, to hash them);
-    each runs with ``threads`` BLAS threads, which are part of its identity."""
-    from cryobench.harness.registry import resolve
-    from cryobench.task import task_hash
-    tuned = load_tuned(grid.tuned) if grid.tuned else {}
-    cells = []
+def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[RunPlan]:
+    """The grid's runs, planned (:class:`~cryobench.harness.plan.Planner`) in a fixed order
+    (tasks are simulated first if needed, to hash them); each runs with ``threads`` BLAS
+    threads, which are part of its identity."""
+    planner = Planner(data_dir, threads, grid.tuned)
+    plans = []
     for task, scale in itertools.product(grid.tasks, grid.scales):
-        thash = task_hash(task, scale, data_dir)
-        n_train, task_batch, default_budget = run_sizes(task, scale, data_dir)
-        budget = grid.budget if grid.budget_epochs is None else int(grid.budget_epochs * n_train)
-        run_budget = budget if budget is not None else default_budget
-        table = load_tuned(default_tuned_file(task)) if grid.tuned == DEFAULT_TUNED else tuned
-        for ref in grid.optimizers:
+        ref = planner.task(task, scale)
+        budget = grid.budget if grid.budget_epochs is None else int(grid.budget_epochs * ref.sizes["train"])
+        for optimizer in grid.optimizers:
             try:
-                method = resolve(ref)
+                method = resolve(optimizer)
             except ValueError as exc:
                 raise InputError(f"{grid.path}: optimizers: {exc}") from None
-            axes = {k: (v if isinstance(v, list) else [v]) for k, v in grid.params.get(ref, {}).items()}
+            axes = {k: (v if isinstance(v, list) else [v])
+                    for k, v in grid.params.get(optimizer, {}).items()}
             for values in itertools.product(*axes.values()):
-                explicit = dict(zip(axes, values))
-                try:
-                    params, _ = resolve_params(method, explicit, table, task, scale, thash)
-                except ValueError as exc:
-                    raise InputError(f"{grid.path}: [params.{ref}] {exc}") from None
                 for seed in grid.seeds:
-                    spec = RunSpec(task, scale, ref, params, seed, budget, grid.per_decade,
-                                   time_limit=grid.time_limit, label=config_label(method, params),
-                                   threads=threads)
                     try:
-                        check_run(spec, method, n_train, task_batch, run_budget)
+                        plans.append(planner.plan(ref, optimizer, dict(zip(axes, values)), seed,
+                                                  budget, per_decade=grid.per_decade,
+                                                  time_limit=grid.time_limit, method=method))
+                    except HyperParameterError as exc:
+                        raise InputError(f"{grid.path}: [params.{optimizer}] {exc}") from None
                     except ValueError as exc:
                         raise InputError(f"{grid.path}: {exc}") from None
-                    cells.append(make_cell(spec, thash, method))
-    return cells
+    return plans
 
 
-def run_grid(cells: list[Cell], out: Path, workers: int | None = None,
+def run_grid(cells: list[RunPlan], out: Path, workers: int | None = None,
              scheduler: str | None = None, data_dir=None, progress: bool = True) -> dict:
     """Run the cells not yet in ``out/cells``; returns {cell id: status} for every cell, where
     ``interrupted`` marks a cell that has no result (it is computed again next time).
@@ -194,7 +179,6 @@ def run_grid(cells: list[Cell], out: Path, workers: int | None = None,
     Ctrl-C or SIGTERM stops the grid at once: running cells are killed, nothing queued starts,
     finished cells stay, and :class:`GridInterrupted` says how many remain.
     """
-    from cryobench.harness.processes import check_output_folder, run_dask, run_local
     cells_dir = Path(out) / "cells"
     check_output_folder(cells_dir)
     remove_stale_temporaries(cells_dir)
@@ -203,7 +187,7 @@ def run_grid(cells: list[Cell], out: Path, workers: int | None = None,
                desc=f"grid {Path(out).name}")
     failures: dict[str, str] = {}
 
-    def done(cell: Cell, message: str | None) -> None:
+    def done(cell: RunPlan, message: str | None) -> None:
         if message is not None:
             failures[cell.cell] = message
             tqdm.write(f"cryobench: {cell.describe()} (cell {cell.cell}) was interrupted: {message}; "
@@ -221,5 +205,5 @@ def run_grid(cells: list[Cell], out: Path, workers: int | None = None,
                               f"{cells_dir}; run the same command again to compute the rest") from None
     finally:
         bar.close()
-    return {c.cell: (json.loads((cells_dir / c.cell / "meta.json").read_text())["status"]
+    return {c.cell: (CellRecord.read(cells_dir / c.cell).status
                      if cell_complete(cells_dir / c.cell) else "interrupted") for c in cells}

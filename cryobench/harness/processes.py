@@ -24,11 +24,14 @@ import time
 from collections import deque
 from pathlib import Path
 
+from cryobench.base.files import to_json
 from cryobench.errors import HarnessFault, InputError
-from cryobench.harness.cell import grid_identity
+from cryobench.harness.identity import grid_identity
 from cryobench.harness.limits import EXIT_STUCK
-from cryobench.harness.results import cell_complete, read_cell_files, to_json, write_cell_folder
-from cryobench.harness.run import DEFAULT_TIME_LIMIT, SCHEMA_VERSION
+from cryobench.harness.plan import RunPlan
+from cryobench.harness.record import (CellRecord, cell_complete, empty_trace, read_cell_files,
+                                      write_cell_folder)
+from cryobench.harness.run import DEFAULT_TIME_LIMIT
 
 
 def hard_limit(cell) -> float:
@@ -121,14 +124,11 @@ class CellProcess:
 
 def stuck_files(cell, message: str) -> dict[str, bytes]:
     """The folder of a run whose step never returned: status ``budget``, no checkpoints."""
-    meta = {"schema_version": SCHEMA_VERSION, "run": cell.spec.to_dict(), "cell": cell.cell,
-            "optimizer_name": cell.spec.label.split(" ")[0] or cell.spec.optimizer,
-            "budget": cell.spec.budget, "status": "budget", "message": message, "traceback": None,
-            "evaluations": 0, "counts": {}, "wall_s": None, "task_hash": cell.task_hash,
-            "snapshots": []}
-    header = ("task,scale,optimizer,label,seed,cell,checkpoint,evals,grad_evals,value_evals,"
-              "hvp_evals,wall_s,test_nll,train_obj\n")
-    return {"trace.csv": header.encode(), "meta.json": to_json(meta).encode()}
+    record = CellRecord(cell.spec, cell.spec.label.split(" ")[0] or cell.spec.optimizer,
+                        cell.spec.budget, "budget", message, 0, None, cell.task_hash,
+                        snapshots=[], cell=cell.cell)
+    return {"trace.csv": empty_trace(cell.spec.score).encode(),
+            "meta.json": to_json(record.to_dict()).encode()}
 
 
 def run_local(todo, cells_dir: Path, data_dir, workers: int, done) -> None:
@@ -164,8 +164,7 @@ def _raise_interrupt(signum, frame):
 def compute_isolated(cell_dict: dict, data_dir) -> dict[str, bytes]:
     """On a Dask worker: run the cell in a process of its own and return its folder's files;
     raise :class:`~cryobench.errors.HarnessFault` when it was interrupted."""
-    from cryobench.harness.cell import Cell
-    cell = Cell.from_dict(cell_dict)
+    cell = RunPlan.from_dict(cell_dict)
     with tempfile.TemporaryDirectory(prefix="cryobench-worker-") as tmp:
         folder = Path(tmp) / cell.cell
         p = CellProcess(cell, folder, data_dir)
@@ -184,7 +183,7 @@ def compute_isolated(cell_dict: dict, data_dir) -> dict[str, bytes]:
 def run_dask(todo, cells_dir: Path, address: str, data_dir, done) -> None:
     """Send the cells to a Dask scheduler; write each returned folder; a lost worker or
     scheduler leaves its cells without a result (computed again by the next grid)."""
-    from dask.distributed import Client, as_completed
+    from dask.distributed import Client, as_completed   # heavy (~1 s): only with a scheduler
     try:
         client = Client(address, timeout="10s")
     except (OSError, TimeoutError) as exc:

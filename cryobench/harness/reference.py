@@ -25,7 +25,12 @@ import json
 import math
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
+
+from cryobench.base.files import atomic_write, to_json
+from cryobench.data.spec import load_spec
 from cryobench.errors import InputError
+from cryobench.task import load_task
 
 REFERENCE_FILE = "reference.json"
 FIELDS = {"task": str, "scale": str, "task_hash": str, "density": str, "truth_test_nll": float}
@@ -61,7 +66,6 @@ def read_references(path) -> dict:
 def has_truth(task: str) -> bool:
     """Whether a task has a density to compare with (simulated, or real with a reference map),
     from its specification alone."""
-    from cryobench.data.spec import load_spec
     recipe = load_spec(task).section("dataset")
     return recipe.get("kind") != "star" or "reference" in recipe
 
@@ -82,10 +86,6 @@ def record_references(out, task_hashes: dict, data_dir=None) -> Path | None:
     """Add to ``out/reference.json`` the entries it lacks, or holds for another task hash, of the
     (task, scale) pairs in ``task_hashes`` {(task, scale): hash of the grid's cells} that have a
     truth; returns the file if it was written."""
-    from threadpoolctl import threadpool_limits
-
-    from cryobench.harness.results import atomic_write, to_json
-    from cryobench.task import load_task
     path = Path(out) / REFERENCE_FILE
     have = read_references(path)
     todo = [(t, s) for t, s in sorted(task_hashes)

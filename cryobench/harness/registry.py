@@ -6,6 +6,9 @@ at import) breaks only itself: :func:`scan` lists it with its one-line error, th
 optimizers still resolve, and resolving it (by its file's name) reports that error. Two sources
 registering one name (two files, or an entry point and a file) are an :class:`InputError` naming
 both, never a silent replacement.
+
+The folder and the entry points are scanned once per process: a scan is reused while the
+folder's files (names, sizes, modification times) and the installed entry points are unchanged.
 """
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ import importlib.util
 import inspect
 import traceback
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from cryobench.base.paths import OPTIMIZERS_DIR  # noqa: F401  (re-exported)
+from cryobench.base.paths import OPTIMIZERS_DIR
 from cryobench.errors import InputError
 from cryobench.optim import Method
 
@@ -86,21 +90,30 @@ class Registry:
 
 def scan(optimizers_dir: Path | None = None) -> Registry:
     """Every optimizer in ``optimizers/*.py`` (default :data:`OPTIMIZERS_DIR`) and in installed
-    entry points, and the sources that failed to import."""
+    entry points, and the sources that failed to import; scanned once while neither changes."""
+    folder = Path(optimizers_dir or OPTIMIZERS_DIR).resolve()
+    files = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in sorted(folder.glob("*.py")) if not p.name.startswith("_"))
+    points = tuple(entry_points(group=ENTRY_POINT_GROUP))
+    return _scan(folder, files, points)
+
+
+@lru_cache(maxsize=8)
+def _scan(folder: Path, files: tuple, points: tuple) -> Registry:
+    """The registry of ``folder``'s ``files`` (name, size, mtime) and the entry ``points``."""
     reg = Registry()
-    for path in sorted(Path(optimizers_dir or OPTIMIZERS_DIR).glob("*.py")):
-        if path.name.startswith("_"):
-            continue
+    for name, _, _ in files:
+        path = folder / name
         try:
             module = _load_file(path)
         except InputError as exc:
             reg.broken[str(path)] = str(exc)
-            for name in {path.stem, path.stem.replace("_", "-")}:
-                reg.broken_names[name] = str(path)
+            for alias in {path.stem, path.stem.replace("_", "-")}:
+                reg.broken_names[alias] = str(path)
             continue
         for m in _methods_in(module):
             reg.add(m, str(path))
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in points:
         source = (f"entry point {getattr(ep, 'name', '?')} = {getattr(ep, 'value', '?')} "
                   f"(group {ENTRY_POINT_GROUP})")
         try:

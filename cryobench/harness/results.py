@@ -1,114 +1,25 @@
-"""Results on disk: one folder per run (a grid cell), open formats, a schema version, no pickle.
+"""Result sets: the cell folders under a results folder, read into tables for reports.
 
-``RESULTS/cells/<cell id>/`` holds
-
-* ``trace.csv`` — tidy, one row per checkpoint: task, scale, optimizer, label, seed, cell,
-  checkpoint, evals, grad_evals, value_evals, hvp_evals, wall_s, test_nll (or validation_nll
-  for tuning runs), train_obj;
-* ``meta.json`` — ``schema_version``, the run specification, status and message, evaluation
-  counts, task content hash, optimizer code hash, provenance, snapshots (evaluations, FSC
-  resolution in Å, alignment);
-* ``density_<5K|50K|final>.mrc`` — the snapshots; ``fsc.csv`` (label, evals, freq in 1/Å, fsc)
-  and ``views.npz`` (aligned projections along z, y, x; plain arrays) when a ground truth is
-  known.
-
-A cell folder appears only when complete: it is written under a temporary name and renamed.
-Beside ``cells/``, ``RESULTS/reference.json`` holds the ground truth's test NLL of each simulated
+A result set is a folder with ``cells/<cell id>/`` folders (their files: :mod:`cryobench.harness.record`)
+and, beside ``cells/``, ``reference.json``: the ground truth's test NLL of each simulated
 (task, scale) (:mod:`cryobench.harness.reference`), loaded as :attr:`Results.references`.
+:func:`load_results` reads every cell's record once; reports read :attr:`Results.records`
+rather than opening ``meta.json`` again.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cryobench.data.mrc import write_volume
 from cryobench.errors import InputError
-from cryobench.harness.run import SCHEMA_VERSION, RunOutput
-
-ID_COLUMNS = ["task", "scale", "optimizer", "label", "seed", "cell"]
-
-
-def atomic_write(path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(tmp, 0o644)                    # mkstemp's 0600 would hide results from others
-    os.replace(tmp, path)
-
-
-def to_json(obj) -> str:
-    """Canonical JSON (sorted keys, numpy scalars as numbers, NaN as null)."""
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        return str(o)
-    text = json.dumps(obj, indent=1, sort_keys=True, default=default, allow_nan=True)
-    return text.replace("NaN", "null") + "\n"
-
-
-def cell_files(out: RunOutput, cell: str, pixel_size: float) -> dict[str, bytes]:
-    """The files of a cell folder as {name: bytes}."""
-    run = out.meta["run"]
-    trace = out.trace.copy()
-    ids = {"task": run["task"], "scale": run["scale"], "optimizer": out.meta["optimizer_name"],
-           "label": run["label"] or out.meta["optimizer_name"], "seed": run["seed"], "cell": cell}
-    for i, (k, v) in enumerate(ids.items()):
-        trace.insert(i, k, v)
-    files = {"trace.csv": trace.to_csv(index=False, float_format="%.17g").encode(),   # exact
-             "meta.json": to_json({**out.meta, "cell": cell}).encode()}
-    if out.fsc is not None:
-        files["fsc.csv"] = out.fsc.to_csv(index=False, float_format="%.6g").encode()
-    if out.views:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **{k: v.astype(np.float32) for k, v in out.views.items()})
-        files["views.npz"] = buf.getvalue()
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, vol in out.densities.items():
-            path = Path(tmp) / f"density_{label}.mrc"
-            write_volume(path, vol, pixel_size)
-            files[path.name] = path.read_bytes()
-    return files
-
-
-def write_cell_folder(folder, files: dict[str, bytes]) -> Path:
-    """Write a cell's files into ``folder`` atomically (temporary folder, then rename)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
-    os.chmod(tmp, 0o755)                    # mkdtemp's 0700 would hide results from others
-    try:
-        # meta.json last, so a folder with meta.json is complete even on filesystems without rename
-        for name in sorted(files, key=lambda n: n == "meta.json"):
-            (tmp / name).write_bytes(files[name])
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
-def cell_complete(folder) -> bool:
-    """Whether a cell folder holds a result (its meta.json, written last, is there)."""
-    return (Path(folder) / "meta.json").is_file()
-
-
-def read_cell_files(folder) -> dict[str, bytes]:
-    """A cell folder's files as {name: bytes} (to send a folder back from a worker)."""
-    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+from cryobench.harness.record import CellRecord, read_trace
+from cryobench.harness.reference import REFERENCE_FILE, read_references
 
 
 def remove_stale_temporaries(cells_dir) -> int:
@@ -126,51 +37,6 @@ def remove_stale_temporaries(cells_dir) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         removed += 1
     return removed
-
-
-def read_meta(folder) -> dict:
-    """A cell's meta.json, refusing other schema versions with a message naming the file."""
-    path = Path(folder) / "meta.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read cell metadata: {exc}") from None
-    if not isinstance(meta, dict):
-        raise InputError(f"{path}: cell metadata must be a JSON object")
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise InputError(f"{path}: schema_version {version}, but this cryobench reads schema "
-                         f"{SCHEMA_VERSION}; rerun the grid or use the matching cryobench version")
-    missing = [k for k in META_FIELDS if k not in meta]
-    if missing or not isinstance(meta.get("run"), dict) or not all(k in meta["run"] for k in RUN_FIELDS):
-        raise InputError(f"{path}: not a cell's metadata: missing "
-                         f"{(missing or ['run fields'])[0]!r}")
-    return meta
-
-
-META_FIELDS = ("run", "cell", "status", "message", "budget", "evaluations", "wall_s", "task_hash",
-               "optimizer_name")
-RUN_FIELDS = ("task", "scale", "label", "seed", "params")
-TRACE_COLUMNS = ("evals",)
-
-
-def read_trace(folder) -> pd.DataFrame:
-    """A cell's trace.csv, refusing one that is not a trace with a message naming the file."""
-    path = Path(folder) / "trace.csv"
-    try:
-        trace = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: empty file, not a trace") from None
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise InputError(f"{path}: cannot read the trace: {str(exc).splitlines()[0]}") from None
-    missing = [c for c in TRACE_COLUMNS if c not in trace.columns]
-    if missing:
-        raise InputError(f"{path}: not a trace: no column {missing[0]!r}")
-    if len(trace) and not pd.api.types.is_numeric_dtype(trace["evals"]):
-        raise InputError(f"{path}: column 'evals' holds non-numbers")
-    if not len(trace):                       # a run with no checkpoint: typed, empty columns
-        trace = trace.astype({c: float for c in trace.columns if c not in ID_COLUMNS})
-    return trace
 
 
 def cell_folders(root) -> list[Path]:
@@ -192,6 +58,14 @@ class Results:
     fsc: pd.DataFrame
     folders: dict = field(default_factory=dict)     # cell id → folder
     references: dict = field(default_factory=dict)  # (task, scale) → reference.json entry
+    records: dict = field(default_factory=dict)     # cell id → CellRecord
+
+    def task_facts(self, task: str, scale: str):
+        """The :class:`~cryobench.harness.record.TaskFacts` the runs of (task, scale) recorded
+        (the first cell's that has them), or None."""
+        cells = self.cells[(self.cells["task"] == task) & (self.cells["scale"] == scale)]["cell"]
+        return next((self.records[c].task_facts for c in sorted(cells)
+                     if c in self.records and self.records[c].task_facts), None)
 
     def views(self, cell: str) -> dict[str, np.ndarray]:
         """The aligned projections of a cell's snapshots and of the ground truth."""
@@ -226,28 +100,27 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
     ``task_hashes`` {(task, scale): hash}, if given, is what the results must have been computed
     on (e.g. the tasks as currently defined).
     """
-    traces, rows, fscs, folders, seen = [], [], [], {}, {}
+    traces, rows, fscs, folders, records, seen = [], [], [], {}, {}, {}
     for folder in sorted({f for root in roots for f in cell_folders(root)}):
-        meta = read_meta(folder)
-        run, cell = meta["run"], meta["cell"]
+        rec = CellRecord.read(folder)
+        run, cell = rec.run, rec.cell
         if cell in folders:             # the same run in two results sets (e.g. SGD as reference)
             continue
-        key = (run["task"], run["scale"])
-        _check_task_hash(seen, key, meta["task_hash"], folder / "meta.json",
+        key = (run.task, run.scale)
+        _check_task_hash(seen, key, rec.task_hash, folder / "meta.json",
                          (task_hashes or {}).get(key))
-        folders[cell] = folder
+        folders[cell], records[cell] = folder, rec
         trace = read_trace(folder)
         traces.append(trace)
-        snaps = {s["label"]: s for s in meta.get("snapshots") or []}
+        snaps = {s["label"]: s for s in rec.snapshots or []}
         last = trace.iloc[-1] if len(trace) else pd.Series(dtype=float)
-        rows.append({"task": run["task"], "scale": run["scale"], "optimizer": meta["optimizer_name"],
-                     "label": run["label"] or meta["optimizer_name"], "seed": run["seed"],
-                     "cell": cell, "status": meta["status"], "message": meta["message"],
-                     "budget": meta["budget"], "evals": meta["evaluations"],
-                     "wall_s": meta["wall_s"], "final_nll": last.get("test_nll", np.nan),
+        rows.append({"task": run.task, "scale": run.scale, "optimizer": rec.optimizer_name,
+                     "label": rec.label, "seed": run.seed, "cell": cell, "status": rec.status,
+                     "message": rec.message, "budget": rec.budget, "evals": rec.evaluations,
+                     "wall_s": rec.wall_s, "final_nll": last.get("test_nll", np.nan),
                      "resolution_A": snaps.get("final", {}).get("resolution_A", np.nan),
-                     "params": json.dumps(run["params"], sort_keys=True),
-                     "task_hash": meta["task_hash"]})
+                     "params": json.dumps(run.params, sort_keys=True),
+                     "task_hash": rec.task_hash})
         if (folder / "fsc.csv").is_file():
             try:
                 fsc = pd.read_csv(folder / "fsc.csv")
@@ -262,7 +135,7 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
     cells = pd.DataFrame(rows).sort_values(["task", "scale", "label", "seed"], ignore_index=True)
     fsc = pd.concat(fscs, ignore_index=True) if fscs else pd.DataFrame(
         columns=["cell", "label", "evals", "freq", "fsc"])
-    return Results(trace, cells, fsc, folders, _references(roots, seen))
+    return Results(trace, cells, fsc, folders, _references(roots, seen), records)
 
 
 def _references(roots, seen: dict) -> dict:
@@ -270,7 +143,6 @@ def _references(roots, seen: dict) -> dict:
     under ``roots`` for the (task, scale) pairs of their cells (``seen``: key → (task hash, its
     meta.json)); the first in sorted order of a key is kept, and one of another task hash than
     the cells' is refused."""
-    from cryobench.harness.reference import REFERENCE_FILE, read_references
     files = sorted({f for root in roots for f in [Path(root) / REFERENCE_FILE,
                                                    *Path(root).glob(f"*/{REFERENCE_FILE}")]})
     out = {}
@@ -312,4 +184,6 @@ def combine(*parts: Results) -> Results:
     references = {}
     for part in parts:
         _merge_references(references, part.references, seen, "a result set's reference.json")
-    return Results(pick(lambda p: p.trace), cells, pick(lambda p: p.fsc), folders, references)
+    records = {c: r for part, new in zip(parts, firsts) for c, r in part.records.items() if c in new}
+    return Results(pick(lambda p: p.trace), cells, pick(lambda p: p.fsc), folders, references,
+                   records)

@@ -25,48 +25,26 @@ signal, the disk) raises instead: it was interrupted, which is not a result.
 from __future__ import annotations
 
 import platform
-import subprocess
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from cryobench.base.paths import REPO_DIR
-from cryobench.base.seeding import content_hash, rng_for
+from cryobench import __version__
+from cryobench.base.provenance import git_commit
+from cryobench.base.seeding import rng_for
 from cryobench.base.threads import thread_info
 from cryobench.errors import AccountingError, HarnessFault
+from cryobench.harness.limits import StepClock, TimeLimitReached
+from cryobench.harness.record import (SNAPSHOTS, CellRecord, RunOutput, RunSpec, TaskFacts,
+                                      score_column)
+from cryobench.model.fsc import aligned_fsc, transform
+from cryobench.model.views import lowpass, projections
 from cryobench.oracle import BudgetExhausted
 
-SCHEMA_VERSION = 1
-SNAPSHOTS = (5_000, 50_000)
 TRAIN_ESTIMATE_IMAGES = 500
-
 DEFAULT_TIME_LIMIT = 6 * 3600.0       # seconds of optimizer time per run unless the spec says
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Everything that determines a run (with the task's content hash and the optimizer code)."""
-
-    task: str
-    scale: str
-    optimizer: str                       # registered name, module:attr or path.py:attr
-    params: dict = field(default_factory=dict)   # the full hyper-parameter values used
-    seed: int = 0                        # training stream and optimizer RNG index
-    budget: int | None = None            # gradient evaluations; None = the task's (10 epochs)
-    per_decade: int = 5                  # checkpoints per decade of evaluations
-    snapshots: tuple = SNAPSHOTS
-    time_limit: float | None = None      # seconds of optimizer time; None = DEFAULT_TIME_LIMIT
-    label: str = ""                      # how the configuration is shown in reports
-    score: str = "test"                  # split scored at checkpoints: test, or validation (tune)
-    threads: int = 1                     # BLAS threads: they change the last bits of the numbers
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["snapshots"] = list(self.snapshots)
-        return d
 
 
 def checkpoints(budget: int, first: int, per_decade: int = 5, always=SNAPSHOTS) -> np.ndarray:
@@ -86,58 +64,20 @@ def snapshot_label(evaluations: int) -> str:
     return f"{evaluations // 1000}K" if evaluations % 1000 == 0 else str(evaluations)
 
 
-def git_commit() -> tuple[str | None, bool]:
-    """(commit of the repository holding cryobench, whether its tree has changes) or (None, …)."""
-    if REPO_DIR is None:                # installed from a wheel: no repository
-        return None, False
-    try:
-        run = lambda *a: subprocess.run(["git", "-C", str(REPO_DIR), *a], capture_output=True,
-                                        text=True, timeout=10, check=True).stdout.strip()
-        return run("rev-parse", "HEAD"), bool(run("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return None, False
-
-
 def provenance(task) -> dict:
     """Package version, git commit, task content hash, CPU, BLAS and thread counts."""
-    from cryobench import __version__
     commit, dirty = git_commit()
     return {"cryobench": __version__, "git_commit": commit, "git_dirty": dirty,
             "task_hash": task.content_hash, "python": platform.python_version(),
             "numpy": np.__version__, "platform": platform.platform(), **thread_info()}
 
 
-def cell_id(spec: RunSpec, task_hash: str, optimizer: str, numerics: str | None = None) -> str:
-    """Content hash of everything that determines a run's numbers: the specification (without
-    its label, and naming the task and optimizer by what they are, not how they were typed),
-    the task's content hash, the optimizer's name and fingerprint (``optimizer``) and the
-    library's numerics fingerprint (:mod:`cryobench.harness.fingerprint`; computed here unless given)."""
-    from cryobench.data.spec import load_spec
-    from cryobench.harness.fingerprint import numerics_fingerprint
-    key = {**spec.to_dict(), "label": None, "task": load_spec(spec.task).name, "optimizer": optimizer,
-           "task_hash": task_hash, "numerics": numerics or numerics_fingerprint(),
-           "schema": SCHEMA_VERSION}
-    return content_hash(key)[:16]
-
-
-@dataclass
-class RunOutput:
-    """A finished run: the trace, its metadata, density snapshots and their FSC curves."""
-
-    trace: pd.DataFrame
-    meta: dict
-    densities: dict = field(default_factory=dict)    # label → V
-    fsc: pd.DataFrame | None = None                  # label, evals, freq (1/Å), fsc
-    views: dict = field(default_factory=dict)        # label → (3, D, D) aligned projections
-
-
 class _Scorer:
     """Uncounted, untimed scoring of iterates on a held-out split and a fixed training subset."""
 
     def __init__(self, task, split: str):
+        score_column(split)                     # test or validation, else an error
         held_out = {"test": task.test_nll, "validation": task.validation_nll}
-        if split not in held_out:
-            raise ValueError(f"runs are scored on the test or validation split, not {split!r}")
         self.task, self.held_out = task, held_out[split]
         train = task.splits["train"]
         pick = rng_for(task.name, task.spec.seed, "train-estimate").choice(
@@ -158,16 +98,14 @@ class _Scorer:
 
 def check_run(spec: RunSpec, method, n_train: int, task_batch: int, budget: int) -> None:
     """Refuse a run that could not do any work, with one line: a budget below one minibatch,
-    a batch size above the budget or the training set, hyper-parameter values that cannot be
-    meant (:meth:`~cryobench.optim.Hyper.check`), checkpoints per decade that are not a positive
-    whole number."""
+    a batch size above the budget or the training set, checkpoints per decade that are not a
+    positive whole number. (Hyper-parameter values are checked where they are chosen,
+    :func:`cryobench.harness.plan.resolve_params`, and by
+    :meth:`~cryobench.optim.Method.configure`.)"""
     per_decade = spec.per_decade
     if isinstance(per_decade, bool) or not isinstance(per_decade, int) or per_decade < 1:
         raise ValueError(f"checkpoints per decade must be a positive whole number, got "
                          f"{per_decade!r}")
-    for name, hyper in method.hypers.items():
-        if name in spec.params:
-            hyper.check(name, spec.params[name])
     batch = int(spec.params.get("batch_size", task_batch))
     where = f"{spec.task} ({spec.scale})"
     if batch > n_train:
@@ -176,24 +114,6 @@ def check_run(spec: RunSpec, method, n_train: int, task_batch: int, budget: int)
     if budget < batch:
         raise ValueError(f"a budget of {budget} gradient evaluations is less than one minibatch "
                          f"({batch} images) of {method.name} on {where}: the run could do no work")
-
-
-def run_sizes(task: str, scale: str, data_dir=None) -> tuple[int, int, int]:
-    """(K training images, the task's minibatch size, its default budget in evaluations) from its
-    specification and split sizes, without loading it."""
-    from cryobench.data.spec import load_spec
-    from cryobench.task import split_sizes
-    n_train = split_sizes(task, scale, data_dir)["train"]
-    protocol = load_spec(task).section("protocol")
-    return (n_train, int(protocol.get("batch_size", 100)),
-            int(protocol.get("budget_epochs", 10) * n_train))
-
-
-def preflight(spec: RunSpec, method, data_dir=None) -> None:
-    """:func:`check_run` before any work, from the task's specification and split sizes."""
-    n_train, batch, default_budget = run_sizes(spec.task, spec.scale, data_dir)
-    check_run(spec, method, n_train, batch,
-              spec.budget if spec.budget is not None else default_budget)
 
 
 def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | None = None,
@@ -207,7 +127,6 @@ def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | Non
     ends the process (:mod:`cryobench.harness.limits`). ``compare=False`` skips the FSC and views
     against the ground truth (``verify`` compares traces only).
     """
-    from cryobench.harness.limits import StepClock, TimeLimitReached
     budget = int(spec.budget if spec.budget is not None else task.budget)
     check_run(spec, method, task.n_train, task.batch_size, budget)
     marks = checkpoints(budget, task.batch_size, spec.per_decade, spec.snapshots)
@@ -225,7 +144,7 @@ def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | Non
     def record(x):
         test, train = score(x)
         rows.append({"evals": oracle.evaluations, **{f"{k}_evals": v for k, v in oracle.counts.items()},
-                     "wall_s": clock.elapsed, f"{spec.score}_nll": test, "train_obj": train})
+                     "wall_s": clock.elapsed, score_column(spec.score): test, "train_obj": train})
         return train
 
     x = task.init
@@ -294,16 +213,17 @@ def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | Non
                    f"{initial:.6g}")
     trace = pd.DataFrame(rows)
     trace.insert(0, "checkpoint", np.arange(len(trace)))
-    meta = {"schema_version": SCHEMA_VERSION, "run": spec.to_dict(), "optimizer_name": method.name,
-            "budget": budget, "status": status, "message": message, "traceback": tb,
-            "evaluations": oracle.evaluations, "counts": dict(oracle.counts), "wall_s": clock.elapsed,
-            "time_limit_s": limit, "task_hash": task.content_hash, "task_recipe": task.recipe_hash,
-            "provenance": provenance(task)}
-    out = RunOutput(trace, meta, densities)
+    lik = task.likelihood
+    record = CellRecord(spec, method.name, budget, status, message, oracle.evaluations,
+                        clock.elapsed, task.content_hash, dict(oracle.counts), tb, limit,
+                        task.recipe_hash, TaskFacts(task.n_train, task.batch_size, lik.box,
+                                                    float(lik.pixel_size), float(lik.rmax)),
+                        provenance(task))
+    out = RunOutput(trace, record, densities)
     start = time.perf_counter()
     if compare:
         _compare_to_truth(out, task, taken_at)
-    meta["overhead_s"] = {"scoring": score.seconds, "comparison": time.perf_counter() - start}
+    record.overhead_s = {"scoring": score.seconds, "comparison": time.perf_counter() - start}
     return out
 
 
@@ -317,14 +237,13 @@ def _check_iterate(x, x0: np.ndarray) -> None:
 def _compare_to_truth(out: RunOutput, task, taken_at: dict) -> None:
     """FSC of each snapshot against the ground truth after alignment, and aligned views."""
     truth = getattr(task.dataset, "ground_truth", None)
-    if out.meta["run"]["score"] != "test":          # tuning runs: no comparison with the truth
+    if out.record.run.score != "test":              # tuning runs: no comparison with the truth
         truth = None
     snaps = []
     for label, vol in out.densities.items():
         evals = int(taken_at[label])
         entry = {"label": label, "evals": evals, "file": f"density_{label}.mrc"}
         if truth is not None:
-            from cryobench.model.fsc import aligned_fsc, transform
             res = aligned_fsc(vol, truth, task.dataset.pixel_size)
             a = res.alignment
             entry.update(resolution_A=res.resolution, mirrored=a.mirrored, align_score=a.score)
@@ -334,20 +253,4 @@ def _compare_to_truth(out: RunOutput, task, taken_at: dict) -> None:
         snaps.append(entry)
     if truth is not None:
         out.views["ground_truth"] = projections(lowpass(truth, task.likelihood.rmax))
-    out.meta["snapshots"] = snaps
-
-
-def lowpass(volume: np.ndarray, rmax: float) -> np.ndarray:
-    """V with every Fourier coefficient beyond |k| = r_max (cycles per box) set to zero: the
-    ground truth as the likelihood can see it, for views beside the estimates."""
-    n = volume.shape[0]
-    k = np.fft.fftfreq(n) * n
-    k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, : n // 2 + 1] ** 2
-    spectrum = np.fft.rfftn(np.asarray(volume, np.float64))
-    return np.fft.irfftn(np.where(k2 <= rmax**2, spectrum, 0), s=volume.shape, axes=(0, 1, 2))
-
-
-def projections(volume: np.ndarray) -> np.ndarray:
-    """Sums of V[z, y, x] along z, y and x: a (3, D, D) float32 array of views."""
-    v = np.asarray(volume, np.float64)
-    return np.stack([v.sum(axis=0), v.sum(axis=1), v.sum(axis=2)]).astype(np.float32)
+    out.record.snapshots = snaps

@@ -3,9 +3,10 @@ a run's hyper-parameters (explicit, else tuned, else default).
 
 The file is ``results/tuned.json`` for the tasks shipped in ``tasks/`` and
 ``<task>.tuned.json`` beside any other task file (:func:`default_tuned_file`), unless the user
-names another. ``run`` and ``grid`` take hyper-parameters from there unless given explicitly;
-an entry whose ``task_recipe`` (:func:`cryobench.task.task_recipe`; entries recorded before it
-was: whose ``task_hash``) is not the task's (the task file or its data changed since) is not
+names another. ``run`` and ``grid`` take hyper-parameters from there unless given explicitly
+(:func:`cryobench.harness.plan.resolve_params`);
+an entry whose ``task_recipe`` (:func:`cryobench.task.task_identity`; entries recorded before
+it was: whose ``task_hash``) is not the task's (the task file or its data changed since) is not
 used: the defaults are, with a one-line note saying so. The recipe, not the content hash, is
 matched because a simulated dataset's last bits differ between BLAS kernels while the task does
 not. Entries with neither (those committed before hashes were recorded) are used for the
@@ -39,33 +40,28 @@ def default_tuned_file(task) -> Path:
     return DEFAULT_TUNED if is_shipped(spec) else spec.path.with_suffix(".tuned.json")
 
 
-def tuned_entry(tuned: dict, task, scale: str, optimizer: str, task_hash=None,
-                data_dir=None) -> tuple[dict, str]:
-    """(tuned hyper-parameters, note) of ``optimizer`` on ``task`` (a name or any spelling of its
-    path) at ``scale``: ({}, "") when none are recorded; ({}, a one-line note) when they were
-    recorded for another content hash. ``task_hash`` is computed when needed and not given."""
-    spec = load_spec(task)
+def tuned_entry(tuned: dict, task, optimizer: str) -> tuple[dict, str]:
+    """(tuned hyper-parameters, note) of ``optimizer`` on ``task`` (a
+    :class:`~cryobench.harness.plan.TaskRef`): ({}, "") when none are recorded; ({}, a
+    one-line note) when they were recorded for another task. An entry with a recipe is matched
+    on the task's recipe (known without simulating), an older one on its content hash."""
+    spec, scale = task.spec, task.scale.name
     entry = tuned.get(spec.name, {}).get(scale, {}).get(optimizer)
     if not entry:
         return {}, ""
-    recorded, recipe = entry.get("task_hash"), entry.get("task_recipe")
-    if recipe is not None:                  # the same task everywhere, whatever bits it renders
-        simulated = spec.section("dataset").get("kind") == "simulated"
-        if task_hash is None or simulated:
-            from cryobench.task import task_recipe
-            task_hash = task_recipe(spec.path, scale, data_dir)
-        recorded = recipe
-    elif recorded is None:
+    recorded = entry.get("task_hash")
+    if entry.get("task_recipe") is not None:     # the same task everywhere, whatever bits it renders
+        recorded, mine = entry["task_recipe"], task.recipe
+    elif recorded is not None:
+        mine = task.content_hash
+    else:
         if is_shipped(spec):
             return entry.get("params", {}), ""
         return {}, (f"cryobench: note: the tuned values of {optimizer} for {spec.name} ({scale}) "
                     f"record no task content hash; using the defaults (run cryobench tune again)")
-    elif task_hash is None:
-        from cryobench.task import task_hash as compute
-        task_hash = compute(spec.path, scale, data_dir)
-    if recorded != task_hash:
+    if recorded != mine:
         return {}, (f"cryobench: note: the tuned values of {optimizer} for {spec.name} ({scale}) "
-                    f"were for task content {recorded[:12]}, this task is {task_hash[:12]} (its "
+                    f"were for task content {recorded[:12]}, this task is {mine[:12]} (its "
                     f"file or data changed); using the defaults (run cryobench tune again)")
     return entry.get("params", {}), ""
 
@@ -79,26 +75,3 @@ def load_tuned(path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON: {exc}") from None
-
-
-def resolve_params(method, explicit: dict, tuned: dict, task: str, scale: str,
-                   task_hash: str | None = None, data_dir=None) -> tuple[dict, dict]:
-    """Full hyper-parameters: explicit values, else tuned ones (see :func:`tuned_entry`; pass
-    the task's content hash if known), else defaults; and each's source."""
-    from cryobench.data.realdata import warn_once
-    chosen, note = tuned_entry(tuned, task, scale, method.name, task_hash, data_dir) \
-        if tuned else ({}, "")
-    if note and set(method.hypers) - set(explicit):
-        warn_once(note)
-    params, source = {}, {}
-    for name, hyper in method.hypers.items():
-        for origin, values in (("explicit", explicit), ("tuned", chosen), ("default", None)):
-            if values is None or name in values:
-                params[name] = hyper.check(name, hyper.default if values is None else values[name])
-                source[name] = origin
-                break
-    unknown = sorted(set(explicit) - set(method.hypers))
-    if unknown:
-        raise ValueError(f"optimizer {method.name!r} has no hyper-parameter {unknown[0]!r}; "
-                         f"known: {', '.join(method.hypers) or 'none'}")
-    return params, source

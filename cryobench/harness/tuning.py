@@ -28,10 +28,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cryobench.base.files import atomic_write, to_json
 from cryobench.base.paths import RESULTS_DIR, installed
 from cryobench.data.spec import load_spec
 from cryobench.errors import InputError
-from cryobench.harness.tuned import default_tuned_file, is_shipped, load_tuned, resolve_params
+from cryobench.harness.grid import run_grid
+from cryobench.harness.plan import Planner
+from cryobench.harness.registry import resolve
+from cryobench.harness.results import load_results
+from cryobench.harness.tuned import default_tuned_file, is_shipped, load_tuned
 
 
 def candidates(method, names, points: int, ranges: dict | None = None) -> list[dict]:
@@ -96,15 +101,16 @@ def nearest_blow_up(table: pd.DataFrame, chosen: dict, names) -> dict:
     return out
 
 
-def record(path, task: str, scale: str, optimizer: str, table: pd.DataFrame, budget: int,
+def record(path, task, scale: str, optimizer: str, table: pd.DataFrame, budget: int,
            task_hash: str | None = None, names=("lr",), ranges: dict | None = None,
            task_recipe: str | None = None) -> dict:
     """Add the best accepted candidate of ``table`` (from :func:`select`) to the tuned-values
-    file, under the task's name, with its content hash, every candidate, the distance of the
-    choice to the nearest diverging value, and the ranges given in place of the declared ones."""
-    from cryobench.harness.results import atomic_write, to_json
+    file, under the task's name (``task``: a name, path or parsed specification), with its
+    content hash, every candidate, the distance of the choice to the nearest diverging value,
+    and the ranges given in place of the declared ones."""
+    name = load_spec(task).name
     if table.empty or table["rejected"].iloc[0]:
-        raise ValueError(f"{optimizer} on {task} ({scale}): every candidate was rejected "
+        raise ValueError(f"{optimizer} on {name} ({scale}): every candidate was rejected "
                          f"({table['rejected'].iloc[0] if len(table) else 'no candidates'}, …)")
     rows = [{"params": json.loads(r.params), "validation_nll": r.validation_nll, "seeds": r.seeds,
              "finals": r.finals, "status": r.status, "rejected": r.rejected}
@@ -123,7 +129,7 @@ def record(path, task: str, scale: str, optimizer: str, table: pd.DataFrame, bud
     if ranges:
         best["searched_ranges"] = {k: list(v) for k, v in sorted(ranges.items()) if k in params}
     tuned = load_tuned(path)
-    tuned.setdefault(load_spec(task).name, {}).setdefault(scale, {})[optimizer] = best
+    tuned.setdefault(name, {}).setdefault(scale, {})[optimizer] = best
     atomic_write(path, to_json(tuned))
     return best
 
@@ -162,28 +168,23 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
     ``ranges`` {name: (low, high)}: search there instead of the declared range (recorded with
     the choice), e.g. to look past a choice that sits at the declared range's edge.
     """
-    from cryobench.harness.cell import make_cell
-    from cryobench.harness.grid import run_grid
-    from cryobench.harness.registry import resolve
-    from cryobench.harness.results import load_results
-    from cryobench.harness.run import RunSpec, check_run, run_sizes
-    from cryobench.task import task_hash, task_recipe
     ranges = dict(ranges or {})
     check_ranges(ranges, list(names))
+    if seeds < 2:
+        raise ValueError(f"tuning needs at least 2 seeds per candidate, got {seeds}")
+    planner = Planner(data_dir)
     plan = []
     for task in tasks:
-        sc = scale or load_spec(task).default_scale
-        folder = Path(out) if out else default_tune_dir(task, sc)
-        target = Path(record_to) if record_to else default_tuned_file(task)
-        if record_to is None and installed() and is_shipped(load_spec(task)):
+        ref = planner.task(task, scale)
+        folder = Path(out) if out else default_tune_dir(ref.spec, ref.scale.name)
+        target = Path(record_to) if record_to else default_tuned_file(ref.spec)
+        if record_to is None and installed() and is_shipped(ref.spec):
             raise InputError(f"{target}: the shipped tuned values are read-only in an installed "
                              "cryobench; name the file to record into with --record FILE (and "
                              "use it with run or grid --tuned FILE)")
-        thash, recipe = task_hash(task, sc, data_dir), task_recipe(task, sc, data_dir)
-        n_train, task_batch, _ = run_sizes(task, sc, data_dir)
-        task_budget = budget or n_train                                       # one epoch
-        for ref in optimizers:
-            method = resolve(ref)
+        task_budget = budget or ref.sizes["train"]                               # one epoch
+        for optimizer in optimizers:
+            method = resolve(optimizer)
             tunable = [n for n in names if n in method.hypers]
             if not tunable:
                 continue
@@ -191,21 +192,14 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
                 if n in ranges and method.hypers[n].log and ranges[n][0] <= 0:
                     raise InputError(f"--range {n}={ranges[n][0]:g},{ranges[n][1]:g}: {method.name}'s "
                                      f"{n} is searched on a log scale, so LOW must be positive")
-            cells = []
-            for values in candidates(method, tunable, points, ranges):
-                params, _ = resolve_params(method, values, {}, task, sc)
-                label = " ".join([method.name] + [f"{k}={v:g}" for k, v in values.items()])
-                for seed in range(seeds):
-                    spec = RunSpec(task, sc, ref, params, seed, task_budget, per_decade,
-                                   label=label, score="validation")
-                    check_run(spec, method, n_train, task_batch, task_budget)
-                    cells.append(make_cell(spec, thash, method))
-            plan.append((task, sc, method.name, task_budget, cells, folder, target, thash, recipe))
-    folders = sorted({p[5] for p in plan})
-    if seeds < 2:
-        raise ValueError(f"tuning needs at least 2 seeds per candidate, got {seeds}")
+            cells = [planner.plan(ref, optimizer, values, seed, task_budget, per_decade=per_decade,
+                                  score="validation", tuned=False, method=method)
+                     for values in candidates(method, tunable, points, ranges)
+                     for seed in range(seeds)]
+            plan.append((ref, method.name, task_budget, cells, folder, target))
+    folders = sorted({p[4] for p in plan})
     for folder in folders:
-        status = run_grid([c for p in plan if p[5] == folder for c in p[4]], folder,
+        status = run_grid([c for p in plan if p[4] == folder for c in p[3]], folder,
                           workers=workers, data_dir=data_dir, progress=progress)
         lost = sum(s == "interrupted" for s in status.values())
         if lost:
@@ -213,16 +207,17 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
                              "the same tune command again to compute them before choosing")
     results = {folder: load_results(folder) for folder in folders}
     chosen, unchosen = {}, []
-    for task, sc, name, task_budget, cells, folder, target, thash, recipe in plan:
+    for ref, name, task_budget, cells, folder, target in plan:
         ids = {c.cell for c in cells}
         res = results[folder]
         table = select(res.cells[res.cells["cell"].isin(ids)], res.trace)
         try:
-            entry = record(target, task, sc, name, table, task_budget, thash, names, ranges, recipe)
+            entry = record(target, ref.spec, ref.scale.name, name, table, task_budget,
+                           ref.content_hash, names, ranges, ref.recipe)
         except ValueError as exc:          # the others are still recorded
             unchosen.append(str(exc))
             continue
-        chosen[task, name] = {**entry, "recorded_in": str(target)}
+        chosen[ref.given, name] = {**entry, "recorded_in": str(target)}
     if unchosen:
         recorded = f" (recorded: {', '.join(n for _, n in sorted(chosen))})" if chosen else ""
         raise InputError("nothing recorded for " + "; ".join(unchosen) + recorded)

@@ -31,12 +31,21 @@ One line per cell, a summary, exit status 1 on any mismatch.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
+from cryobench.base.seeding import rng_for
+from cryobench.base.threads import set_threads
 from cryobench.errors import InputError
+from cryobench.harness.identity import identity
+from cryobench.harness.reference import truth_reference
+from cryobench.harness.registry import resolve
+from cryobench.harness.results import load_results
+from cryobench.harness.run import execute
+from cryobench.task import load_task
 
 # Off-platform floor, relative: a test NLL sums 100 images' log-sum-exps over ~10⁴ float32
 # terms each; another BLAS or CPU rounds each differently, by about √10⁴ · 2⁻²⁴ ≈ 6·10⁻⁶
@@ -73,7 +82,6 @@ def choose(cells: pd.DataFrame, sample: int | None) -> pd.DataFrame:
     ok = cells.sort_values(["task", "scale", "label", "seed", "cell"]).reset_index(drop=True)
     if sample is None or sample >= len(ok):
         return ok
-    from cryobench.base.seeding import rng_for
     groups = [g for _, g in ok.groupby(["task", "scale", "label"], sort=True)]
     order = rng_for("verify", len(ok)).permutation(len(groups))
     picked, round_ = [], 0
@@ -97,7 +105,6 @@ def tolerance(results, row, evals: np.ndarray) -> np.ndarray:
 
 def _cached_task(task_cache: dict, task: str, scale: str):
     """The loaded task (task, scale), loaded once per verify run."""
-    from cryobench.task import load_task
     if (task, scale) not in task_cache:
         task_cache[task, scale] = load_task(task, scale, progress=False)
     return task_cache[task, scale]
@@ -105,32 +112,24 @@ def _cached_task(task_cache: dict, task: str, scale: str):
 
 def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     """Recompute one cell (see module doc) and compare it with what is stored."""
-    from cryobench.base.threads import set_threads
-    from cryobench.harness.cell import Cell, identity
-    from cryobench.harness.registry import resolve
-    from cryobench.harness.results import read_meta
-    from cryobench.harness.run import execute
-    folder = results.folders[row.cell]
-    meta = read_meta(folder)
+    stored_record = results.records[row.cell]
     what = f"{row.task} {row.scale} {row.label} seed {row.seed}"
-    cell = Cell.from_dict({"spec": meta["run"], "cell": meta["cell"], "task_hash": meta["task_hash"]})
     stored = results.trace[results.trace["cell"] == row.cell].sort_values("evals")
-    spec = cell.spec
+    spec = stored_record.run
     if prefix:
         within = stored["evals"][stored["evals"] <= prefix]
-        if len(within) and int(within.max()) < meta["budget"]:
-            from dataclasses import replace
+        if len(within) and int(within.max()) < stored_record.budget:
             spec = replace(spec, budget=int(within.max()))
     set_threads(spec.threads)
     task = _cached_task(task_cache, spec.task, spec.scale)
-    rendered = _same_recipe(task, meta)
+    rendered = _same_recipe(task, stored_record.task_hash, stored_record.task_recipe)
     if rendered is None:
         return Verdict(row.cell, what, False, False, 0, np.inf,
-                       f"task content hash {task.content_hash[:12]} here, {meta['task_hash'][:12]} "
-                       "stored: the data or the task definition changed")
+                       f"task content hash {task.content_hash[:12]} here, "
+                       f"{stored_record.task_hash[:12]} stored: the data or the task definition changed")
     method = resolve(spec.optimizer)
-    mine = identity(cell, method)
-    theirs = meta.get("identity", {})
+    mine = identity(row.cell, stored_record.task_hash, stored_record.run.threads, method)
+    theirs = stored_record.identity or {}
     exact = (mine["platform"] == theirs.get("platform") and mine["threads"] == theirs.get("threads")
              and not rendered)
     stale = exact and mine["numerics"] != theirs.get("numerics")
@@ -139,10 +138,11 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     common = np.intersect1d(stored["evals"].to_numpy(), now["evals"].to_numpy())
     a = stored.set_index("evals").loc[common]
     b = now.set_index("evals").loc[common]
-    if spec.budget == meta["budget"] and out.meta["status"] != meta["status"]:
+    now_record = out.record
+    if spec.budget == stored_record.budget and now_record.status != stored_record.status:
         return Verdict(row.cell, what, False, exact, len(common), np.inf,
-                       f"status {out.meta['status']} now, {meta['status']} stored "
-                       f"({out.meta['message'] or meta['message']})")
+                       f"status {now_record.status} now, {stored_record.status} stored "
+                       f"({now_record.message or stored_record.message})")
     if exact:
         cols = [c for c in ("test_nll", "train_obj", "grad_evals", "value_evals", "hvp_evals")
                 if c in a.columns and c in b.columns]
@@ -158,7 +158,7 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
             return Verdict(row.cell, what, False, True, len(common), 0.0,
                            f"{len(common)} rows bit-identical, but the numerics fingerprint changed "
                            "on this platform: the code computes other numbers; regenerate")
-        note = "" if mine["cell"] == meta["cell"] else (
+        note = "" if mine["cell"] == stored_record.cell else (
             f"{len(common)} rows bit-identical, but this code files the run under id "
             f"{mine['cell']}")
         return Verdict(row.cell, what, True, True, len(common), 0.0, note)
@@ -175,27 +175,24 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
                    rendered and f"{len(common)} rows within tolerance; {rendered}")
 
 
-def _same_recipe(task, stored: dict) -> str | None:
+def _same_recipe(task, stored_hash: str, stored_recipe: str | None) -> str | None:
     """"" if the stored content hash is the task's; a note if it is not but the stored recipe
     is (the same task, its simulation rendered with other last bits on this platform: compared
     as another platform); None if the task is another."""
-    if task.content_hash == stored["task_hash"]:
+    if task.content_hash == stored_hash:
         return ""
-    if stored.get("task_recipe") == task.recipe_hash:
+    if stored_recipe == task.recipe_hash:
         return (f"same task, simulated with other last bits here (content "
-                f"{task.content_hash[:12]} here, {stored['task_hash'][:12]} stored)")
+                f"{task.content_hash[:12]} here, {stored_hash[:12]} stored)")
     return None
 
 
 def verify_reference(key: tuple, entry: dict, task_cache: dict) -> Verdict:
     """Recompute a result set's ground-truth test NLL (``reference.json``) and compare: equal on
     the platform that wrote it, within :data:`REL_FLOOR` relative on another."""
-    from threadpoolctl import threadpool_limits
-
-    from cryobench.harness.reference import truth_reference
     what = f"{key[0]} {key[1]} {entry['density']} (reference.json)"
     task = _cached_task(task_cache, *key)
-    rendered = _same_recipe(task, entry)
+    rendered = _same_recipe(task, entry["task_hash"], entry.get("task_recipe"))
     if rendered is None:
         return Verdict("reference", what, False, False, 0, np.inf,
                        f"task content hash {task.content_hash[:12]} here, "
@@ -215,7 +212,6 @@ def verify(roots, sample: int | None = None, prefix: int | None = None, out=None
     """Verify the cells under ``roots``; print a line per cell and a summary (to ``out``, by
     default standard output); 0 or 1."""
     out = out or sys.stdout
-    from cryobench.harness.results import load_results
     results = load_results(*roots)
     cells = results.cells[results.cells["status"].isin(["ok", "diverged", "error"])]
     if cells.empty:

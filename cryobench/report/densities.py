@@ -8,13 +8,12 @@ beyond it). The report filters every stored projection in 2-D with the disk |k| 
 Fourier slice theorem this is the projection of the 3-D ball-low-passed density, and exactly so
 for the DFT: the 2-D DFT of a sum along an axis is the central plane (k_axis = 0) of the 3-D DFT,
 and the ball meets that plane in the disk (``lowpass_view``; tested against
-``cryobench.harness.run.lowpass``). So the estimates' high frequencies (the initial density's
+``cryobench.model.views.lowpass``). So the estimates' high frequencies (the initial density's
 spheres, which the likelihood cannot constrain) no longer look like detail.
 
-The band limit is read from the cell itself (``band_limit``: the largest |k|² at which the
-stored, 3-D-low-passed ground-truth projections carry power), because a report reads results
-only; it is the r_max the run used, whatever the task files say today (the tests check it
-equals ``load_spec(task).scale(scale).rmax_px(box)`` for the shipped tasks).
+The band limit is the r_max the runs recorded (their :class:`~cryobench.harness.record.TaskFacts`),
+because a report reads results only: it is the r_max the run used, whatever the task files say
+today.
 """
 from __future__ import annotations
 
@@ -26,18 +25,17 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from cryobench.harness.results import Results, read_meta
+from cryobench.harness.results import Results
 from cryobench.report.style import style
 from cryobench.report.tables import comparable
 
 SNAPS = ("5K", "50K", "final")
 AXES = ("z", "y", "x")                      # views.npz order: sums along z, y and x
-SIGNIFICANT = 1e-5                          # of the largest |coefficient|: float32 noise is ~1e-9
 
 
 def _k2(n: int) -> np.ndarray:
     """|k|² (cycles per box) on the (n, n//2+1) half-plane of ``rfft2``, computed as
-    ``cryobench.harness.run.lowpass`` computes it, so the two masks agree to the last bit."""
+    ``cryobench.model.views.lowpass`` computes it, so the two masks agree to the last bit."""
     k = np.fft.fftfreq(n) * n
     return k[:, None] ** 2 + k[None, : n // 2 + 1] ** 2
 
@@ -56,18 +54,6 @@ def lowpass_view(image: np.ndarray, rmax: float | None = None, *, k2max: float |
     return np.fft.irfft2(np.where(_k2(n) <= limit, spectrum, 0), s=(n, n))
 
 
-def band_limit(truth_views: np.ndarray) -> float:
-    """The largest |k|² (cycles per box) at which the ground-truth projections (3, n, n) have a
-    coefficient above ``SIGNIFICANT`` × the largest: the band limit they were low-passed to in
-    3-D (0 if they are all zero)."""
-    spectrum = np.abs(np.fft.rfft2(np.asarray(truth_views, np.float64)))
-    top = spectrum.max() if spectrum.size else 0.0
-    if top == 0:
-        return 0.0
-    kept = (spectrum > SIGNIFICANT * top).reshape(-1, *spectrum.shape[-2:]).any(axis=0)
-    return float(_k2(spectrum.shape[-2])[kept].max())
-
-
 def _lowest_seed_cells(results: Results, task: str, scale: str) -> pd.Series:
     """label → cell id of the run with the lowest seed on one dataset."""
     c = results.cells[(results.cells["task"] == task) & (results.cells["scale"] == scale)]
@@ -75,11 +61,9 @@ def _lowest_seed_cells(results: Results, task: str, scale: str) -> pd.Series:
 
 
 def _resolutions(results: Results, cell: str) -> dict:
-    """snapshot label → FSC 0.5 resolution (Å) from the cell's meta.json (None if not there)."""
-    folder = results.folders.get(cell)
-    if folder is None or not (folder / "meta.json").is_file():
-        return {}
-    return {s.get("label"): s.get("resolution_A") for s in read_meta(folder).get("snapshots", [])}
+    """snapshot label → FSC 0.5 resolution (Å) from the cell's record (None if not there)."""
+    record = results.records.get(cell)
+    return {s.get("label"): s.get("resolution_A") for s in (record.snapshots or [])} if record else {}
 
 
 def _fsc_text(res) -> str:
@@ -110,14 +94,16 @@ def density_figure(results: Results, task: str, scale: str) -> Figure:
     """Figure 4: projections along z, y and x (three columns per snapshot 5K, 50K, final) of the
     ground truth (top row, repeated over the snapshots) and of each label's lowest-seed run (one
     row per label; "—" where a snapshot is missing), all aligned to the truth and low-passed in
-    2-D to the band limit the truth was low-passed to in 3-D (``band_limit``, ``lowpass_view``).
+    2-D to the r_max the truth was low-passed to in 3-D (the runs' recorded task facts,
+    ``lowpass_view``).
     Each panel is min–max normalised on its own; each estimate's FSC 0.5 resolution (meta.json)
     is written under its middle view."""
     results = comparable(results)
     cells = _lowest_seed_cells(results, task, scale)
     views = {label: results.views(cell) if cell in results.folders else {} for label, cell in cells.items()}
     truth = next((v["ground_truth"] for v in views.values() if "ground_truth" in v), None)
-    k2max = band_limit(truth) if truth is not None else None
+    facts = results.task_facts(task, scale)
+    k2max = facts.rmax_px ** 2 if truth is not None and facts is not None else None
     rows = [("ground truth", None)] + list(cells.items())
     ratios = [1, 1, 1, 0.25, 1, 1, 1, 0.25, 1, 1, 1]          # three groups of three, two gaps
     with style(), sns.axes_style("white"):

@@ -19,9 +19,11 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from cryobench.harness.results import Results, atomic_write, combine, load_results, read_meta
+from cryobench.base.files import atomic_write
+from cryobench.harness.results import Results, combine, load_results
 from cryobench.report.densities import _lowest_seed_cells, density_figure  # noqa: F401
-from cryobench.report.html import page_html, section_html
+from cryobench.report.findings import findings_markdown, findings_table
+from cryobench.report.html import inline, page_html, section_html, table_html
 from cryobench.report.style import RC, style as _style  # noqa: F401
 from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,  # noqa: F401
                                      failed_cells, performance_profile, seed_values,
@@ -248,10 +250,10 @@ PROVENANCE = ("cryobench", "git_commit", "cpu", "cores", "blas", "blas_threads",
 
 
 def provenance(results: Results) -> list[str]:
-    """Markdown bullets: the distinct provenance values (sorted) over the cells' meta.json."""
+    """Markdown bullets: the distinct provenance values (sorted) over the cells' records."""
     seen: dict[str, set] = {k: set() for k in PROVENANCE}
-    for folder in (results.folders[c] for c in sorted(results.folders)):
-        prov = read_meta(folder).get("provenance", {})
+    for record in (results.records[c] for c in sorted(results.records)):
+        prov = record.provenance
         if prov.get("git_commit") and prov.get("git_dirty"):
             prov = {**prov, "git_commit": f"{prov['git_commit']} (with uncommitted changes)"}
         for key in PROVENANCE:
@@ -317,14 +319,12 @@ def result_sets(results_root) -> list[str]:
     return names
 
 
-def _findings(loaded: dict[str, Results], sizes: dict | None) -> tuple[list[str], list[str]]:
+def _findings(loaded: dict[str, Results]) -> tuple[list[str], list[str]]:
     """(markdown, HTML) of the paper-findings section over all result sets together
     ({set name: its results}, combined in sorted order as loading their folders would)."""
-    from cryobench.report.findings import findings_markdown, findings_table
-    from cryobench.report.html import inline, table_html
     if not loaded:
         return [], []
-    table = findings_table(combine(*(loaded[n] for n in sorted(loaded))), sizes)
+    table = findings_table(combine(*(loaded[n] for n in sorted(loaded))))
     intro = ("Each finding of the paper (§4, Figure 3, Figure 6) as a criterion stated here, "
              "measured over all result sets above by seed (median over seeds; the same training "
              "streams for every method); see `docs/paper-findings.md`.")
@@ -335,14 +335,14 @@ def _findings(loaded: dict[str, Results], sizes: dict | None) -> tuple[list[str]
     return md, body
 
 
-def write_leaderboard(results_root, out=None, sets=None, title: str = "cryobench leaderboard",
-                      sizes: dict | None = None) -> list[Path]:
+def write_leaderboard(results_root, out=None, sets=None,
+                      title: str = "cryobench leaderboard") -> list[Path]:
     """Write ``out`` (default ``results_root/LEADERBOARD.md``) and the same as a static page
     beside it (``.html``: sortable tables, figures inline, runs linked to their meta.json;
     :mod:`cryobench.report.html`): one section per results set (the given ``sets`` names, else
     ``result_sets``), with figures in ``<out folder>/figures/<set>-*`` linked relatively.
-    Last, the paper's findings beside ours (:mod:`cryobench.report.findings`; ``sizes``
-    {(task, scale): (K, band-limit resolution in Å)} for the findings that need them).
+    Last, the paper's findings beside ours (:mod:`cryobench.report.findings`, with the task
+    facts the runs recorded).
     Byte-identical for the same results. Returns the paths written."""
     root = Path(results_root)
     out = Path(out) if out is not None else root / "LEADERBOARD.md"
@@ -359,7 +359,7 @@ def write_leaderboard(results_root, out=None, sets=None, title: str = "cryobench
         md += [f"## {name}", "", *_section(results, table, figs, "figures/", "###")]
         body += section_html(name, results, table, figs, _relabelled(results), provenance(results),
                              out.parent)
-    findings_md, findings_html = _findings(loaded, sizes)
+    findings_md, findings_html = _findings(loaded)
     md, body = md + findings_md, body + findings_html
     page = out.with_suffix(".html")
     atomic_write(out, "\n".join(md))

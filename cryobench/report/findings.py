@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cryobench.harness.results import Results, read_meta
+from cryobench.harness.results import Results
 
 PAPER = ["sgd", "momentum", "nesterov", "adagrad", "tonga", "olbfgs", "hessian-free"]
 NAMES = {"sgd": "SGD", "momentum": "CM", "nesterov": "NAG", "adagrad": "AdaGrad", "tonga": "TONGA",
@@ -187,9 +187,9 @@ def _resolutions(results: Results, runs: dict, pick) -> tuple[list[float], str |
     built in memory) are left out."""
     res, label = [], None
     for _, _, cell in runs.values():
-        if cell not in results.folders:
+        if cell not in results.records:
             continue
-        snaps = [s for s in read_meta(results.folders[cell]).get("snapshots") or []
+        snaps = [s for s in results.records[cell].snapshots or []
                  if s.get("resolution_A") is not None]
         chosen = pick(snaps)
         if chosen is not None:
@@ -271,14 +271,17 @@ def findings_table(results: Results, sizes: dict | None = None) -> pd.DataFrame:
     """One row per (finding, task, scale) that applies: claim, criterion, measured, verdict.
 
     ``sizes`` {(task, scale): (K training images, band-limit resolution 1/r_max in Å, box side
-    in Å)} for the one-epoch and Figure 6 findings (without it they are not measurable)."""
+    in Å)} for the one-epoch and Figure 6 findings; by default the facts the runs recorded
+    (without them those findings are not measurable)."""
     rows = []
     datasets = sorted({(t, s) for t, s in results.cells[["task", "scale"]].itertuples(index=False)})
     for key, (claim, criterion) in FINDINGS.items():
         for task, scale in datasets:
             if key in APPLIES and task not in APPLIES[key]:
                 continue
-            k_train, band, box = (sizes or {}).get((task, scale), (None, None, None))
+            facts = results.task_facts(task, scale)
+            k_train, band, box = (sizes or {}).get((task, scale), (
+                (facts.n_train, facts.band_limit_A, facts.box_A) if facts else (None, None, None)))
             m = _per_seed(results, task, scale)
             seeds = max((len(v) for v in m.values()), default=0)
             verdict, measured = CHECKS[key](m, results=results, k_train=k_train, band_A=band,

@@ -15,7 +15,7 @@ import pandas as pd
 from scipy.stats import permutation_test
 
 from cryobench.errors import InputError
-from cryobench.harness.results import Results, read_meta
+from cryobench.harness.results import Results
 
 ALPHA = 0.05                               # level of the marks: cannot be told apart from the best
 EXACT_MAX = 20                             # exact sign-flip enumeration up to 2**20 patterns
@@ -44,14 +44,13 @@ def _settings(row) -> dict:
     return {k: _fmt(v) for k, v in conf.items() if v is not None and not pd.isna(v)}
 
 
-def _run_settings(folder) -> dict:
-    """The other run settings (meta.json's ``run`` but the identity) and the code hashes of a
-    cell, to tell apart runs of one seed that agree in every hyper-parameter; {} without a folder."""
-    if folder is None or not (folder / "meta.json").is_file():
+def _run_settings(record) -> dict:
+    """The other run settings (the record's ``run`` but the identity) and the code hashes of a
+    cell, to tell apart runs of one seed that agree in every hyper-parameter; {} without a record."""
+    if record is None:
         return {}
-    meta = read_meta(folder)
-    conf = {k: v for k, v in meta.get("run", {}).items() if k not in IDENTITY | {"budget"}}
-    conf |= {k: v for k, v in (meta.get("identity") or {}).items() if k in ("numerics", "optimizer")}
+    conf = {k: v for k, v in record.run.to_dict().items() if k not in IDENTITY | {"budget"}}
+    conf |= {k: v for k, v in (record.identity or {}).items() if k in ("numerics", "optimizer")}
     return {k: _fmt(v) for k, v in conf.items() if v is not None}
 
 
@@ -79,7 +78,7 @@ def comparable(results: Results) -> Results:
     for _, group in cells.groupby(["task", "scale", "label"], sort=True):
         _extend(labels, {i: _settings(r) for i, r in group.iterrows()})
         if duplicated(group.index).any():
-            _extend(labels, {i: _run_settings(results.folders.get(c)) for i, c in group["cell"].items()})
+            _extend(labels, {i: _run_settings(results.records.get(c)) for i, c in group["cell"].items()})
             for i in group.index[duplicated(group.index)]:
                 labels[i] = f"{labels[i]} #{cells.at[i, 'cell'][:8]}"
     cells["label"] = labels
@@ -90,7 +89,7 @@ def comparable(results: Results) -> Results:
     trace = trace.astype(dict.fromkeys(numeric, float))   # object if a header-only trace.csv came first
     sort = ["task", "scale", "label", "seed", "cell"]
     return Results(trace, cells.sort_values(sort, ignore_index=True), results.fsc, results.folders,
-                   results.references)
+                   results.references, results.records)
 
 
 def sign_flip_pvalue(d) -> float:

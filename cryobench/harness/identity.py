@@ -1,0 +1,46 @@
+"""A cell's identity: the content hash of everything that decides its numbers.
+
+The id hashes the run's specification (without its label, naming the task and the optimizer by
+what they are, not how they were typed), the task's content hash, the optimizer's name and
+fingerprint and the library's numerics fingerprint (:mod:`cryobench.harness.fingerprint`). The
+parts are recorded in the cell's ``meta.json`` (``identity``), where ``verify`` compares them.
+"""
+from __future__ import annotations
+
+from cryobench.base.seeding import content_hash
+from cryobench.base.threads import machine
+from cryobench.harness.fingerprint import (numerics_fingerprint, optimizer_fingerprint,
+                                           source_digest)
+from cryobench.harness.record import SCHEMA_VERSION, RunSpec
+
+
+def optimizer_key(method) -> str:
+    """``name:fingerprint`` of an optimizer, as its part of a cell's identity."""
+    return f"{method.name}:{optimizer_fingerprint(method)}"
+
+
+def cell_id(spec: RunSpec, task_name: str, task_hash: str, optimizer: str,
+            numerics: str | None = None) -> str:
+    """The id of a run of ``spec`` on the task named ``task_name`` with content ``task_hash``, by
+    the optimizer ``optimizer`` (:func:`optimizer_key`), under the numerics fingerprint
+    ``numerics`` (computed here unless given)."""
+    key = {**spec.to_dict(), "label": None, "task": task_name, "optimizer": optimizer,
+           "task_hash": task_hash, "numerics": numerics or numerics_fingerprint(),
+           "schema": SCHEMA_VERSION}
+    return content_hash(key)[:16]
+
+
+def grid_identity() -> dict:
+    """What the grid's process knows of its numerics, passed to its cell processes so that
+    they need not run the fingerprint probe again on the same code and machine."""
+    return {"numerics": numerics_fingerprint(), "source": source_digest(), "machine": machine()}
+
+
+def identity(cell: str, task_hash: str, threads: int, method, known: dict | None = None) -> dict:
+    """The parts of a cell's id, recorded in its meta.json. The numerics fingerprint is taken
+    from ``known`` (:func:`grid_identity`) when the code and the machine are those it was
+    computed on, and computed here otherwise."""
+    same = known and known.get("source") == source_digest() and known.get("machine") == machine()
+    return {"cell": cell, "task_hash": task_hash,
+            "numerics": known["numerics"] if same else numerics_fingerprint(),
+            "optimizer": optimizer_key(method), "threads": threads, "platform": machine()}

@@ -1,0 +1,279 @@
+"""The cell record: the one place a cell folder's ``meta.json`` and ``trace.csv`` are defined,
+written and read.
+
+``RESULTS/cells/<cell id>/`` holds
+
+* ``trace.csv`` — tidy, one row per checkpoint (:func:`trace_columns`): the cell's identity
+  (task, scale, optimizer, label, seed, cell), the checkpoint, the evaluation counts (``evals``
+  and per kind), the optimizer's ``wall_s``, the score on the held-out split (``test_nll``, or
+  ``validation_nll`` for tuning runs) and the training objective ``train_obj``; numbers with 17
+  significant digits, so they read back exactly;
+* ``meta.json`` — a :class:`CellRecord`: the run's specification (:class:`RunSpec`), status and
+  message, evaluation counts, the task's content hash and recipe, the facts about the task the
+  run knew (:class:`TaskFacts`: K, box, voxel size, r_max), provenance, identity, snapshots
+  (evaluations, FSC resolution in Å, alignment) and where the cell's own time went;
+* ``density_<5K|50K|final>.mrc`` — the snapshots; ``fsc.csv`` (label, evals, freq in 1/Å, fsc)
+  and ``views.npz`` (aligned projections along z, y, x; plain arrays) when a ground truth is
+  known.
+
+A cell folder appears only when complete: it is written under a temporary name, ``meta.json``
+last, and renamed. Records of schema :data:`SCHEMA_VERSION` are read as they are; a record
+written before :class:`TaskFacts` were recorded reads with ``task_facts`` None.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryobench.base.files import to_json
+from cryobench.data.mrc import write_volume
+from cryobench.errors import InputError
+
+SCHEMA_VERSION = 1
+SNAPSHOTS = (5_000, 50_000)
+
+ID_COLUMNS = ("task", "scale", "optimizer", "label", "seed", "cell")
+COUNT_COLUMNS = ("grad_evals", "value_evals", "hvp_evals")
+SCORED_SPLITS = ("test", "validation")
+
+
+def score_column(split: str) -> str:
+    """The trace column of the held-out score: ``test_nll`` or ``validation_nll``."""
+    if split not in SCORED_SPLITS:
+        raise ValueError(f"runs are scored on the test or validation split, not {split!r}")
+    return f"{split}_nll"
+
+
+def trace_columns(split: str = "test") -> tuple[str, ...]:
+    """The columns of ``trace.csv``, in order, for runs scored on ``split``."""
+    return (*ID_COLUMNS, "checkpoint", "evals", *COUNT_COLUMNS, "wall_s", score_column(split),
+            "train_obj")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run (with the task's content hash and the optimizer code)."""
+
+    task: str
+    scale: str
+    optimizer: str                       # registered name, module:attr or path.py:attr
+    params: dict = field(default_factory=dict)   # the full hyper-parameter values used
+    seed: int = 0                        # training stream and optimizer RNG index
+    budget: int | None = None            # gradient evaluations; None = the task's (10 epochs)
+    per_decade: int = 5                  # checkpoints per decade of evaluations
+    snapshots: tuple = SNAPSHOTS
+    time_limit: float | None = None      # seconds of optimizer time; None = the default limit
+    label: str = ""                      # how the configuration is shown in reports
+    score: str = "test"                  # split scored at checkpoints: test, or validation (tune)
+    threads: int = 1                     # BLAS threads: they change the last bits of the numbers
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["snapshots"] = list(self.snapshots)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict, where="a run specification") -> "RunSpec":
+        """The specification written by :meth:`to_dict`; one line naming ``where`` otherwise."""
+        if not isinstance(d, dict):
+            raise InputError(f"{where}: 'run' must be an object")
+        unknown = sorted(set(d) - {f.name for f in fields(RunSpec)})
+        if unknown:
+            raise InputError(f"{where}: 'run' has unknown field {unknown[0]!r}")
+        try:
+            return RunSpec(**{**d, "snapshots": tuple(d.get("snapshots", SNAPSHOTS))})
+        except TypeError as exc:
+            raise InputError(f"{where}: 'run' is not a run specification: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    """What a run knew about its task and reports need: K, the minibatch, box, voxel size (Å)
+    and r_max (Fourier pixels)."""
+
+    n_train: int
+    batch_size: int
+    box: int
+    pixel_size: float
+    rmax_px: float
+
+    @property
+    def band_limit_A(self) -> float:
+        """The finest resolution the likelihood sees, 1/r_max in Å."""
+        return self.box * self.pixel_size / self.rmax_px
+
+    @property
+    def box_A(self) -> float:
+        """The box side in Å."""
+        return self.box * self.pixel_size
+
+
+@dataclass
+class CellRecord:
+    """A cell's ``meta.json``: what ran, what it did, on what, and where."""
+
+    run: RunSpec
+    optimizer_name: str
+    budget: int | None
+    status: str                          # ok, diverged, budget, error
+    message: str
+    evaluations: int
+    wall_s: float | None
+    task_hash: str
+    counts: dict = field(default_factory=dict)
+    traceback: str | None = None
+    time_limit_s: float | None = None
+    task_recipe: str | None = None
+    task_facts: TaskFacts | None = None
+    provenance: dict = field(default_factory=dict)
+    snapshots: list | None = None        # [{label, evals, file, resolution_A, …}]; None: not compared
+    overhead_s: dict = field(default_factory=dict)
+    identity: dict | None = None         # the parts of the cell id (harness.identity)
+    cell: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def label(self) -> str:
+        """The configuration's label (the optimizer's name when the run has none)."""
+        return self.run.label or self.optimizer_name
+
+    def to_dict(self) -> dict:
+        """The JSON object of ``meta.json`` (absent optional parts left out)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["run"] = self.run.to_dict()
+        d["task_facts"] = asdict(self.task_facts) if self.task_facts else None
+        return {k: v for k, v in d.items()
+                if v is not None or k in ("traceback", "wall_s", "budget")}
+
+    @staticmethod
+    def from_dict(meta, where) -> "CellRecord":
+        """A record from a ``meta.json`` object, checked; one line naming ``where`` otherwise."""
+        if not isinstance(meta, dict):
+            raise InputError(f"{where}: cell metadata must be a JSON object")
+        version = meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise InputError(f"{where}: schema_version {version}, but this cryobench reads schema "
+                             f"{SCHEMA_VERSION}; rerun the grid or use the matching cryobench version")
+        missing = [k for k in REQUIRED if k not in meta]
+        run = meta.get("run")
+        if missing or not isinstance(run, dict) or not all(k in run for k in RUN_REQUIRED):
+            raise InputError(f"{where}: not a cell's metadata: missing {(missing or ['run fields'])[0]!r}")
+        known = {f.name for f in fields(CellRecord)}
+        values = {k: v for k, v in meta.items() if k in known}
+        values["run"] = RunSpec.from_dict({"optimizer": meta["optimizer_name"], **run}, where)
+        facts = meta.get("task_facts")
+        try:
+            values["task_facts"] = TaskFacts(**facts) if facts else None
+        except TypeError as exc:
+            raise InputError(f"{where}: 'task_facts' is not a task's facts: {exc}") from None
+        return CellRecord(**values)
+
+    @staticmethod
+    def read(folder) -> "CellRecord":
+        """The record of a cell folder (its ``meta.json``), checked."""
+        path = Path(folder) / "meta.json"
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path}: cannot read cell metadata: {exc}") from None
+        return CellRecord.from_dict(meta, path)
+
+
+REQUIRED = ("run", "cell", "status", "message", "budget", "evaluations", "wall_s", "task_hash",
+            "optimizer_name")
+RUN_REQUIRED = ("task", "scale", "label", "seed", "params")
+
+
+@dataclass
+class RunOutput:
+    """A finished run: the trace, its record, density snapshots and their FSC curves."""
+
+    trace: pd.DataFrame
+    record: CellRecord
+    densities: dict = field(default_factory=dict)    # label → V
+    fsc: pd.DataFrame | None = None                  # label, evals, freq (1/Å), fsc
+    views: dict = field(default_factory=dict)        # label → (3, D, D) aligned projections
+
+
+def empty_trace(split: str = "test") -> str:
+    """The header of a trace without checkpoints (a run whose first step never returned)."""
+    return ",".join(trace_columns(split)) + "\n"
+
+
+def cell_files(out: RunOutput, cell: str, pixel_size: float) -> dict[str, bytes]:
+    """The files of a cell folder as {name: bytes}."""
+    rec, run = out.record, out.record.run
+    rec.cell = cell
+    trace = out.trace.copy()
+    ids = {"task": run.task, "scale": run.scale, "optimizer": rec.optimizer_name,
+           "label": rec.label, "seed": run.seed, "cell": cell}
+    for i, (k, v) in enumerate(ids.items()):
+        trace.insert(i, k, v)
+    files = {"trace.csv": trace.to_csv(index=False, float_format="%.17g").encode(),   # exact
+             "meta.json": to_json(rec.to_dict()).encode()}
+    if out.fsc is not None:
+        files["fsc.csv"] = out.fsc.to_csv(index=False, float_format="%.6g").encode()
+    if out.views:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: v.astype(np.float32) for k, v in out.views.items()})
+        files["views.npz"] = buf.getvalue()
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, vol in out.densities.items():
+            path = Path(tmp) / f"density_{label}.mrc"
+            write_volume(path, vol, pixel_size)
+            files[path.name] = path.read_bytes()
+    return files
+
+
+def write_cell_folder(folder, files: dict[str, bytes]) -> Path:
+    """Write a cell's files into ``folder`` atomically (temporary folder, then rename)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
+    os.chmod(tmp, 0o755)                    # mkdtemp's 0700 would hide results from others
+    try:
+        # meta.json last, so a folder with meta.json is complete even on filesystems without rename
+        for name in sorted(files, key=lambda n: n == "meta.json"):
+            (tmp / name).write_bytes(files[name])
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def cell_complete(folder) -> bool:
+    """Whether a cell folder holds a result (its meta.json, written last, is there)."""
+    return (Path(folder) / "meta.json").is_file()
+
+
+def read_cell_files(folder) -> dict[str, bytes]:
+    """A cell folder's files as {name: bytes} (to send a folder back from a worker)."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+def read_trace(folder) -> pd.DataFrame:
+    """A cell's trace.csv, refusing one that is not a trace with a message naming the file."""
+    path = Path(folder) / "trace.csv"
+    try:
+        trace = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty file, not a trace") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise InputError(f"{path}: cannot read the trace: {str(exc).splitlines()[0]}") from None
+    if "evals" not in trace.columns:
+        raise InputError(f"{path}: not a trace: no column 'evals'")
+    if len(trace) and not pd.api.types.is_numeric_dtype(trace["evals"]):
+        raise InputError(f"{path}: column 'evals' holds non-numbers")
+    if not len(trace):                       # a run with no checkpoint: typed, empty columns
+        trace = trace.astype({c: float for c in trace.columns if c not in ID_COLUMNS})
+    return trace
