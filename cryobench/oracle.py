@@ -1,4 +1,4 @@
-"""The counted oracle: the only way an optimizer sees the objective (SPEC §3).
+"""The counted oracle: the only way an optimizer sees the objective.
 
 The objective is the paper's eq. 6 divided by K (so step sizes do not depend on the data set
 size); on a minibatch B of training images the oracle answers the unbiased estimate

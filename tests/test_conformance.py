@@ -1,4 +1,4 @@
-"""The conformance suite every registered optimizer must pass (SPEC §3).
+"""The conformance suite every registered optimizer must pass.
 
 Run it against your own optimizer with
     pytest tests/test_conformance.py --optimizer path/to/my_method.py:my_method

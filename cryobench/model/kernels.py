@@ -21,6 +21,7 @@ import numba as nb
 import numpy as np
 
 from cryobench.base import threads  # noqa: F401  (thread pools' wait policy before numba starts)
+from cryobench.model.ctf import electron_wavelength
 
 # Fast-math without 'reassoc': with reassociation allowed, the code a process compiles and the
 # code it later loads from numba's cache round differently (measured: the probe of
@@ -39,7 +40,6 @@ def ctf_terms(ctf, inv_sigma, s2: np.ndarray):
     (Np, B) and cos 2α_ast, sin 2α_ast of shape (B,): :func:`cryobench.model.ctf.evaluate_ctf` term by
     term, times 1/σ (float64).
     """
-    from cryobench.model.ctf import electron_wavelength
     lam = electron_wavelength(ctf.voltage)
     q = ctf.amplitude_contrast
     k_def = -np.pi * lam

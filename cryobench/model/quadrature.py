@@ -2,7 +2,7 @@
 
     p(I | θ, V) ≈ Σ_j w_j N(I | S_tj C_θ P_Rj V, 1),   R_j = R_d(j) R_z(ψ_a(j))
 
-Sizes follow r_max (in Fourier pixels) automatically (SPEC §1): with θ = arctan(1 / r_max),
+Sizes follow r_max (in Fourier pixels) automatically: with θ = arctan(1 / r_max),
 the smallest Lebedev rule with at least (3.6/θ)² points (and positive weights) and ⌈2π/θ⌉ in-plane angles. Shifts
 lie on a square lattice of spacing D / (4 r_max) pixels (a quarter of the period of the
 highest frequency used) inside the truncation radius of an isotropic Gaussian shift prior,
@@ -98,7 +98,7 @@ class Quadrature:
 
 def quadrature_for(rmax: float, box: int, shift_sigma_px: float = 0.0,
                    shift_truncation: float = 2.0) -> Quadrature:
-    """The quadrature SPEC §1 prescribes for a likelihood using frequencies |k| ≤ rmax (pixels)."""
+    """The quadrature the benchmark prescribes for a likelihood using frequencies |k| ≤ rmax (pixels)."""
     if rmax <= 0:
         raise ValueError(f"r_max must be positive, got {rmax}")
     theta = np.arctan(1.0 / rmax)

@@ -3,10 +3,9 @@ by one ulp in one voxel (a last-bit change, as another BLAS or CPU makes) and co
 NLL with the spread of the committed seeds at the same checkpoint."""
 import sys
 import numpy as np
-from cryobench.harness.cell import Cell
 from cryobench.model.likelihood import Likelihood
 from cryobench.harness.registry import resolve
-from cryobench.harness.results import load_results, read_meta
+from cryobench.harness.results import load_results
 from cryobench.harness.run import execute
 from cryobench.task import load_task
 from cryobench.base.threads import set_threads
@@ -25,8 +24,7 @@ tasks = {}
 set_threads(1)
 print("task | label | evals | |Δ test NLL| | seed spread | Δ / spread")
 for row in rows.itertuples():
-    meta = read_meta(res.folders[row.cell])
-    spec = Cell.from_dict({"spec": meta["run"], "cell": meta["cell"], "task_hash": meta["task_hash"]}).spec
+    spec = res.records[row.cell].run
     key = (spec.task, spec.scale)
     tasks.setdefault(key, load_task(spec.task, spec.scale, progress=False))
     out = execute(spec, tasks[key], resolve(spec.optimizer), compare=False)
