@@ -1,4 +1,4 @@
-"""The layout shows the parts and imports point one way (README, "The code, in one page").
+"""The layout shows the parts and imports point one way (docs/architecture.md).
 
 Every module's imports (top-level and inside functions) are read with ``ast`` and checked against
 the allowed edges between the package's parts; no module is much over 400 lines."""

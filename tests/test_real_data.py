@@ -1,5 +1,5 @@
 """Real particle data as a first-class task (issue 12): origins, a reference map, the contrast
-check, tuned values keyed by task identity, default scales, and the README walkthrough run
+check, tuned values keyed by task identity, default scales, and the walkthrough of docs/real-data.md run
 through the command line on data written in another package's conventions (tests/foreign.py)."""
 import json
 import logging
@@ -213,7 +213,7 @@ def test_scale_help_names_the_tasks_own_scales(command, capsys):
     assert "[scales.NAME]" in capsys.readouterr().out
 
 
-# ------------------------------------------------------------------ 6. the README walkthrough
+# ------------------------------------------------------------------ 6. the docs/real-data.md walkthrough
 def test_readme_walkthrough_on_data_from_another_package(tmp_path, capsys, caplog, monkeypatch):
     """Black particles (opposite CTF sign), origins in Å, no # version line, extra columns,
     particles off-centre; a reference map at another box and voxel size."""
