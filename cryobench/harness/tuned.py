@@ -1,5 +1,5 @@
-"""Tuned-values files: where a task's tuned hyper-parameters live, reading them, and choosing
-a run's hyper-parameters (explicit, else tuned, else default).
+"""Tuned-values files: where a task's tuned hyper-parameters live, reading them, and the entry
+that applies to a task.
 
 The file is ``results/tuned.json`` for the tasks shipped in ``tasks/`` and
 ``<task>.tuned.json`` beside any other task file (:func:`default_tuned_file`), unless the user

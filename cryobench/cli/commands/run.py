@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryobench.cli.common import add_task, data_dir, parse_sets, positive, report_interrupted
+from cryobench.cli.common import data_dir, parse_sets, positive, report_interrupted
 from cryobench.errors import InputError
 from cryobench.harness.grid import run_grid
 from cryobench.harness.plan import EACH_TASKS_OWN, Planner
