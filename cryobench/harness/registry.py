@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from cryobench import external
 from cryobench.base.paths import OPTIMIZERS_DIR  # noqa: F401  (re-exported)
 from cryobench.errors import InputError
 from cryobench.optim import Method
@@ -120,7 +121,10 @@ def discover(optimizers_dir: Path | None = None) -> dict[str, Method]:
 
 
 def resolve(reference: str, optimizers_dir: Path | None = None) -> Method:
-    """An optimizer by registered name, ``module:attr`` or ``path/file.py:attr``."""
+    """An optimizer by registered name, ``module:attr`` or ``path/file.py:attr``, or another
+    library's: ``torch:…``, ``optax:…`` (:mod:`cryobench.external`)."""
+    if external.handles(reference):
+        return external.resolve(reference)
     if ":" in reference:
         where, attr = reference.rsplit(":", 1)
         if where.endswith(".py"):
