@@ -25,9 +25,18 @@ from cryobench.harness.tuning import candidates
 from cryobench.optim import Hyper, minimize
 from cryobench.toy import QuadraticOracle
 
-HAVE_TORCH = importlib.util.find_spec("torch") is not None
-HAVE_OPTAX = importlib.util.find_spec("optax") is not None and importlib.util.find_spec("jax") is not None
-HAVE_SCHEDULEFREE = importlib.util.find_spec("schedulefree") is not None
+
+
+def installed(name: str) -> bool:
+    """Whether ``import name`` can work (a module set to None in sys.modules cannot)."""
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    return importlib.util.find_spec(name) is not None
+
+
+HAVE_TORCH = installed("torch")
+HAVE_OPTAX = installed("optax") and installed("jax")
+HAVE_SCHEDULEFREE = installed("schedulefree")
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is not installed: pip install -e '.[torch]'")
 needs_optax = pytest.mark.skipif(not HAVE_OPTAX, reason="JAX/optax are not installed: pip install -e '.[jax]'")
 needs_schedulefree = pytest.mark.skipif(not (HAVE_TORCH and HAVE_SCHEDULEFREE),

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("run", cmd_run, "run one optimizer on one task: trace, status, densities, FSC")
-    p.add_argument("optimizer", help="registered name, module:attr or path/file.py:attr")
+    p.add_argument("optimizer", help="registered name, module:attr, path/file.py:attr, or another "
+                   "library's: torch:torch.optim.AdamW, optax:optax.lion (extras torch, jax)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE",
                    help="a hyper-parameter value (repeatable); others come from --tuned or defaults")
     p.add_argument("--seed", type=int, default=0, help="training stream and optimizer RNG (default 0)")
