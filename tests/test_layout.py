@@ -20,9 +20,10 @@ ALLOWED = {
     "cryobench.schedules": set(),
     "cryobench.optim": FOUNDATION | {"cryobench.oracle"},
     "cryobench.toy": FOUNDATION | {"cryobench.oracle"},
+    "cryobench.external": FOUNDATION | {"cryobench.optim", "cryobench.oracle"},   # torch/optax adapters
     "cryobench.task": FOUNDATION | {"cryobench.model", "cryobench.data", "cryobench.oracle"},
     "cryobench.harness": FOUNDATION | PROTOCOL | {"cryobench", "cryobench.model", "cryobench.data",
-                                                  "cryobench.task"},
+                                                  "cryobench.task", "cryobench.external"},
     "cryobench.checks": FOUNDATION | PROTOCOL | {"cryobench.model", "cryobench.data",
                                                  "cryobench.task", "cryobench.harness"},
     "cryobench.report": FOUNDATION | {"cryobench.harness.results",     # reports read results only

@@ -59,11 +59,14 @@ def code_fingerprint(source: str) -> str:
 
 
 def optimizer_fingerprint(method) -> str:
-    """:func:`code_fingerprint` of the module that defines an optimizer's factory."""
+    """:func:`code_fingerprint` of the module that defines an optimizer's factory; with another
+    library's method's ``identity`` (:mod:`cryobench.external`) hashed in where it has one."""
     try:
-        return code_fingerprint(Path(inspect.getsourcefile(method.factory)).read_text())
+        code = code_fingerprint(Path(inspect.getsourcefile(method.factory)).read_text())
     except (TypeError, OSError, SyntaxError):
         return "unknown"
+    extra = getattr(method, "identity", None)        # library, version, class, arguments
+    return code if extra is None else hashlib.sha256(f"{code}\n{extra}".encode()).hexdigest()
 
 
 class _Bits:

@@ -21,6 +21,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from cryobench import external
 from cryobench.base.paths import OPTIMIZERS_DIR
 from cryobench.errors import InputError
 from cryobench.optim import Method
@@ -133,7 +134,10 @@ def discover(optimizers_dir: Path | None = None) -> dict[str, Method]:
 
 
 def resolve(reference: str, optimizers_dir: Path | None = None) -> Method:
-    """An optimizer by registered name, ``module:attr`` or ``path/file.py:attr``."""
+    """An optimizer by registered name, ``module:attr`` or ``path/file.py:attr``, or another
+    library's: ``torch:…``, ``optax:…`` (:mod:`cryobench.external`)."""
+    if external.handles(reference):
+        return external.resolve(reference)
     if ":" in reference:
         where, attr = reference.rsplit(":", 1)
         if where.endswith(".py"):

@@ -14,7 +14,9 @@ TASK = True
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("optimizer", help="registered name, module:attr or path/file.py:attr")
+    parser.add_argument("optimizer", help="registered name, module:attr, path/file.py:attr, or "
+                        "another library's: torch:torch.optim.AdamW, optax:optax.lion (extras "
+                        "torch, jax)")
     parser.add_argument("--set", action="append", metavar="NAME=VALUE",
                         help="a hyper-parameter value (repeatable); others come from --tuned or "
                              "defaults")
