@@ -20,7 +20,8 @@ from cryobench.cli import main as cli
 from cryobench.errors import InputError
 from cryobench.harness.fingerprint import code_fingerprint, optimizer_fingerprint
 from cryobench.harness.registry import resolve
-from cryobench.harness.run import RunSpec, execute
+from cryobench.harness.record import RunSpec
+from cryobench.harness.run import execute
 from cryobench.harness.tuning import candidates
 from cryobench.optim import Hyper, minimize
 from cryobench.toy import QuadraticOracle
@@ -134,7 +135,7 @@ def test_lbfgs_runs_on_a_task(cylinder):
     out = execute(RunSpec("synthetic-cylinder", "ci", "torch:torch.optim.LBFGS",
                           {"max_iter": 3, "batch_size": 50}, budget=600),
                   cylinder, resolve("torch:torch.optim.LBFGS"))
-    assert out.meta["status"] == "ok" and out.meta["evaluations"] == 600
+    assert out.record.status == "ok" and out.record.evaluations == 600
     assert out.trace["test_nll"].iloc[-1] < out.trace["test_nll"].iloc[0]
 
 
@@ -228,8 +229,8 @@ def test_cheating_torch_optimizers_end_in_error(cylinder, name):
     from cryobench.external import torch_method
     method = torch_method(cheating_optimizers()[name], name=name)
     out = execute(RunSpec("synthetic-cylinder", "ci", name, {}, budget=400), cylinder, method)
-    assert out.meta["status"] == "error"
-    assert "accounting was tampered with" in out.meta["message"]
+    assert out.record.status == "error"
+    assert "accounting was tampered with" in out.record.message
 
 
 # --- hyper-parameters ------------------------------------------------------------------------
