@@ -298,11 +298,15 @@ def test_write_leaderboard_deterministic(fake_root, tmp_path):
     text = a["LEADERBOARD.md"].decode()
     assert "## small" in text and "## other" in text and "tune" not in text
     assert "(figures/small-convergence.png)" in text and "figures/other-profile.svg" in a
-    assert text.count("noise floor (median over methods of the Final seed range)") == 2
+    ranking = text.split("## Ranking per task")[1].split("\n## ")[0]      # opens the page
+    datasets = ranking.count("noise floor (median over methods of the Final seed range)")
+    assert text.index("## Ranking per task") < text.index("## other") and datasets >= 1
+    assert text.count("noise floor (median over methods of the Final seed range)") == 2 + datasets
     assert "| task-a-c-0 | task-a | ci | c | 0 | diverged | 3,100 | iterate not finite |" in text
     # the HTML page beside it: the same sections and figures, runs linked to their meta.json
     page = a["LEADERBOARD.html"].decode()
-    assert page.count("<section id=") == 3 and 'id="small"' in page and "tune" not in page
+    assert page.count("<section id=") == 4 and 'id="small"' in page and "tune" not in page
+    assert page.index('id="ranking"') < page.index('id="other"')
     assert 'id="findings"' in page and "## The paper's findings beside ours" in text   # last section
     assert '<img src="figures/small-convergence.png"' in page and 'href="figures/other-profile.svg"' in page
     assert "http" not in page and "src=\"/" not in page and "href=\"/" not in page   # relative only

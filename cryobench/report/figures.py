@@ -24,6 +24,7 @@ from cryobench.harness.results import Results, combine, load_results
 from cryobench.report.densities import _lowest_seed_cells, density_figure  # noqa: F401
 from cryobench.report.findings import findings_markdown, findings_table
 from cryobench.report.html import inline, page_html, section_html, table_html
+from cryobench.report.ranking import ranking_section
 from cryobench.report.style import RC, style as _style  # noqa: F401
 from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,  # noqa: F401
                                      failed_cells, performance_profile, seed_values,
@@ -339,7 +340,8 @@ def write_leaderboard(results_root, out=None, sets=None,
                       title: str = "cryobench leaderboard") -> list[Path]:
     """Write ``out`` (default ``results_root/LEADERBOARD.md``) and the same as a static page
     beside it (``.html``: sortable tables, figures inline, runs linked to their meta.json;
-    :mod:`cryobench.report.html`): one section per results set (the given ``sets`` names, else
+    :mod:`cryobench.report.html`): first one ranking per (task, scale) of every method of every
+    set (:mod:`cryobench.report.ranking`), then one section per results set (the given ``sets`` names, else
     ``result_sets``), with figures in ``<out folder>/figures/<set>-*`` linked relatively.
     Last, the paper's findings beside ours (:mod:`cryobench.report.findings`, with the task
     facts the runs recorded).
@@ -348,11 +350,13 @@ def write_leaderboard(results_root, out=None, sets=None,
     out = Path(out) if out is not None else root / "LEADERBOARD.md"
     fig_dir = out.parent / "figures"
     intro = "Regenerate with `cryobench leaderboard`; the same results give byte-identical output."
-    md, written, body = [f"# {title}", "", intro, ""], [], []
+    md, written = [f"# {title}", "", intro, ""], []
     names = sets if sets is not None else result_sets(root)
-    loaded = {}
+    loaded = {name: load_results(root / name) for name in names}
+    md_ranking, body = ranking_section(loaded)
+    md += md_ranking
     for name in names:
-        results = loaded[name] = load_results(root / name)
+        results = loaded[name]
         table = checkpoint_table(results)
         figs = _figures(results, fig_dir, prefix=f"{name}-")
         written += [p for _, paths in figs.values() for p in paths]
@@ -363,7 +367,8 @@ def write_leaderboard(results_root, out=None, sets=None,
     md, body = md + findings_md, body + findings_html
     page = out.with_suffix(".html")
     atomic_write(out, "\n".join(md))
-    atomic_write(page, page_html(title, intro, names + (["findings"] if findings_html else []),
+    atomic_write(page, page_html(title, intro, (["ranking"] if md_ranking else []) + names
+                                 + (["findings"] if findings_html else []),
                                  body, markdown=out.name))
     return written + [out, page]
 
