@@ -4,10 +4,17 @@ Image formation follows :mod:`cryobench.model.fourier` and :mod:`cryobench.model
 orientation R is the projection I(u) = ∫ V(R·(u, z)) dz, so a blob centred at c (pixels) projects
 to u = (Rᵀc)[:2]; by the Fourier slice theorem Î(k) = V̂(R·(k, 0)). The particle is then displaced
 in-plane by +t pixels (Î ← e^{−2πi k·t/D} Î) and multiplied by the CTF. Spectra come from the
-closed-form transform of the blobs, separable in kx and ky (one small matrix product per image),
+closed-form transform of the blobs, separable in kx and ky (a sum of one outer product per blob),
 band-limited to |kx|, |ky| < D/2 (Nyquist row/column zero), then inverse-FFT'd. White Gaussian
 noise of σ = 1 per pixel is added; the signal is scaled by one factor g (also applied to
 ``ground_truth.mrc``) so that the SNR (see ``SNR_DEFINITION``) equals the requested value.
+
+The files' bits are the same on every machine (format 2): every floating-point step runs in
+float64 in a fixed order without BLAS, NumPy's SIMD-dispatched functions or libm — the phases,
+Gaussians and CTF from :mod:`cryobench.data.portable`'s ``sincos_turns`` and ``exp``, the
+inverse transform its FFT — and compiled without fastmath (no FMA contraction); see that
+module. Only random draws come from NumPy's generators (and the rotations from SciPy's
+``Rotation.random``), whose outputs do not depend on the CPU.
 
 Files written by :func:`simulate`: ``particles.star`` (RELION 3.1, CTFs only, no poses),
 ``particles.mrcs``, ``ground_truth.mrc``, ``meta.json`` and ``poses.csv`` with the true poses:
@@ -18,22 +25,25 @@ Files written by :func:`simulate`: ``particles.star`` (RELION 3.1, CTFs only, no
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numba as nb
 import numpy as np
 import pandas as pd
-from scipy import fft as sfft
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from cryobench.data.mrc import write_volume
 from cryobench.data.phantoms import PHANTOMS, Phantom, junk_particle
+from cryobench.data.portable import (TWO_PI, atan, exp, factors, irfft2_centred_one, sincos_turns,
+                                     unit_roots)
 from cryobench.data.star import write_particles
-from cryobench.model.ctf import CTFParams, evaluate_ctf
+from cryobench.model.ctf import CTFParams, electron_wavelength
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: the bits no longer depend on the CPU, BLAS or libm (portable.py)
 CALIBRATION_IMAGES = 4096
 POSE_COLUMNS = [f"r{a}{b}" for a in range(3) for b in range(3)]
 STREAMS = ("rotations", "ctf", "shifts", "outliers", "junk", "noise")
@@ -98,41 +108,184 @@ class SimulationParams:
         return asdict(self)
 
 
-def _phases(u: np.ndarray, k: np.ndarray, box: int) -> np.ndarray:
-    """exp(−2πi k u / D) as complex64 (…, len(k)); the argument is reduced mod 1 in float64."""
-    x = u[..., None] * (np.asarray(k, float) / box)
-    x -= np.rint(x)
-    x = (x * (2.0 * np.pi)).astype(np.float32)
-    out = np.empty(x.shape, np.complex64)
-    out.real, out.imag = np.cos(x), -np.sin(x)
+_JIT = dict(cache=True)          # no fastmath: the bits must not depend on the CPU (portable.py)
+TWO_PI_SQUARED = 19.739208802178716
+
+
+@nb.njit(**_JIT)
+def _gauss_table(s, k, box):
+    """exp(−2π² s_b² k² / D²) (float64, (nb, K)): the blobs' Gaussian envelopes at the integer
+    frequencies k, 0 on and beyond the Nyquist line (2|k| ≥ D)."""
+    out = np.zeros((len(s), len(k)))
+    for b in range(len(s)):
+        for i in range(len(k)):
+            if 2 * abs(k[i]) < box:
+                v = s[b] * k[i] / box
+                out[b, i] = exp(-TWO_PI_SQUARED * (v * v))
     return out
 
 
-def _blob_spectra(phantom: Phantom, rotations, shifts, box, pixel_size, kx, ky) -> np.ndarray:
-    """CTF-free spectra Î[n, ky, kx] (complex64) at the integer frequencies ky × kx."""
+@nb.njit(**_JIT)
+def _spectrum_one(c, w, gx, gy, r, t, kx, ky, box, sr, si):
+    """The CTF-free spectrum Î[ky, kx] of one image into (sr, si) (float64, (len(ky), len(kx))).
+
+    Blob b projects to u = (Rᵀc_b)[:2] + t and contributes
+    (w_b g_b(kx) e^{−2πi kx u_x/D}) (g_b(ky) e^{−2πi ky u_y/D}); the phases are evaluated
+    directly for every k (turns k·u/D, exact reduction), the sum over blobs runs in index order."""
+    nb_, nx, ny = len(w), len(kx), len(ky)
+    ax_r, ax_i = np.empty((nb_, nx)), np.empty((nb_, nx))
+    ay_r, ay_i = np.empty((nb_, ny)), np.empty((nb_, ny))
+    for b in range(nb_):
+        ux = c[b, 0] * r[0, 0] + c[b, 1] * r[1, 0] + c[b, 2] * r[2, 0] + t[0]
+        uy = c[b, 0] * r[0, 1] + c[b, 1] * r[1, 1] + c[b, 2] * r[2, 1] + t[1]
+        for i in range(nx):
+            sn, cs = sincos_turns(ux * kx[i] / box)
+            g = w[b] * gx[b, i]
+            ax_r[b, i] = g * cs
+            ax_i[b, i] = -(g * sn)
+        for j in range(ny):
+            sn, cs = sincos_turns(uy * ky[j] / box)
+            ay_r[b, j] = gy[b, j] * cs
+            ay_i[b, j] = -(gy[b, j] * sn)
+    acc_r, acc_i = np.empty(nx), np.empty(nx)
+    for j in range(ny):
+        acc_r[:] = 0.0
+        acc_i[:] = 0.0
+        for b in range(nb_):
+            pr, pi = ay_r[b, j], ay_i[b, j]
+            xr, xi = ax_r[b], ax_i[b]
+            for i in range(nx):
+                acc_r[i] += pr * xr[i] - pi * xi[i]
+                acc_i[i] += pr * xi[i] + pi * xr[i]
+        sr[j] = acc_r
+        si[j] = acc_i
+
+
+@nb.njit(**_JIT)
+def _ctf_one(row, lam, offset, kx, ky, f, out):
+    """RELION's CTF (:func:`cryobench.model.ctf.evaluate_ctf`, same formula) of one image at the
+    frequencies (kx, ky)·f into out[ky, kx], in turns: χ/2π = −½λΔf s² + ¼ Cs λ³ s⁴ − φ/360 −
+    offset, where offset = arctan(Q/√(1−Q²))/2π, and C = −sin χ · exp(−B s²/4). The astigmatic
+    cos 2(α − α_ast) is cos 2α cos 2α_ast + sin 2α sin 2α_ast with cos 2α = (fx² − fy²)/s²,
+    sin 2α = 2 fx fy / s² (no arctan)."""
+    du, dv, angle, cs, phase, bfac = row[0], row[1], row[2], row[4], row[6], row[7]
+    mean, dev = 0.5 * (du + dv), 0.5 * (du - dv)
+    sin2a, cos2a = sincos_turns(angle / 180.0)
+    a2 = 0.5 * lam
+    a4 = 0.25 * (cs * 1e7) * (lam * lam * lam)
+    const = phase / 360.0 + offset
+    for j in range(len(ky)):
+        fy = ky[j] * f
+        for i in range(len(kx)):
+            fx = kx[i] * f
+            s2 = fx * fx + fy * fy
+            if s2 > 0.0:
+                cos2, sin2 = (fx * fx - fy * fy) / s2, (2.0 * fx * fy) / s2
+            else:
+                cos2, sin2 = 1.0, 0.0
+            defocus = mean + dev * (cos2 * cos2a + sin2 * sin2a)
+            sn, _ = sincos_turns(a4 * (s2 * s2) - a2 * defocus * s2 - const)
+            env = 1.0 if bfac == 0.0 else exp(-(bfac * s2) / 4.0)
+            out[j, i] = -sn * env
+
+
+@nb.njit(parallel=True, **_JIT)
+def _render_chunk(c, w, gx, gy, rot, shifts, ctf_rows, lam, offset, box, pixel_size, kx, ky,
+                  wr, wi, radices, out):
+    """Clean images out[n, y, x] (float32) of the rfft-layout spectra (kx = 0 … D/2, ky in FFT
+    order), times the CTF unless ``ctf_rows`` has no rows, inverted by
+    :func:`cryobench.data.portable.irfft2_centred_one`. Every image is computed on its own, so
+    the thread count changes no bit."""
+    f = 1.0 / (box * pixel_size)
+    for n in nb.prange(rot.shape[0]):
+        sr, si = np.empty((len(ky), len(kx))), np.empty((len(ky), len(kx)))
+        ctf = np.empty((len(ky), len(kx)))
+        _spectrum_one(c, w, gx, gy, rot[n], shifts[n], kx, ky, box, sr, si)
+        if ctf_rows.shape[0] > 0:
+            _ctf_one(ctf_rows[n], lam[n], offset[n], kx, ky, f, ctf)
+            for j in range(len(ky)):
+                for i in range(len(kx)):
+                    sr[j, i] *= ctf[j, i]
+                    si[j, i] *= ctf[j, i]
+        image = np.empty((box, box))
+        irfft2_centred_one(sr, si, wr, wi, radices, image)
+        for y in range(box):
+            for x in range(box):
+                out[n, y, x] = np.float32(image[y, x])
+
+
+@nb.njit(**_JIT)
+def _scaled(images, factor):
+    """float32(float64(image) × factor) of every pixel."""
+    out = np.empty_like(images)
+    flat, res = images.reshape(-1), out.reshape(-1)
+    for i in range(flat.size):
+        res[i] = np.float32(np.float64(flat[i]) * factor)
+    return out
+
+
+@nb.njit(**_JIT)
+def _masked_variance(images, mask):
+    """Per image, the variance (float64, two passes in pixel order) of the pixels where mask."""
+    out = np.empty(images.shape[0])
+    count = 0
+    for y in range(mask.shape[0]):
+        for x in range(mask.shape[1]):
+            count += mask[y, x]
+    for n in range(images.shape[0]):
+        total = 0.0
+        for y in range(mask.shape[0]):
+            for x in range(mask.shape[1]):
+                if mask[y, x]:
+                    total += np.float64(images[n, y, x])
+        mean = total / count
+        sq = 0.0
+        for y in range(mask.shape[0]):
+            for x in range(mask.shape[1]):
+                if mask[y, x]:
+                    v = np.float64(images[n, y, x]) - mean
+                    sq += v * v
+        out[n] = sq / count
+    return out
+
+
+def _blob_terms(phantom: Phantom, box: int, pixel_size: float):
+    """Centres (px), widths (px) and weights a·(2πs²)^{3/2}/D of the blobs (+ − × ÷ √ only)."""
     c = phantom.centres / pixel_size
     s = phantom.sigmas / pixel_size
-    u = np.matmul(c, np.asarray(rotations, float))[..., :2]          # (Rᵀc)[:2], (n, nb, 2)
-    if shifts is not None:
-        u = u + np.asarray(shifts, float)[:, None, :]
-
-    def gauss(k):
-        k = np.asarray(k, float)
-        g = np.exp(-2.0 * np.pi**2 * np.outer(s**2, k**2) / box**2)  # (nb, K)
-        g[:, 2 * np.abs(k) >= box] = 0.0                               # drop the Nyquist line
-        return g.astype(np.float32)
-
-    w = phantom.amplitudes * (2.0 * np.pi * s**2) ** 1.5 / box
-    fx = _phases(u[..., 0], kx, box) * (gauss(kx) * w[:, None].astype(np.float32))
-    fy = _phases(u[..., 1], ky, box) * gauss(ky)
-    return np.matmul(fy.transpose(0, 2, 1), fx)
+    v = TWO_PI * (s * s)
+    return np.ascontiguousarray(c), s, phantom.amplitudes * (v * np.sqrt(v)) / box
 
 
-def _ctf_grid(ctf, box, pixel_size, kx, ky) -> np.ndarray:
-    """The CTF (float32, [n, ky, kx]) at integer frequencies ky × kx."""
-    f = 1.0 / (box * pixel_size)
-    return evaluate_ctf(ctf, np.asarray(kx, float)[None, :] * f,
-                        np.asarray(ky, float)[:, None] * f).astype(np.float32)
+def _ctf_inputs(ctf: CTFParams):
+    """Per image: the CTF parameters as rows (n, 8), λ (Å) and arctan(Q/√(1−Q²))/2π in turns."""
+    q = np.asarray(ctf.amplitude_contrast, float)
+    turns = {v: atan(v / math.sqrt(1.0 - v * v)) / TWO_PI for v in np.unique(q).tolist()}
+    offset = np.array([turns[v] for v in q.tolist()], float)
+    return (np.ascontiguousarray(ctf.as_matrix()), electron_wavelength(ctf.voltage),
+            offset)
+
+
+def _render_spectra(phantom, rotations, shifts, ctf, box, pixel_size, kx, ky):
+    """Spectra (complex128, [n, ky, kx]) at the integer frequencies ky × kx, CTF applied if
+    ``ctf`` is not None (one image at a time through the compiled kernels)."""
+    kx, ky = np.asarray(kx, np.int64), np.asarray(ky, np.int64)
+    rot = np.ascontiguousarray(rotations, float).reshape(-1, 3, 3)
+    t = np.zeros((len(rot), 2)) if shifts is None else np.ascontiguousarray(shifts, float)
+    c, s, w = _blob_terms(phantom, box, pixel_size)
+    gx, gy = _gauss_table(s, kx, box), _gauss_table(s, ky, box)
+    out = np.empty((len(rot), len(ky), len(kx)), np.complex128)
+    sr, si, grid = np.empty((len(ky), len(kx))), np.empty((len(ky), len(kx))), None
+    if ctf is not None:
+        rows, lam, offset = _ctf_inputs(ctf)
+        grid = np.empty((len(ky), len(kx)))
+    for n in range(len(rot)):
+        _spectrum_one(c, w, gx, gy, rot[n], t[n], kx, ky, box, sr, si)
+        out[n] = sr + 1j * si
+        if ctf is not None:
+            _ctf_one(rows[n], lam[n], offset[n], kx, ky, 1.0 / (box * pixel_size), grid)
+            out[n] *= grid
+    return out
 
 
 def clean_spectra(phantom: Phantom, rotations, shifts, ctf, box: int,
@@ -142,36 +295,38 @@ def clean_spectra(phantom: Phantom, rotations, shifts, ctf, box: int,
     rotations (n, 3, 3); shifts (n, 2) pixels as (x, y) or None; ctf a CTFParams or None (C = 1).
     """
     k = np.arange(box) - box // 2
-    spec = _blob_spectra(phantom, rotations, shifts, box, pixel_size, k, k)
-    return spec if ctf is None else spec * _ctf_grid(ctf, box, pixel_size, k, k)
+    return _render_spectra(phantom, rotations, shifts, ctf, box, pixel_size, k, k
+                           ).astype(np.complex64)
 
 
 def _half_grid(box: int):
-    """The rfft layout: kx = 0 … D//2, ky in FFT order."""
-    return np.arange(box // 2 + 1), np.rint(sfft.fftfreq(box, 1.0 / box)).astype(int)
-
-
-def _to_images(half_spectra: np.ndarray, box: int) -> np.ndarray:
-    """Real images I[n, y, x] (float32) from rfft-layout spectra (== centered_idft2 of the full)."""
-    out = sfft.irfft2(half_spectra, s=(box, box), axes=(-2, -1), norm="ortho")
-    return sfft.fftshift(out, axes=(-2, -1)).astype(np.float32)
+    """The rfft layout: kx = 0 … D//2, ky in FFT order (0 … ⌈D/2⌉−1, −⌊D/2⌋ … −1)."""
+    return (np.arange(box // 2 + 1),
+            np.concatenate([np.arange((box + 1) // 2), np.arange(-(box // 2), 0)]))
 
 
 def clean_images(phantom: Phantom, rotations, shifts, ctf, box: int,
                  pixel_size: float) -> np.ndarray:
-    """Noise-free images I[n, y, x] (float32): ``centered_idft2(clean_spectra(...))`` via rfft."""
+    """Noise-free images I[n, y, x] (float32): ``centered_idft2(clean_spectra(...))`` (C = 1 when
+    ``ctf`` is None) via the rfft layout, the same bits on every machine."""
     kx, ky = _half_grid(box)
-    spec = _blob_spectra(phantom, rotations, shifts, box, pixel_size, kx, ky)
-    if ctf is not None:
-        spec *= _ctf_grid(ctf, box, pixel_size, kx, ky)
-    return _to_images(spec, box)
+    rot = np.ascontiguousarray(rotations, float).reshape(-1, 3, 3)
+    t = np.zeros((len(rot), 2)) if shifts is None else np.ascontiguousarray(shifts, float)
+    c, s, w = _blob_terms(phantom, box, pixel_size)
+    rows, lam, offset = _ctf_inputs(ctf) if ctf is not None else (np.zeros((0, 8)),) + (
+        np.zeros(0),) * 2
+    wr, wi = unit_roots(box, +1)
+    out = np.empty((len(rot), box, box), np.float32)
+    _render_chunk(c, w, _gauss_table(s, kx, box), _gauss_table(s, ky, box), rot, t, rows, lam,
+                  offset, box, float(pixel_size), kx, ky, wr, wi, factors(box), out)
+    return out
 
 
 def particle_mask(phantom: Phantom, box: int, pixel_size: float) -> np.ndarray:
     """Boolean [y, x] disc of radius min(phantom.radius / pixel_size, box/2 − 1) about D//2."""
     r = min(phantom.radius / pixel_size, box / 2 - 1)
     y, x = np.mgrid[:box, :box] - box // 2
-    return x**2 + y**2 <= r**2
+    return x * x + y * y <= r * r
 
 
 def _draw(params: SimulationParams):
@@ -189,7 +344,8 @@ def _draw(params: SimulationParams):
     shifts = np.zeros((n, 2))
     if p.shift_sigma > 0:
         shifts = rngs["shifts"].normal(0.0, p.shift_sigma, (n, 2))
-        while np.any(bad := np.hypot(*shifts.T) > p.shift_truncation * p.shift_sigma):
+        limit = p.shift_truncation * p.shift_sigma
+        while np.any(bad := shifts[:, 0] * shifts[:, 0] + shifts[:, 1] * shifts[:, 1] > limit * limit):
             shifts[bad] = rngs["shifts"].normal(0.0, p.shift_sigma, (int(bad.sum()), 2))
     outlier = np.zeros(n, bool)
     outlier[rngs["outliers"].permutation(n)[:int(round(p.outlier_fraction * n))]] = True
@@ -197,20 +353,19 @@ def _draw(params: SimulationParams):
     return rot, ctf, shifts / p.pixel_size, outlier, junk, rngs["noise"]
 
 
-def _render(phantom, junk, idx, rot, shifts, ctf, p, scale) -> np.ndarray:
-    """Clean images of the images ``idx`` (junk ones from their own phantoms), float32."""
-    kx, ky = _half_grid(p.box)
-    spec = np.empty((len(idx), p.box, len(kx)), np.complex64)
+def _render(phantom, junk, idx, rot, shifts, ctf, p) -> np.ndarray:
+    """Clean images of the images ``idx`` (junk ones from their own phantoms), float32, with
+    the phantoms' own amplitudes."""
+    out = np.empty((len(idx), p.box, p.box), np.float32)
     good = np.array([i not in junk for i in idx], bool)
     if good.any():
-        spec[good] = _blob_spectra(phantom.scaled(scale), rot[idx[good]], shifts[idx[good]],
-                                   p.box, p.pixel_size, kx, ky)
+        out[good] = clean_images(phantom, rot[idx[good]], shifts[idx[good]],
+                                 ctf.subset(idx[good]), p.box, p.pixel_size)
     for j in np.flatnonzero(~good):
         i = idx[j:j + 1]
-        spec[j] = _blob_spectra(junk[int(i[0])].scaled(scale), rot[i], shifts[i], p.box,
-                                p.pixel_size, kx, ky)[0]
-    spec *= _ctf_grid(ctf.subset(idx), p.box, p.pixel_size, kx, ky)
-    return _to_images(spec, p.box)
+        out[j] = clean_images(junk[int(i[0])], rot[i], shifts[i], ctf.subset(i),
+                              p.box, p.pixel_size)[0]
+    return out
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -231,18 +386,22 @@ def simulate(params: SimulationParams, out_dir, progress: bool = True,
     phantom = PHANTOMS[p.phantom]()
     rot, ctf, shifts, outlier, junk, noise_rng = _draw(p)
     mask = particle_mask(phantom, p.box, p.pixel_size)
-    variance = lambda im: im[:, mask].astype(np.float64).var(axis=1)  # noqa: E731  per image
+    variance = lambda im: _masked_variance(im, mask)  # noqa: E731  per image
     chunks = lambda idx: [idx[i:i + chunk_size] for i in range(0, len(idx), chunk_size)]  # noqa
 
-    cal = np.flatnonzero(~outlier)[:CALIBRATION_IMAGES]
-    var0 = np.concatenate([variance(_render(phantom, {}, i, rot, shifts, ctf, p, 1.0))
-                           for i in chunks(cal)])
-    scale = float(np.sqrt(p.snr / var0.mean()))
-
+    # The clean images are rendered once with the phantom's own amplitudes; the SNR calibration
+    # (the first CALIBRATION_IMAGES non-outlier images) fixes the factor g, and each image is
+    # then g × its render plus noise (g scales the amplitudes, and an image is linear in them).
     images = np.empty((p.n_images, p.box, p.box), np.float32)
-    var = np.empty(p.n_images)
+    var0 = np.empty(p.n_images)
     for idx in tqdm(chunks(np.arange(p.n_images)), desc="simulate", disable=not progress):
-        clean = _render(phantom, junk, idx, rot, shifts, ctf, p, scale)
+        images[idx] = _render(phantom, junk, idx, rot, shifts, ctf, p)
+        var0[idx] = variance(images[idx])
+    cal = np.flatnonzero(~outlier)[:CALIBRATION_IMAGES]
+    scale = math.sqrt(p.snr / (math.fsum(var0[cal]) / len(cal)))
+    var = np.empty(p.n_images)
+    for idx in chunks(np.arange(p.n_images)):
+        clean = _scaled(images[idx], scale)
         var[idx] = variance(clean)
         images[idx] = clean + noise_rng.standard_normal(clean.shape, dtype=np.float32)
 
@@ -262,7 +421,8 @@ def simulate(params: SimulationParams, out_dir, progress: bool = True,
         "format_version": FORMAT_VERSION, "generator": "cryobench.simulate",
         "phantom": p.phantom, "n_blobs": len(phantom), "params": p.to_dict(),
         "amplitude_scale": scale, "noise_sigma": 1.0, "snr": p.snr,
-        "snr_measured": float(var[~outlier].mean()), "snr_definition": SNR_DEFINITION,
+        "snr_measured": math.fsum(var[~outlier]) / int((~outlier).sum()),
+        "snr_definition": SNR_DEFINITION,
         "snr_calibration_images": len(cal), "n_outliers": int(outlier.sum()),
         "particle_radius_px": min(phantom.radius / p.pixel_size, p.box / 2 - 1),
         "seeds": {"seed": p.seed, "streams": list(STREAMS),
