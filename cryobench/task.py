@@ -33,7 +33,7 @@ from cryobench.model.likelihood import ImageSpectra, Likelihood
 from cryobench.model.prior import Prior
 from cryobench.model.quadrature import quadrature_for
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: the initial density has the same bits on every machine (data/initial.py)
 
 
 @dataclass
@@ -201,7 +201,7 @@ def load_task(name_or_path, scale: str | None = None, data_dir=None, progress: b
     thash = _task_hash(spec, sc, data.files_hash, dtype)
     derived = data_dir / spec.name / f"{sc.name}-derived-{thash[:12]}"
     spectra = prepared_spectra(lik, data.images, data.ctf, data.sigma, derived)
-    init = _initial_density(spec, sc, data, lik, spectra, splits, init_spec, derived)
+    init = _initial_density(spec, sc, data, lik, splits, init_spec, derived)
     batch = int(protocol.get("batch_size", 100))
     budget = int(protocol.get("budget_epochs", 10) * len(splits["train"]))
     return Task(spec, sc, data, lik, prior, spectra, splits, init.astype(dtype), thash, derived,
@@ -273,7 +273,7 @@ def split_sizes(name_or_path, scale: str, data_dir=None, tasks_dir: Path = TASKS
     return check_splits(spec, sc, dataset_size(spec, sc))
 
 
-def _initial_density(spec, scale, data, lik, spectra, splits, init_spec, derived: Path):
+def _initial_density(spec, scale, data, lik, splits, init_spec, derived: Path):
     """The task's random-sphere init: ``derived/init.mrc`` if it matches the SHA-256 recorded
     in ``init.json``, else built (again, with one line on stderr saying why)."""
     path, record = derived / "init.mrc", derived / "init.json"
@@ -282,12 +282,13 @@ def _initial_density(spec, scale, data, lik, spectra, splits, init_spec, derived
         if problem is None:
             return vol
         print(f"cryobench: {path}: {problem}; building it again", file=sys.stderr)
-    rng = rng_for(spec.name, spec.seed, "init")
-    vol = random_spheres(lik.box, data.pixel_size, data.particle_radius, rng,
-                         int(init_spec.get("n_spheres", 30)), init_spec.get("radius_min", 0.1),
-                         init_spec.get("radius_max", 0.3))
-    train = lik.subset(spectra, splits["train"][:2000])
-    vol *= match_power(vol, lik, train)
+    from cryobench.data.initial import power_scale, spheres   # random_spheres and match_power
+    rng = rng_for(spec.name, spec.seed, "init")                 # with the same bits everywhere
+    vol = spheres(lik.box, data.pixel_size, data.particle_radius, rng,
+                  int(init_spec.get("n_spheres", 30)), init_spec.get("radius_min", 0.1),
+                  init_spec.get("radius_max", 0.3))
+    train = splits["train"][:2000]
+    vol *= power_scale(vol, lik, data.images[train], data.ctf.subset(train), data.sigma[train])
     derived.mkdir(parents=True, exist_ok=True)
     write_volume(path, vol, data.pixel_size)
     tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")

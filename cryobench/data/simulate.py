@@ -162,31 +162,58 @@ def _spectrum_one(c, w, gx, gy, r, t, kx, ky, box, sr, si):
 
 
 @nb.njit(**_JIT)
-def _ctf_one(row, lam, offset, kx, ky, f, out):
-    """RELION's CTF (:func:`cryobench.model.ctf.evaluate_ctf`, same formula) of one image at the
-    frequencies (kx, ky)·f into out[ky, kx], in turns: χ/2π = −½λΔf s² + ¼ Cs λ³ s⁴ − φ/360 −
-    offset, where offset = arctan(Q/√(1−Q²))/2π, and C = −sin χ · exp(−B s²/4). The astigmatic
-    cos 2(α − α_ast) is cos 2α cos 2α_ast + sin 2α sin 2α_ast with cos 2α = (fx² − fy²)/s²,
-    sin 2α = 2 fx fy / s² (no arctan)."""
+def _ctf_terms(row, lam, offset):
+    """The per-image constants of :func:`_ctf_at` from a row of ``CTFParams.as_matrix()``."""
     du, dv, angle, cs, phase, bfac = row[0], row[1], row[2], row[4], row[6], row[7]
-    mean, dev = 0.5 * (du + dv), 0.5 * (du - dv)
     sin2a, cos2a = sincos_turns(angle / 180.0)
-    a2 = 0.5 * lam
-    a4 = 0.25 * (cs * 1e7) * (lam * lam * lam)
-    const = phase / 360.0 + offset
+    return (0.5 * (du + dv), 0.5 * (du - dv), cos2a, sin2a, 0.5 * lam,
+            0.25 * (cs * 1e7) * (lam * lam * lam), phase / 360.0 + offset, bfac)
+
+
+@nb.njit(**_JIT)
+def _ctf_at(terms, fx, fy):
+    """RELION's CTF (:func:`cryobench.model.ctf.evaluate_ctf`, same formula) at (fx, fy) in 1/Å,
+    in turns: χ/2π = −½λΔf s² + ¼ Cs λ³ s⁴ − φ/360 − offset with offset = arctan(Q/√(1−Q²))/2π,
+    and C = −sin χ · exp(−B s²/4). The astigmatic cos 2(α − α_ast) is cos 2α cos 2α_ast +
+    sin 2α sin 2α_ast with cos 2α = (fx² − fy²)/s², sin 2α = 2 fx fy / s² (no arctan)."""
+    mean, dev, cos2a, sin2a, a2, a4, const, bfac = terms
+    s2 = fx * fx + fy * fy
+    if s2 > 0.0:
+        cos2, sin2 = (fx * fx - fy * fy) / s2, (2.0 * fx * fy) / s2
+    else:
+        cos2, sin2 = 1.0, 0.0
+    defocus = mean + dev * (cos2 * cos2a + sin2 * sin2a)
+    sn, _ = sincos_turns(a4 * (s2 * s2) - a2 * defocus * s2 - const)
+    env = 1.0 if bfac == 0.0 else exp(-(bfac * s2) / 4.0)
+    return -sn * env
+
+
+@nb.njit(**_JIT)
+def _ctf_one(row, lam, offset, kx, ky, f, out):
+    """:func:`_ctf_at` of one image at the frequencies (kx, ky)·f into out[ky, kx]."""
+    terms = _ctf_terms(row, lam, offset)
     for j in range(len(ky)):
-        fy = ky[j] * f
         for i in range(len(kx)):
-            fx = kx[i] * f
-            s2 = fx * fx + fy * fy
-            if s2 > 0.0:
-                cos2, sin2 = (fx * fx - fy * fy) / s2, (2.0 * fx * fy) / s2
-            else:
-                cos2, sin2 = 1.0, 0.0
-            defocus = mean + dev * (cos2 * cos2a + sin2 * sin2a)
-            sn, _ = sincos_turns(a4 * (s2 * s2) - a2 * defocus * s2 - const)
-            env = 1.0 if bfac == 0.0 else exp(-(bfac * s2) / 4.0)
-            out[j, i] = -sn * env
+            out[j, i] = _ctf_at(terms, kx[i] * f, ky[j] * f)
+
+
+@nb.njit(**_JIT)
+def _ctf_points(rows, lam, offset, fx, fy):
+    """:func:`_ctf_at` of every image (rows) at the points (fx[p], fy[p]): (n, P) float64."""
+    out = np.empty((rows.shape[0], len(fx)))
+    for n in range(rows.shape[0]):
+        terms = _ctf_terms(rows[n], lam[n], offset[n])
+        for p in range(len(fx)):
+            out[n, p] = _ctf_at(terms, fx[p], fy[p])
+    return out
+
+
+def portable_ctf(ctf: CTFParams, freq_x, freq_y) -> np.ndarray:
+    """C_θ(s) of every image at the points (freq_x, freq_y) (1/Å, 1-D): ``evaluate_ctf(ctf,
+    freq_x, freq_y)`` up to rounding, (n, P) float64, the same bits on every machine."""
+    rows, lam, offset = _ctf_inputs(ctf)
+    return _ctf_points(rows, lam, offset, np.ascontiguousarray(freq_x, float),
+                       np.ascontiguousarray(freq_y, float))
 
 
 @nb.njit(parallel=True, **_JIT)
