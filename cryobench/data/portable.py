@@ -18,8 +18,8 @@ from those alone, in a fixed order:
 
 The price is speed, not accuracy: these run at a few ns per call, which the simulator can afford.
 
-Functions: :func:`exp` and :func:`sincos_turns` (compiled, scalar; array forms :func:`exp_array`,
-:func:`sincos_turns_array`), :func:`atan` and :func:`cbrt` (Python scalars), and
+Functions: :func:`exp`, :func:`log`, :func:`log2` and :func:`sincos_turns` (compiled, scalar;
+array forms :func:`exp_array`, :func:`log_array`, :func:`power_array`, :func:`sincos_turns_array`), :func:`atan` and :func:`cbrt` (Python scalars), and
 :func:`inverse_fft_axis0` / :func:`irfft2_centred`, a mixed-radix Stockham FFT (the radix-2
 form as in OTFFT, ``http://wwwa.pippi.jp/~okojisan/otfft-en/stockham1.html``, with a plain DFT
 butterfly for every prime factor) whose twiddle factors come from :func:`sincos_turns`.
@@ -133,6 +133,101 @@ def sincos_turns(t: float):
     sin = -sin if quadrant >= 2 else sin
     cos = -cos if (quadrant == 1 or quadrant == 2) else cos
     return sin, cos
+
+
+SQRT_HALF = 0.7071067811865476
+INV_LN10 = 0.43429448190325176
+LN10 = 2.302585092994046
+# log m = 2 atanh s = 2 (s + s³/3 + s⁵/5 + …), s = (m − 1)/(m + 1), |s| ≤ 0.1716 for m in [√½, √2):
+# the first omitted term (s²⁹/29) is below 2⁻⁷⁴
+_ODD = tuple(1.0 / k for k in range(3, 29, 2))
+A3, A5, A7, A9, A11, A13, A15, A17, A19, A21, A23, A25, A27 = _ODD
+
+
+@nb.njit(**_JIT)
+def _log_parts(x: float):
+    """(e, log m) with x = m·2^e, m in [√½, √2) (exact, by frexp), log m by its atanh series."""
+    m, e = math.frexp(x)
+    if m < SQRT_HALF:
+        m *= 2.0
+        e -= 1
+    f = m - 1.0
+    s = f / (2.0 + f)
+    s2 = s * s
+    p = A27
+    p = A25 + s2 * p
+    p = A23 + s2 * p
+    p = A21 + s2 * p
+    p = A19 + s2 * p
+    p = A17 + s2 * p
+    p = A15 + s2 * p
+    p = A13 + s2 * p
+    p = A11 + s2 * p
+    p = A9 + s2 * p
+    p = A7 + s2 * p
+    p = A5 + s2 * p
+    p = A3 + s2 * p
+    return e, 2.0 * s + (2.0 * s) * (s2 * p)
+
+
+@nb.njit(**_JIT)
+def log(x: float) -> float:
+    """The natural logarithm of a float64: e·log 2 (split as for :func:`exp`) + log m."""
+    if x != x or x < 0.0:
+        return np.nan
+    if x == 0.0:
+        return -np.inf
+    if x == np.inf:
+        return x
+    e, lm = _log_parts(x)
+    return e * LN2_HI + (e * LN2_LO + lm)
+
+
+@nb.njit(**_JIT)
+def log2(x: float) -> float:
+    """log₂ x = e + log m / log 2: exact at the powers of two."""
+    if x != x or x < 0.0:
+        return np.nan
+    if x == 0.0:
+        return -np.inf
+    if x == np.inf:
+        return x
+    e, lm = _log_parts(x)
+    return e + lm * INV_LN2
+
+
+@nb.njit(**_JIT)
+def log_array(x: np.ndarray, base: float) -> np.ndarray:
+    """log_base of every element (float64, same shape); base 2 by :func:`log2`, base e by
+    :func:`log`, any other base as log x / log base (log 10 a constant)."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty(flat.size)
+    if base == 2.0:
+        for i in range(flat.size):
+            out[i] = log2(flat[i])
+    else:
+        inv = INV_LN10 if base == 10.0 else 1.0 / log(base)
+        for i in range(flat.size):
+            out[i] = log(flat[i]) if base == np.e else log(flat[i]) * inv
+    return out.reshape(x.shape)
+
+
+@nb.njit(**_JIT)
+def power_array(base: float, v: np.ndarray) -> np.ndarray:
+    """base**v for every element (float64, same shape): 2**v = 2**k · e^{(v − k) log 2} with
+    k = rint(v) (exact at integers), other bases e^{v log base} (log 10 a constant)."""
+    flat = np.ascontiguousarray(v).reshape(-1)
+    out = np.empty(flat.size)
+    lb = LN10 if base == 10.0 else log(base)
+    for i in range(flat.size):
+        t = flat[i]
+        if base == 2.0 and abs(t) < 1e9:
+            k = np.rint(t)
+            out[i] = _times_pow2(exp((t - k) * (LN2_HI + LN2_LO)), int(k)) if abs(k) < 1020 \
+                else exp(t * (LN2_HI + LN2_LO))
+        else:
+            out[i] = exp(t * lb)
+    return out.reshape(v.shape)
 
 
 @nb.njit(**_JIT)
