@@ -238,12 +238,13 @@ def task_recipe(name_or_path, scale: str, data_dir=None, dtype=np.float32,
     """The task's recipe hash: its content hash with a simulated dataset's files replaced by
     what they are simulated from (the simulation parameters and the simulator's format version).
 
-    A simulated dataset's last bits depend on the GEMM kernel the machine's BLAS picks (OpenBLAS's
-    SkylakeX and Haswell kernels round the simulation's products differently), so the same
-    recipe gives another content hash on another platform; the recipe hash is the same
-    everywhere, and changes when anything the task is made of changes. Tuned values and
-    ``verify`` match on it. A STAR task's files are its data, so its recipe is its content hash
-    (the files are read). Nothing is simulated.
+    It identifies the task without simulating it, and changes when anything the task is made of
+    changes, the simulator's code included (its format version). Tuned values and ``verify``
+    match on it. Simulators before format 2 gave the same recipe other last bits (another
+    content hash) under other BLAS kernels; since format 2 a simulated dataset has the same
+    bits on every machine (:mod:`cryobench.data.portable`), so recipe and content hash name
+    the same data everywhere. A STAR task's files are its data, so its recipe is its content
+    hash (the files are read). Nothing is simulated.
     """
     spec = load_spec(name_or_path, tasks_dir)
     if _is_simulated(spec):
