@@ -13,8 +13,10 @@ The files' bits are the same on every machine (format 2): every floating-point s
 float64 in a fixed order without BLAS, NumPy's SIMD-dispatched functions or libm — the phases,
 Gaussians and CTF from :mod:`cryobench.data.portable`'s ``sincos_turns`` and ``exp``, the
 inverse transform its FFT — and compiled without fastmath (no FMA contraction); see that
-module. Only random draws come from NumPy's generators (and the rotations from SciPy's
-``Rotation.random``), whose outputs do not depend on the CPU.
+module. The random draws come from NumPy's generators (the rotations through SciPy's
+``Rotation.random``, + − × ÷ √ on normal draws): their only floating-point functions are libm's
+exp/log in the normal sampler's rare rejection tests, where an ulp could flip a comparison
+about once in 10¹⁶ draws.
 
 Files written by :func:`simulate`: ``particles.star`` (RELION 3.1, CTFs only, no poses),
 ``particles.mrcs``, ``ground_truth.mrc``, ``meta.json`` and ``poses.csv`` with the true poses:
