@@ -25,6 +25,7 @@ from cryobench.base.seeding import content_hash, rng_for
 from cryobench.data.cache import file_sha256
 from cryobench.data.datasets import (Dataset, dataset_size, default_data_dir,
                                      ensure_simulated, load_dataset, simulated_dir)
+from cryobench.data.initial import power_scale, spheres
 from cryobench.data.mrc import read_volume, write_volume
 from cryobench.data.realdata import CONTRAST_Z
 from cryobench.data.star import read_particles
@@ -37,7 +38,7 @@ from cryobench.model.prior import Prior
 from cryobench.model.quadrature import quadrature_for
 from cryobench.oracle import Oracle, stream_slice
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: the initial density has the same bits on every machine (data/initial.py)
 
 
 @dataclass
@@ -202,7 +203,7 @@ def load_task(name_or_path, scale: str | None = None, data_dir=None, progress: b
     thash = _task_hash(spec, sc, data.files_hash, dtype)
     derived = data_dir / spec.name / f"{sc.name}-derived-{thash[:12]}"
     spectra = prepared_spectra(lik, data.images, data.ctf, data.sigma, derived)
-    init = _initial_density(spec, sc, data, lik, spectra, splits, init_spec, derived)
+    init = _initial_density(spec, sc, data, lik, splits, init_spec, derived)
     batch = int(protocol.get("batch_size", 100))
     budget = int(protocol.get("budget_epochs", 10) * len(splits["train"]))
     return Task(spec, sc, data, lik, prior, spectra, splits, init.astype(dtype), thash, derived,
@@ -247,11 +248,12 @@ def task_recipe(name_or_path, scale: str, data_dir=None, dtype=np.float32,
                 tasks_dir: Path = TASKS_DIR) -> str:
     """The task's recipe hash (see :func:`task_identity`), without simulating.
 
-    A simulated dataset's last bits depend on the GEMM kernel the machine's BLAS picks (OpenBLAS's
-    SkylakeX and Haswell kernels round the simulation's products differently), so the same
-    recipe gives another content hash on another platform; the recipe hash is the same
-    everywhere, and changes when anything the task is made of changes. Tuned values and
-    ``verify`` match on it.
+    It identifies the task without simulating it, and changes when anything the task is made of
+    changes, the simulator's code included (its format version). Tuned values and ``verify``
+    match on it. Simulators before format 2 gave the same recipe other last bits (another
+    content hash) under other BLAS kernels; since format 2 a simulated dataset has the same
+    bits on every machine (:mod:`cryobench.base.portable`), so recipe and content hash name
+    the same data everywhere.
     """
     spec = load_spec(name_or_path, tasks_dir)
     if _is_simulated(spec):
@@ -281,7 +283,7 @@ def split_sizes(name_or_path, scale: str, data_dir=None, tasks_dir: Path = TASKS
     return check_splits(spec, sc, dataset_size(spec, sc))
 
 
-def _initial_density(spec, scale, data, lik, spectra, splits, init_spec, derived: Path):
+def _initial_density(spec, scale, data, lik, splits, init_spec, derived: Path):
     """The task's random-sphere init: ``derived/init.mrc`` if it matches the SHA-256 recorded
     in ``init.json``, else built (again, with one line on stderr saying why)."""
     path, record = derived / "init.mrc", derived / "init.json"
@@ -290,12 +292,12 @@ def _initial_density(spec, scale, data, lik, spectra, splits, init_spec, derived
         if problem is None:
             return vol
         print(f"cryobench: {path}: {problem}; building it again", file=sys.stderr)
-    rng = rng_for(spec.name, spec.seed, "init")
-    vol = random_spheres(lik.box, data.pixel_size, data.particle_radius, rng,
-                         int(init_spec.get("n_spheres", 30)), init_spec.get("radius_min", 0.1),
-                         init_spec.get("radius_max", 0.3))
-    train = lik.subset(spectra, splits["train"][:2000])
-    vol *= match_power(vol, lik, train)
+    rng = rng_for(spec.name, spec.seed, "init")     # random_spheres and match_power, portably
+    vol = spheres(lik.box, data.pixel_size, data.particle_radius, rng,
+                  int(init_spec.get("n_spheres", 30)), init_spec.get("radius_min", 0.1),
+                  init_spec.get("radius_max", 0.3))
+    train = splits["train"][:2000]
+    vol *= power_scale(vol, lik, data.images[train], data.ctf.subset(train), data.sigma[train])
     derived.mkdir(parents=True, exist_ok=True)
     write_volume(path, vol, data.pixel_size)
     tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")

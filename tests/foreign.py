@@ -15,7 +15,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from cryobench.data.phantoms import PHANTOMS
-from cryobench.data.simulate import clean_images
+from cryobench.data.render import clean_images
 from cryobench.model.ctf import CTFParams
 
 PIXEL = 12.0        # Å

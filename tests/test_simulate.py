@@ -10,8 +10,8 @@ import starfile
 from scipy.spatial.transform import Rotation
 
 from cryobench.data.phantoms import PHANTOMS, Phantom, junk_particle, thermus_style
-from cryobench.data.simulate import (SimulationParams, clean_images, clean_spectra, particle_mask,
-                                     read_poses, simulate)
+from cryobench.data.render import clean_images, clean_spectra, particle_mask
+from cryobench.data.simulate import SimulationParams, read_poses, simulate
 from cryobench.model.ctf import CTFParams
 from cryobench.model.fourier import centered_dft2, centered_idft2
 

@@ -34,12 +34,11 @@ from cryobench.model.ctf import CTFParams
 SIMULATED_FILES = ("particles.star", "particles.mrcs", "ground_truth.mrc", "poses.csv", "meta.json")
 
 
-# The simulation's GEMMs round differently with another BLAS thread count once the matrices
-# are large enough for OpenBLAS to split them (seen at small scale, not at ci), which changes the
-# data's last bits and so the task's content hash; and a process's thread state (limits set by
-# earlier work, the libraries loaded) is not fully under a caller's control. A dataset is
-# therefore always simulated in a fresh Python process started with this many BLAS threads, the
-# number the committed datasets were simulated with.
+# A dataset is always simulated in a fresh Python process started with this many BLAS threads:
+# a process's thread state (limits set by earlier work, the libraries loaded) is not fully under
+# a caller's control. Since format 2 (cryobench.data.simulate) the bits no longer depend on the
+# thread count, the BLAS kernel or the CPU (cryobench.base.portable; tests/test_platform.py), so
+# this only keeps the simulation's resources what they were.
 SIMULATION_THREADS = 2
 
 

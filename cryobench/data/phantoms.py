@@ -3,13 +3,17 @@
 A :class:`Phantom` is ρ(r) = Σ_j a_j exp(−|r − c_j|² / (2 s_j²)) with centres c_j = (x, y, z) in Å
 measured from the particle centre, widths s_j in Å and amplitudes a_j. Its Fourier transform is
 known in closed form, which lets :mod:`cryobench.data.simulate` form images without any slicing or
-interpolation operator (no "inverse crime"). All phantoms are deterministic.
+interpolation operator (no "inverse crime"). All phantoms are deterministic, and their bits do
+not depend on the machine (angles and Gaussians from :mod:`cryobench.base.portable`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
+
+from cryobench.base.portable import exp_array, sincos_turns, sincos_turns_array
 
 
 @dataclass(frozen=True)
@@ -48,21 +52,33 @@ class Phantom:
     def to_volume(self, box: int, pixel_size: float) -> np.ndarray:
         """ρ sampled at voxel centres as float32 V[z, y, x]; voxel i ↔ (i − box//2)·pixel_size Å.
 
-        Evaluated separably: V = Σ_j a_j g_j(z) g_j(y) g_j(x), one matrix product.
+        Evaluated separably, V = Σ_j (g_j(z) g_j(y)) (a_j g_j(x)), summed over j in index order in
+        float64 with :func:`cryobench.base.portable.exp` (the same bits on every machine).
         """
         r = (np.arange(box) - box // 2) * float(pixel_size)
-        g = np.exp(-(r[None, None, :] - self.centres.T[:, :, None]) ** 2
-                   / (2.0 * self.sigmas[None, :, None] ** 2))        # (3 axes, n, box)
-        gx, gy, gz = g
-        zy = (gz[:, :, None] * gy[:, None, :]).reshape(len(self), box * box)
-        vol = zy.T @ (self.amplitudes[:, None] * gx)                     # [z·y, x]
-        return vol.reshape(box, box, box).astype(np.float32)
+        d = r[None, None, :] - self.centres.T[:, :, None]                  # (3 axes, n, box)
+        g = exp_array(-(d * d) / (2.0 * (self.sigmas * self.sigmas))[None, :, None])
+        return _blob_volume(g[2], g[1], self.amplitudes[:, None] * g[0]).astype(np.float32)
+
+
+@nb.njit(cache=True)
+def _blob_volume(gz, gy, agx):
+    """V[z, y, x] = Σ_j gz[j, z] gy[j, y] agx[j, x] (float64), j in index order (no BLAS)."""
+    n, box = agx.shape
+    vol = np.zeros((box, box, box))
+    for z in range(box):
+        for y in range(box):
+            for j in range(n):
+                zy = gz[j, z] * gy[j, y]
+                for x in range(box):
+                    vol[z, y, x] += zy * agx[j, x]
+    return vol
 
 
 def _ring(n: int, radius: float, z: float, phase_deg: float = 0.0) -> np.ndarray:
     """n points evenly spaced on a circle of the given radius (Å) in the plane at height z."""
-    phi = np.deg2rad(phase_deg) + 2.0 * np.pi * np.arange(n) / n
-    return np.stack([radius * np.cos(phi), radius * np.sin(phi), np.full(n, float(z))], axis=1)
+    sin, cos = sincos_turns_array(phase_deg / 360.0 + np.arange(n) / n)
+    return np.stack([radius * cos, radius * sin, np.full(n, float(z))], axis=1)
 
 
 def _chain(points, spacing: float) -> np.ndarray:
@@ -76,8 +92,8 @@ def _chain(points, spacing: float) -> np.ndarray:
 
 def _cyl(radius: float, azimuth_deg: float, z: float) -> list[float]:
     """Cartesian (x, y, z) of a point given in cylindrical coordinates (Å, degrees, Å)."""
-    a = np.deg2rad(azimuth_deg)
-    return [radius * np.cos(a), radius * np.sin(a), z]
+    sin, cos = sincos_turns(azimuth_deg / 360.0)
+    return [radius * cos, radius * sin, z]
 
 
 def _assemble(parts) -> Phantom:

@@ -4,10 +4,19 @@ Image formation follows :mod:`cryobench.model.fourier` and :mod:`cryobench.model
 orientation R is the projection I(u) = ∫ V(R·(u, z)) dz, so a blob centred at c (pixels) projects
 to u = (Rᵀc)[:2]; by the Fourier slice theorem Î(k) = V̂(R·(k, 0)). The particle is then displaced
 in-plane by +t pixels (Î ← e^{−2πi k·t/D} Î) and multiplied by the CTF. Spectra come from the
-closed-form transform of the blobs, separable in kx and ky (one small matrix product per image),
+closed-form transform of the blobs, separable in kx and ky (a sum of one outer product per blob),
 band-limited to |kx|, |ky| < D/2 (Nyquist row/column zero), then inverse-FFT'd. White Gaussian
 noise of σ = 1 per pixel is added; the signal is scaled by one factor g (also applied to
 ``ground_truth.mrc``) so that the SNR (see ``SNR_DEFINITION``) equals the requested value.
+
+The files' bits are the same on every machine (format 2): every floating-point step runs in
+float64 in a fixed order without BLAS, NumPy's SIMD-dispatched functions or libm — the phases,
+Gaussians and CTF from :mod:`cryobench.base.portable`'s ``sincos_turns`` and ``exp``, the
+inverse transform its FFT — and compiled without fastmath (no FMA contraction); see that
+module. The random draws come from NumPy's generators (the rotations through SciPy's
+``Rotation.random``, + − × ÷ √ on normal draws): their only floating-point functions are libm's
+exp/log in the normal sampler's rare rejection tests, where an ulp could flip a comparison
+about once in 10¹⁶ draws.
 
 Files written by :func:`simulate`: ``particles.star`` (RELION 3.1, CTFs only, no poses),
 ``particles.mrcs``, ``ground_truth.mrc``, ``meta.json`` and ``poses.csv`` with the true poses:
@@ -18,22 +27,23 @@ Files written by :func:`simulate`: ``particles.star`` (RELION 3.1, CTFs only, no
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import fft as sfft
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from cryobench.data.mrc import write_volume
-from cryobench.data.phantoms import PHANTOMS, Phantom, junk_particle
+from cryobench.data.phantoms import PHANTOMS, junk_particle
+from cryobench.data.render import clean_images, masked_variance, particle_mask, scaled
 from cryobench.data.star import write_particles
-from cryobench.model.ctf import CTFParams, evaluate_ctf
+from cryobench.model.ctf import CTFParams
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: the bits no longer depend on the CPU, BLAS or libm (portable.py)
 CALIBRATION_IMAGES = 4096
 POSE_COLUMNS = [f"r{a}{b}" for a in range(3) for b in range(3)]
 STREAMS = ("rotations", "ctf", "shifts", "outliers", "junk", "noise")
@@ -98,82 +108,6 @@ class SimulationParams:
         return asdict(self)
 
 
-def _phases(u: np.ndarray, k: np.ndarray, box: int) -> np.ndarray:
-    """exp(−2πi k u / D) as complex64 (…, len(k)); the argument is reduced mod 1 in float64."""
-    x = u[..., None] * (np.asarray(k, float) / box)
-    x -= np.rint(x)
-    x = (x * (2.0 * np.pi)).astype(np.float32)
-    out = np.empty(x.shape, np.complex64)
-    out.real, out.imag = np.cos(x), -np.sin(x)
-    return out
-
-
-def _blob_spectra(phantom: Phantom, rotations, shifts, box, pixel_size, kx, ky) -> np.ndarray:
-    """CTF-free spectra Î[n, ky, kx] (complex64) at the integer frequencies ky × kx."""
-    c = phantom.centres / pixel_size
-    s = phantom.sigmas / pixel_size
-    u = np.matmul(c, np.asarray(rotations, float))[..., :2]          # (Rᵀc)[:2], (n, nb, 2)
-    if shifts is not None:
-        u = u + np.asarray(shifts, float)[:, None, :]
-
-    def gauss(k):
-        k = np.asarray(k, float)
-        g = np.exp(-2.0 * np.pi**2 * np.outer(s**2, k**2) / box**2)  # (nb, K)
-        g[:, 2 * np.abs(k) >= box] = 0.0                               # drop the Nyquist line
-        return g.astype(np.float32)
-
-    w = phantom.amplitudes * (2.0 * np.pi * s**2) ** 1.5 / box
-    fx = _phases(u[..., 0], kx, box) * (gauss(kx) * w[:, None].astype(np.float32))
-    fy = _phases(u[..., 1], ky, box) * gauss(ky)
-    return np.matmul(fy.transpose(0, 2, 1), fx)
-
-
-def _ctf_grid(ctf, box, pixel_size, kx, ky) -> np.ndarray:
-    """The CTF (float32, [n, ky, kx]) at integer frequencies ky × kx."""
-    f = 1.0 / (box * pixel_size)
-    return evaluate_ctf(ctf, np.asarray(kx, float)[None, :] * f,
-                        np.asarray(ky, float)[:, None] * f).astype(np.float32)
-
-
-def clean_spectra(phantom: Phantom, rotations, shifts, ctf, box: int,
-                  pixel_size: float) -> np.ndarray:
-    """Noise-free centred spectra (complex64, [n, ky + D//2, kx + D//2]) of the phantom.
-
-    rotations (n, 3, 3); shifts (n, 2) pixels as (x, y) or None; ctf a CTFParams or None (C = 1).
-    """
-    k = np.arange(box) - box // 2
-    spec = _blob_spectra(phantom, rotations, shifts, box, pixel_size, k, k)
-    return spec if ctf is None else spec * _ctf_grid(ctf, box, pixel_size, k, k)
-
-
-def _half_grid(box: int):
-    """The rfft layout: kx = 0 … D//2, ky in FFT order."""
-    return np.arange(box // 2 + 1), np.rint(sfft.fftfreq(box, 1.0 / box)).astype(int)
-
-
-def _to_images(half_spectra: np.ndarray, box: int) -> np.ndarray:
-    """Real images I[n, y, x] (float32) from rfft-layout spectra (== centered_idft2 of the full)."""
-    out = sfft.irfft2(half_spectra, s=(box, box), axes=(-2, -1), norm="ortho")
-    return sfft.fftshift(out, axes=(-2, -1)).astype(np.float32)
-
-
-def clean_images(phantom: Phantom, rotations, shifts, ctf, box: int,
-                 pixel_size: float) -> np.ndarray:
-    """Noise-free images I[n, y, x] (float32): ``centered_idft2(clean_spectra(...))`` via rfft."""
-    kx, ky = _half_grid(box)
-    spec = _blob_spectra(phantom, rotations, shifts, box, pixel_size, kx, ky)
-    if ctf is not None:
-        spec *= _ctf_grid(ctf, box, pixel_size, kx, ky)
-    return _to_images(spec, box)
-
-
-def particle_mask(phantom: Phantom, box: int, pixel_size: float) -> np.ndarray:
-    """Boolean [y, x] disc of radius min(phantom.radius / pixel_size, box/2 − 1) about D//2."""
-    r = min(phantom.radius / pixel_size, box / 2 - 1)
-    y, x = np.mgrid[:box, :box] - box // 2
-    return x**2 + y**2 <= r**2
-
-
 def _draw(params: SimulationParams):
     """All per-image random quantities, from SeedSequence(seed).spawn(len(STREAMS))."""
     p, n = params, params.n_images
@@ -189,7 +123,8 @@ def _draw(params: SimulationParams):
     shifts = np.zeros((n, 2))
     if p.shift_sigma > 0:
         shifts = rngs["shifts"].normal(0.0, p.shift_sigma, (n, 2))
-        while np.any(bad := np.hypot(*shifts.T) > p.shift_truncation * p.shift_sigma):
+        limit = p.shift_truncation * p.shift_sigma
+        while np.any(bad := shifts[:, 0] * shifts[:, 0] + shifts[:, 1] * shifts[:, 1] > limit * limit):
             shifts[bad] = rngs["shifts"].normal(0.0, p.shift_sigma, (int(bad.sum()), 2))
     outlier = np.zeros(n, bool)
     outlier[rngs["outliers"].permutation(n)[:int(round(p.outlier_fraction * n))]] = True
@@ -197,20 +132,19 @@ def _draw(params: SimulationParams):
     return rot, ctf, shifts / p.pixel_size, outlier, junk, rngs["noise"]
 
 
-def _render(phantom, junk, idx, rot, shifts, ctf, p, scale) -> np.ndarray:
-    """Clean images of the images ``idx`` (junk ones from their own phantoms), float32."""
-    kx, ky = _half_grid(p.box)
-    spec = np.empty((len(idx), p.box, len(kx)), np.complex64)
+def _render(phantom, junk, idx, rot, shifts, ctf, p) -> np.ndarray:
+    """Clean images of the images ``idx`` (junk ones from their own phantoms), float32, with
+    the phantoms' own amplitudes."""
+    out = np.empty((len(idx), p.box, p.box), np.float32)
     good = np.array([i not in junk for i in idx], bool)
     if good.any():
-        spec[good] = _blob_spectra(phantom.scaled(scale), rot[idx[good]], shifts[idx[good]],
-                                   p.box, p.pixel_size, kx, ky)
+        out[good] = clean_images(phantom, rot[idx[good]], shifts[idx[good]],
+                                 ctf.subset(idx[good]), p.box, p.pixel_size)
     for j in np.flatnonzero(~good):
         i = idx[j:j + 1]
-        spec[j] = _blob_spectra(junk[int(i[0])].scaled(scale), rot[i], shifts[i], p.box,
-                                p.pixel_size, kx, ky)[0]
-    spec *= _ctf_grid(ctf.subset(idx), p.box, p.pixel_size, kx, ky)
-    return _to_images(spec, p.box)
+        out[j] = clean_images(junk[int(i[0])], rot[i], shifts[i], ctf.subset(i),
+                              p.box, p.pixel_size)[0]
+    return out
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -231,18 +165,22 @@ def simulate(params: SimulationParams, out_dir, progress: bool = True,
     phantom = PHANTOMS[p.phantom]()
     rot, ctf, shifts, outlier, junk, noise_rng = _draw(p)
     mask = particle_mask(phantom, p.box, p.pixel_size)
-    variance = lambda im: im[:, mask].astype(np.float64).var(axis=1)  # noqa: E731  per image
+    variance = lambda im: masked_variance(im, mask)  # noqa: E731  per image
     chunks = lambda idx: [idx[i:i + chunk_size] for i in range(0, len(idx), chunk_size)]  # noqa
 
-    cal = np.flatnonzero(~outlier)[:CALIBRATION_IMAGES]
-    var0 = np.concatenate([variance(_render(phantom, {}, i, rot, shifts, ctf, p, 1.0))
-                           for i in chunks(cal)])
-    scale = float(np.sqrt(p.snr / var0.mean()))
-
+    # The clean images are rendered once with the phantom's own amplitudes; the SNR calibration
+    # (the first CALIBRATION_IMAGES non-outlier images) fixes the factor g, and each image is
+    # then g × its render plus noise (g scales the amplitudes, and an image is linear in them).
     images = np.empty((p.n_images, p.box, p.box), np.float32)
-    var = np.empty(p.n_images)
+    var0 = np.empty(p.n_images)
     for idx in tqdm(chunks(np.arange(p.n_images)), desc="simulate", disable=not progress):
-        clean = _render(phantom, junk, idx, rot, shifts, ctf, p, scale)
+        images[idx] = _render(phantom, junk, idx, rot, shifts, ctf, p)
+        var0[idx] = variance(images[idx])
+    cal = np.flatnonzero(~outlier)[:CALIBRATION_IMAGES]
+    scale = math.sqrt(p.snr / (math.fsum(var0[cal]) / len(cal)))
+    var = np.empty(p.n_images)
+    for idx in chunks(np.arange(p.n_images)):
+        clean = scaled(images[idx], scale)
         var[idx] = variance(clean)
         images[idx] = clean + noise_rng.standard_normal(clean.shape, dtype=np.float32)
 
@@ -262,7 +200,8 @@ def simulate(params: SimulationParams, out_dir, progress: bool = True,
         "format_version": FORMAT_VERSION, "generator": "cryobench.simulate",
         "phantom": p.phantom, "n_blobs": len(phantom), "params": p.to_dict(),
         "amplitude_scale": scale, "noise_sigma": 1.0, "snr": p.snr,
-        "snr_measured": float(var[~outlier].mean()), "snr_definition": SNR_DEFINITION,
+        "snr_measured": math.fsum(var[~outlier]) / int((~outlier).sum()),
+        "snr_definition": SNR_DEFINITION,
         "snr_calibration_images": len(cal), "n_outliers": int(outlier.sum()),
         "particle_radius_px": min(phantom.radius / p.pixel_size, p.box / 2 - 1),
         "seeds": {"seed": p.seed, "streams": list(STREAMS),

@@ -25,7 +25,8 @@ from cryobench.report.densities import _lowest_seed_cells, density_figure  # noq
 from cryobench.report.findings import findings_markdown, findings_table
 from cryobench.report.html import inline, page_html, section_html, table_html
 from cryobench.report.ranking import ranking_section
-from cryobench.report.style import RC, style as _style  # noqa: F401
+from cryobench.report.style import RC, log_scale, style as _style  # noqa: F401
+from cryobench.report.style import portable_log as _log  # NumPy's log follows the CPU
 from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,  # noqa: F401
                                      failed_cells, performance_profile, seed_values,
                                      sign_flip_pvalue, table_markdown, time_to_target)
@@ -61,9 +62,9 @@ def seed_curves(trace: pd.DataFrame, failed=()) -> pd.DataFrame:
     and max are over the seeds still running."""
     t = trace[(trace["evals"] > 0) & np.isfinite(trace["test_nll"])].sort_values("evals")
     evals = np.unique(t["evals"].to_numpy(float))
-    grid, curves = np.log(evals), {seed: np.full(len(evals), np.inf) for seed in failed}
+    grid, curves = _log(evals), {seed: np.full(len(evals), np.inf) for seed in failed}
     for seed, run in t.groupby("seed"):
-        x, y = np.log(run["evals"].to_numpy(float)), run["test_nll"].to_numpy(float)
+        x, y = _log(run["evals"].to_numpy(float)), run["test_nll"].to_numpy(float)
         after = np.inf if seed in set(failed) else np.nan
         curves[seed] = np.where(grid < x[0], np.nan, np.where(grid > x[-1], after, np.interp(grid, x, y)))
     c = pd.DataFrame(curves, index=evals, dtype=float)
@@ -93,7 +94,7 @@ def _panels(rows: int, cols: int, height: float) -> tuple[Figure, np.ndarray]:
 def _window(c: pd.DataFrame, start: float, cap: float) -> tuple[float, float]:
     """Lowest and highest band values of curve ``c`` from evals ``start`` on (interpolated at
     ``start``), ignoring values above ``cap`` (worse than the initial density)."""
-    at = [np.interp(np.log(start), np.log(c["evals"]), c[k]) for k in ("lo", "hi")] if len(c) else []
+    at = [np.interp(_log(start), _log(c["evals"]), c[k]) for k in ("lo", "hi")] if len(c) else []
     y = np.concatenate([c.loc[c["evals"] >= start, ["lo", "hi"]].to_numpy().ravel(), at])
     y = y[np.isfinite(y) & (y <= cap)]
     return (y.min(), y.max()) if y.size else (np.nan, np.nan)
@@ -147,9 +148,9 @@ def convergence_figure(results: Results) -> Figure:
                     ax.axhline(ref["truth_test_nll"], color="0.15", ls=":", lw=1.3,
                                label=ref["density"], gid="reference")
                 lowest = min(lowest, ref["truth_test_nll"])
-            top.set(xscale="log", title=title, ylabel="test NLL")
+            top.set(xscale=log_scale(top.xaxis), title=title, ylabel="test NLL")
             _set_ylim(top, lowest, f0, pad=0.03)
-            zoom.set(xscale="log", xlabel="gradient evaluations", ylabel="test NLL",
+            zoom.set(xscale=log_scale(zoom.xaxis), xlabel="gradient evaluations", ylabel="test NLL",
                      title=f"last decade (≥ {start:,.0f})" if start > 0 else "last decade")
             if start > 0:
                 zoom.set_xlim(start, 10 * start)
@@ -206,7 +207,7 @@ def profile_figure(results: Results, tau=(1e-1, 1e-2)) -> Figure:
                 x = np.unique(np.concatenate([[1.0], r[np.isfinite(r)], [amax]]))
                 y = np.searchsorted(r, x, side="right") / len(r)     # fraction with ratio ≤ x
                 ax.step(x, y, where="post", **styles[label], lw=1.5, label=label, gid=label)
-            ax.set_xscale("log", base=2)
+            ax.set_xscale(log_scale(ax.xaxis, base=2))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             n = len(next(iter(prof.values()))) if prof else 0
             ax.set(xlim=(1, amax), ylim=(-0.02, 1.02), title=f"τ = {t:g} ({n} problems: dataset × seed)",

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cryobench.harness.results import Results
+from cryobench.report.style import portable_log   # NumPy's log follows the CPU in the last bit
 
 PAPER = ["sgd", "momentum", "nesterov", "adagrad", "tonga", "olbfgs", "hessian-free"]
 NAMES = {"sgd": "SGD", "momentum": "CM", "nesterov": "NAG", "adagrad": "AdaGrad", "tonga": "TONGA",
@@ -51,15 +52,15 @@ FINDINGS = {
 def _curve(trace: pd.DataFrame, failed: bool):
     """f(evals) → test NLL of one run: log-linear between checkpoints, +inf after a failure."""
     t = trace[(trace["evals"] > 0) & np.isfinite(trace["test_nll"])].sort_values("evals")
-    x, y = np.log(t["evals"].to_numpy(float)), t["test_nll"].to_numpy(float)
+    x, y = portable_log(t["evals"].to_numpy(float)), t["test_nll"].to_numpy(float)
     last = trace["evals"].max()
 
     def at(evals: float) -> float:
-        if not len(x) or np.log(evals) < x[0]:
+        if not len(x) or portable_log(evals) < x[0]:
             return np.nan
-        if np.log(evals) > x[-1]:
+        if portable_log(evals) > x[-1]:
             return np.inf if failed or evals > last else np.nan
-        return float(np.interp(np.log(evals), x, y))
+        return float(np.interp(portable_log(evals), x, y))
     return at
 
 
