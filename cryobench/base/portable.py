@@ -19,10 +19,12 @@ from those alone, in a fixed order:
 The price is speed, not accuracy: these run at a few ns per call, which the simulator can afford.
 
 Functions: :func:`exp`, :func:`log`, :func:`log2` and :func:`sincos_turns` (compiled, scalar;
-array forms :func:`exp_array`, :func:`log_array`, :func:`power_array`, :func:`sincos_turns_array`), :func:`atan` and :func:`cbrt` (Python scalars), and
+array forms :func:`exp_array`, :func:`log_array`, :func:`power_array`,
+:func:`sincos_turns_array`), :func:`atan` and :func:`cbrt` (Python scalars), and
 :func:`inverse_fft_axis0` / :func:`irfft2_centred`, a mixed-radix Stockham FFT (the radix-2
-form as in OTFFT, ``http://wwwa.pippi.jp/~okojisan/otfft-en/stockham1.html``, with a plain DFT
-butterfly for every prime factor) whose twiddle factors come from :func:`sincos_turns`.
+decimation-in-frequency form of OK Ojisan's OTFFT notes, "Stockham Algorithm",
+http://wwwa.pippi.jp/~okojisan/otfft-en/stockham1.html, with a plain DFT butterfly for every
+factor) whose twiddle factors come from :func:`sincos_turns`. The split of log 2 is fdlibm's.
 """
 from __future__ import annotations
 
