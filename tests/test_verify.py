@@ -124,8 +124,7 @@ def _rerender(copy: Path, recipe=None) -> None:
 
 def test_the_same_task_simulated_with_other_bits_is_compared_as_another_platform(
         tmp_path, results, data_dir, capsys):
-    """A simulation's last bits depend on the BLAS kernel (OpenBLAS's SkylakeX against Haswell):
-    a set whose content hashes differ but whose recipe is this task's is verified within the
+    """Simulators before format 2 gave other last bits under another BLAS kernel: a set whose content hashes differ but whose recipe is this task's is verified within the
     off-platform tolerance and says why; one whose recipe differs too is another task."""
     from cryobench.harness.reference import record_references
     metas = [json.loads(m.read_text()) for m in results.glob("cells/*/meta.json")]

@@ -8,8 +8,8 @@ names another. ``run`` and ``grid`` take hyper-parameters from there unless give
 an entry whose ``task_recipe`` (:func:`cryobench.task.task_identity`; entries recorded before
 it was: whose ``task_hash``) is not the task's (the task file or its data changed since) is not
 used: the defaults are, with a one-line note saying so. The recipe, not the content hash, is
-matched because a simulated dataset's last bits differ between BLAS kernels while the task does
-not. Entries with neither (those committed before hashes were recorded) are used for the
+matched because it is known without simulating (since simulator format 2 both name the same
+bytes on every machine). Entries with neither (those committed before hashes were recorded) are used for the
 shipped tasks only.
 
 In a wheel install the shipped file is read-only (inside the package, see

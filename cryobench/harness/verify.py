@@ -22,9 +22,10 @@ truth's test NLL in each set's ``reference.json`` is computed again too.
   machine gives.
 * **The same task rendered with other bits** — the task's content hash differs from the stored
   one but its recipe (:func:`cryobench.task.task_recipe`, recorded as ``task_recipe``) is the
-  stored one: the simulation's GEMMs rounded differently here (OpenBLAS's Haswell against
-  SkylakeX kernels), a perturbation of the same kind as another platform's, so compared as
-  another platform. A stored cell without a recipe, or with another, is a mismatch.
+  stored one: data simulated with other last bits (simulators before format 2 followed the
+  BLAS kernel; since format 2 a dataset is the same bytes everywhere), a perturbation of the
+  same kind as another platform's, so compared as another platform. A stored cell without a
+  recipe, or with another, is a mismatch.
 
 One line per cell, a summary, exit status 1 on any mismatch.
 """
