@@ -160,3 +160,62 @@ def test_a_cell_in_two_results_sets_is_loaded_and_verified_once(tmp_path, result
     assert len(both.cells) == 4 and not both.trace.duplicated(["cell", "evals"]).any()
     assert cli(["verify", str(tmp_path / "a"), str(tmp_path / "b"), "--sample", "2"]) == 0
     assert "verified 2 of 4 cells" in capsys.readouterr().out
+
+
+# ---------------------------------------------- another platform: the distribution over seeds
+@pytest.fixture(scope="module")
+def five_seeds(tmp_path_factory, data_dir):
+    """SGD on thermus-style ci, five training streams, as if computed on another platform."""
+    root = tmp_path_factory.mktemp("five")
+    (root / "grid.toml").write_text('tasks = ["thermus-style"]\nscales = ["ci"]\noptimizers = ["sgd"]\n'
+                                    'seeds = 5\nbudget = 600\ntuned = ""\n')
+    status = run_grid(expand(load_grid(root / "grid.toml"), data_dir), root, workers=2,
+                      data_dir=data_dir, progress=False)
+    assert set(status.values()) == {"ok"}
+    for meta in root.glob("cells/*/meta.json"):
+        m = json.loads(meta.read_text())
+        m["identity"]["platform"] = "another CPU | another BLAS"
+        meta.write_text(json.dumps(m))
+    return root
+
+
+def _fail_stored(folder: Path, seeds) -> None:
+    """Store seeds ``seeds`` as diverged after their second checkpoint (what a chaotic method
+    can do on another platform)."""
+    for meta in folder.glob("cells/*/meta.json"):
+        m = json.loads(meta.read_text())
+        if m["run"]["seed"] in seeds:
+            m["status"], m["message"] = "diverged", "iterate not finite"
+            meta.write_text(json.dumps(m))
+            trace = meta.parent / "trace.csv"
+            trace.write_text("\n".join(trace.read_text().splitlines()[:3]) + "\n")
+
+
+def test_off_platform_a_seed_that_failed_there_is_judged_with_its_configuration(
+        tmp_path, five_seeds, capsys):
+    """One of five seeds diverged on the other platform and not here: a new draw from the same
+    distribution, so the configuration agrees (every seed is recomputed) and the line says which
+    seed failed; all five failing there and none here is a real change."""
+    copy = tmp_path / "one"
+    shutil.copytree(five_seeds, copy)
+    _fail_stored(copy, {2})
+    assert cli(["verify", str(copy), "--sample", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "failures 1/5 (seed 2) stored, 0/5 now" in out and out.count("recomputed ") == 5
+    assert "by configuration (every seed, another platform): 1 of 1 agree; 0 mismatch" in out
+    copy = tmp_path / "all"
+    shutil.copytree(five_seeds, copy)
+    _fail_stored(copy, set(range(5)))
+    assert cli(["verify", str(copy)]) == 1
+    assert "differ beyond chance" in capsys.readouterr().out
+
+
+def test_off_platform_a_weakened_method_fails(tmp_path, five_seeds, data_dir):
+    """The same configuration recomputed by an SGD whose step is ten times smaller: every seed
+    is a valid run, but the median over seeds leaves the seed spread."""
+    repo = copy_repo(tmp_path / "repo")
+    sgd = repo / "optimizers" / "sgd.py"
+    sgd.write_text(sgd.read_text().replace("annealed_lr(lr, state", "annealed_lr(lr / 10, state"))
+    done = verify_with(repo, five_seeds, data_dir)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "median test NLL over seeds off by" in done.stdout and "1 of 1" not in done.stdout
