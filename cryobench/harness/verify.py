@@ -17,7 +17,8 @@ truth's test NLL in each set's ``reference.json`` is computed again too.
   seeds, not a reproduction, so what must reproduce is that distribution. Every seed of a
   chosen cell's configuration (task, scale, label) is recomputed, and the configuration is
   judged (:func:`judge_configuration`): at every checkpoint both have, the median over seeds
-  within :data:`SPREAD_FACTOR` × the stored seed spread (+ :data:`REL_FLOOR` relative), and the
+  within :data:`SPREAD_FACTOR` × the seed spread of this machine's recomputation (+
+  :data:`REL_FLOOR` relative; never a spread the folder reports about itself), and the
   failures over seeds (diverged, error, time limit) not different beyond chance (Fisher's
   exact test at :data:`FAILURE_ALPHA`), with the seeds that failed named. A seed that diverges
   here and not there is a draw; a weakened method moves the median.
@@ -200,8 +201,8 @@ def judge_configuration(results, key: tuple, verdicts: list) -> Verdict:
     """Off-platform verdict on one configuration (task, scale, label) from the recomputed runs of
     all its seeds (``verdicts``): what another platform must reproduce is the distribution over
     seeds, not each chaotic curve. It fails when, at a checkpoint both have, the median over
-    seeds now differs from the stored one by more than :data:`SPREAD_FACTOR` × the stored seed
-    spread (+ :data:`REL_FLOOR` relative), or when the failures over seeds differ beyond chance
+    seeds now differs from the stored one by more than :data:`SPREAD_FACTOR` × the seed spread of
+    the recomputation (+ :data:`REL_FLOOR` relative), or when the failures over seeds differ beyond chance
     (:data:`FAILURE_ALPHA`). The line gives the failures with the seeds that failed."""
     task, scale, label = key
     cells = {v.cell: v for v in verdicts}
@@ -211,7 +212,8 @@ def judge_configuration(results, key: tuple, verdicts: list) -> Verdict:
     evals = np.array(sorted(set.intersection(*(set(t.index) for t in traces_now))
                             & set(stored["evals"])), dtype=float)
     then, now = _medians(traces_then, evals), _medians(traces_now, evals)
-    table = np.array([t.reindex(evals).to_numpy(float) for t in traces_then])
+    # the spread of this machine's own recomputation, never of what the folder says about itself
+    table = np.array([t.reindex(evals).to_numpy(float) for t in traces_now])
     finite = np.where(np.isfinite(table), table, np.nan)
     spread = np.nan_to_num(np.nanmax(finite, axis=0) - np.nanmin(finite, axis=0)) if len(evals) else evals
     tol = SPREAD_FACTOR * spread + REL_FLOOR * np.abs(np.where(np.isfinite(then), then, 0.0))
