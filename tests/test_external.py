@@ -385,3 +385,21 @@ def test_conformance_suite(reference, data_dir, request):
     conformance.test_same_seed_same_iterates_and_budget_respected(m)
     for task in ("synthetic-cylinder", "thermus-style"):
         conformance.test_improves_the_test_nll_on_ci_tasks(m, task, data_dir, request)
+
+
+@needs_torch
+def test_an_external_cell_records_its_library_and_verify_says_which(tmp_path, data_dir, capsys):
+    """The cell's identity names the library and its version, the class and its arguments;
+    verify recomputes it bit for bit and says which library version ran."""
+    import json
+    grid = tmp_path / "grid.toml"
+    grid.write_text('tasks = ["thermus-style"]\nscales = ["ci"]\noptimizers = ["torch:torch.optim.Adam"]\n'
+                    'budget = 300\ntuned = ""\n')
+    assert cli(["grid", str(grid), "--data-dir", str(data_dir), "--quiet"]) == 0
+    meta = json.loads(next(tmp_path.glob("cells/*/meta.json")).read_text())
+    library = meta["identity"]["library"]
+    assert library.startswith("torch 2.") and "torch.optim.adam.Adam(lr=0.001" in library
+    capsys.readouterr()
+    assert cli(["verify", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[torch 2." in out and "bit-identical" in out

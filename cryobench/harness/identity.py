@@ -41,6 +41,9 @@ def identity(cell: str, task_hash: str, threads: int, method, known: dict | None
     from ``known`` (:func:`grid_identity`) when the code and the machine are those it was
     computed on, and computed here otherwise."""
     same = known and known.get("source") == source_digest() and known.get("machine") == machine()
-    return {"cell": cell, "task_hash": task_hash,
-            "numerics": known["numerics"] if same else numerics_fingerprint(),
-            "optimizer": optimizer_key(method), "threads": threads, "platform": machine()}
+    parts = {"cell": cell, "task_hash": task_hash,
+             "numerics": known["numerics"] if same else numerics_fingerprint(),
+             "optimizer": optimizer_key(method), "threads": threads, "platform": machine()}
+    if getattr(method, "identity", None):      # another library's: its version, class, arguments
+        parts["library"] = method.identity
+    return parts

@@ -132,6 +132,9 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     """Recompute one cell (see module doc) and compare it with what is stored."""
     stored_record = results.records[row.cell]
     what = f"{row.task} {row.scale} {row.label} seed {row.seed}"
+    library = (stored_record.identity or {}).get("library")
+    if library:                                # another library's method: say which version ran
+        what += f" [{library.split(' | ')[0]}]"
     stored = results.trace[results.trace["cell"] == row.cell].sort_values("evals")
     spec = stored_record.run
     if prefix:
@@ -150,6 +153,9 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     theirs = stored_record.identity or {}
     exact = (mine["platform"] == theirs.get("platform") and mine["threads"] == theirs.get("threads")
              and not rendered)
+    version = lambda parts: (parts.get("library") or "").split(" | ")[0]
+    moved = (f" ({version(mine)} here, {version(theirs)} stored)"
+             if version(mine) != version(theirs) else "")
     stale = exact and mine["numerics"] != theirs.get("numerics")
     out = execute(spec, task, method, compare=False)
     now = out.trace.sort_values("evals")
@@ -171,7 +177,8 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
             at = common[np.nanargmax(np.nanmax(diff, axis=1))] if diff.size else "?"
             return Verdict(row.cell, what, False, True, len(common), worst,
                            f"not bit-identical: largest difference {worst:.3g} at {at} evaluations"
-                           + (" (the numerics fingerprint changed on this platform)" if stale else ""))
+                           + (" (the numerics fingerprint changed on this platform)" if stale else "")
+                           + moved)
         if stale:
             return Verdict(row.cell, what, False, True, len(common), 0.0,
                            f"{len(common)} rows bit-identical, but the numerics fingerprint changed "
