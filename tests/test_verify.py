@@ -219,3 +219,25 @@ def test_off_platform_a_weakened_method_fails(tmp_path, five_seeds, data_dir):
     done = verify_with(repo, five_seeds, data_dir)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "median test NLL over seeds off by" in done.stdout and "1 of 1" not in done.stdout
+
+
+def test_forged_rows_and_statuses_do_not_pass(tmp_path, results, capsys):
+    """A final row at an evaluation count the run does not reach, a header-only trace, and a
+    status that is not a status: each refused, none skipped."""
+    for name in ("row", "empty", "status"):
+        shutil.copytree(results, tmp_path / name)
+    trace = sorted((tmp_path / "row").glob("cells/*/trace.csv"))[0]
+    lines = trace.read_text().splitlines()
+    last = lines[-1].split(",")
+    last[lines[0].split(",").index("evals")] = "799"         # the run checkpoints at 800
+    trace.write_text("\n".join(lines + [",".join(last)]) + "\n")
+    assert cli(["verify", str(tmp_path / "row")]) == 1
+    assert "stored rows at 799 evaluations that the recomputation does not produce" in capsys.readouterr().out
+    trace = sorted((tmp_path / "empty").glob("cells/*/trace.csv"))[0]
+    trace.write_text(trace.read_text().splitlines()[0] + "\n")
+    assert cli(["verify", str(tmp_path / "empty")]) == 1
+    assert "no stored row to compare" in capsys.readouterr().out
+    meta = sorted((tmp_path / "status").glob("cells/*/meta.json"))[0]
+    meta.write_text(meta.read_text().replace('"status": "ok"', '"status": "OK"'))
+    assert cli(["verify", str(tmp_path / "status")]) == 2
+    assert "status 'OK' is not one of ok, diverged, budget, error" in capsys.readouterr().err

@@ -166,6 +166,9 @@ class CellRecord:
         run = meta.get("run")
         if missing or not isinstance(run, dict) or not all(k in run for k in RUN_REQUIRED):
             raise InputError(f"{where}: not a cell's metadata: missing {(missing or ['run fields'])[0]!r}")
+        if meta.get("status") not in STATUSES:
+            raise InputError(f"{where}: status {meta.get('status')!r} is not one of "
+                             f"{', '.join(STATUSES)}")
         known = {f.name for f in fields(CellRecord)}
         values = {k: v for k, v in meta.items() if k in known}
         values["run"] = RunSpec.from_dict({"optimizer": meta["optimizer_name"], **run}, where)
@@ -187,6 +190,7 @@ class CellRecord:
         return CellRecord.from_dict(meta, path)
 
 
+STATUSES = ("ok", "diverged", "budget", "error", "interrupted")   # interrupted: not a result
 REQUIRED = ("run", "cell", "status", "message", "budget", "evaluations", "wall_s", "task_hash",
             "optimizer_name")
 RUN_REQUIRED = ("task", "scale", "label", "seed", "params")

@@ -167,6 +167,13 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
         return Verdict(row.cell, what, False, exact, len(common), np.inf,
                        f"status {now_record.status} now, {stored_record.status} stored "
                        f"({now_record.message or stored_record.message})")
+    timed_out = "budget" in (now_record.status, stored_record.status)
+    unproduced = np.setdiff1d(stored["evals"][stored["evals"] <= out.record.budget].to_numpy(),
+                              now["evals"].to_numpy())
+    if not len(common) or (len(unproduced) and not timed_out):
+        where = (f"stored rows at {', '.join(f'{int(e):,}' for e in unproduced[:3])} evaluations "
+                 "that the recomputation does not produce" if len(common) else "no stored row to compare")
+        return Verdict(row.cell, what, False, exact, len(common), np.inf, where)
     if exact:
         cols = [c for c in ("test_nll", "train_obj", "grad_evals", "value_evals", "hvp_evals")
                 if c in a.columns and c in b.columns]
@@ -285,7 +292,7 @@ def verify(roots, sample: int | None = None, prefix: int | None = None, out=None
     default standard output); 0 or 1."""
     out = out or sys.stdout
     results = load_results(*roots)
-    cells = results.cells[results.cells["status"].isin(["ok", "diverged", "error"])]
+    cells = results.cells[results.cells["status"] != "interrupted"]       # not results
     if cells.empty:
         raise InputError(f"{', '.join(map(str, roots))}: no finished cells to verify")
     chosen = choose(cells, sample)
