@@ -241,3 +241,51 @@ def test_forged_rows_and_statuses_do_not_pass(tmp_path, results, capsys):
     meta.write_text(meta.read_text().replace('"status": "ok"', '"status": "OK"'))
     assert cli(["verify", str(tmp_path / "status")]) == 2
     assert "status 'OK' is not one of ok, diverged, budget, error" in capsys.readouterr().err
+
+
+def test_one_cell_id_in_two_folders_with_other_numbers_is_refused(tmp_path, results, capsys):
+    """Only the first copy of a cell id would be verified and the other shown: a copy whose
+    numbers differ is refused when the sets load (verify, report and leaderboard alike)."""
+    for name in ("a", "b"):
+        shutil.copytree(results, tmp_path / name)
+    trace = sorted((tmp_path / "b").glob("cells/*/trace.csv"))[0]
+    lines = trace.read_text().splitlines()
+    col = lines[0].split(",").index("test_nll")
+    last = lines[-1].split(",")
+    last[col] = str(float(last[col]) - 100.0)
+    trace.write_text("\n".join(lines[:-1] + [",".join(last)]) + "\n")
+    assert cli(["verify", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert f"cell {trace.parent.name} is also in" in err and "one cell id has one result" in err
+
+
+def test_verify_runs_no_code_a_results_folder_names_outside_itself(tmp_path, results, capsys):
+    """An optimizer named by a meta.json as a module or a file elsewhere is refused before
+    anything runs; nothing is imported (the marker file is never written)."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    for ref in (f"{evil}:sgd", "this:zen", "torch:this.zen"):
+        copy = tmp_path / f"set-{abs(hash(ref))}"
+        shutil.copytree(results, copy)
+        meta = sorted(copy.glob("cells/*/meta.json"))[0]
+        m = json.loads(meta.read_text())
+        m["run"]["optimizer"] = ref
+        meta.write_text(json.dumps(m))
+        assert cli(["verify", str(copy)]) == 2
+        assert "which verify does not run" in capsys.readouterr().err
+    assert not marker.exists() and "this" not in sys.modules
+
+
+def test_an_optimizer_file_shipped_in_the_folder_is_listed_and_run(tmp_path, results, capsys):
+    copy = tmp_path / "shipped"
+    shutil.copytree(results, copy)
+    shutil.copy(REPO / "optimizers" / "sgd.py", copy / "my_sgd.py")
+    for meta in copy.glob("cells/*/meta.json"):
+        m = json.loads(meta.read_text())
+        if m["optimizer_name"] == "sgd":
+            m["run"]["optimizer"] = f"{copy / 'my_sgd.py'}:sgd"
+            meta.write_text(json.dumps(m))
+    assert cli(["verify", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"verify runs the optimizer file {copy / 'my_sgd.py'}, shipped in the results folder")

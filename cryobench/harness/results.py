@@ -95,16 +95,18 @@ def _check_task_hash(seen: dict, key: tuple, task_hash: str, meta: Path,
 
 def load_results(*roots, task_hashes: dict | None = None) -> Results:
     """Every cell under ``roots`` (a cell id found in several folders once, from the first in
-    sorted order); refuses mixed schema versions or task content hashes.
+    sorted order, after checking every copy holds the same status and trace but for wall time);
+    refuses mixed schema versions or task content hashes.
 
     ``task_hashes`` {(task, scale): hash}, if given, is what the results must have been computed
     on (e.g. the tasks as currently defined).
     """
-    traces, rows, fscs, folders, records, seen = [], [], [], {}, {}, {}
+    traces, rows, fscs, folders, records, seen, first = [], [], [], {}, {}, {}, {}
     for folder in sorted({f for root in roots for f in cell_folders(root)}):
         rec = CellRecord.read(folder)
         run, cell = rec.run, rec.cell
         if cell in folders:             # the same run in two results sets (e.g. SGD as reference)
+            _same_copy(folders[cell], first[cell], folder, rec)
             continue
         key = (run.task, run.scale)
         _check_task_hash(seen, key, rec.task_hash, folder / "meta.json",
@@ -112,6 +114,7 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
         folders[cell], records[cell] = folder, rec
         trace = read_trace(folder)
         traces.append(trace)
+        first[cell] = (rec.status, _numbers(trace))
         snaps = {s["label"]: s for s in rec.snapshots or []}
         last = trace.iloc[-1] if len(trace) else pd.Series(dtype=float)
         rows.append({"task": run.task, "scale": run.scale, "optimizer": rec.optimizer_name,
@@ -136,6 +139,20 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
     fsc = pd.concat(fscs, ignore_index=True) if fscs else pd.DataFrame(
         columns=["cell", "label", "evals", "freq", "fsc"])
     return Results(trace, cells, fsc, folders, _references(roots, seen), records)
+
+
+def _numbers(trace: pd.DataFrame) -> pd.DataFrame:
+    """A trace's numbers that a cell's identity decides (all but the wall time)."""
+    return trace.drop(columns=["wall_s"], errors="ignore").reset_index(drop=True)
+
+
+def _same_copy(kept: Path, seen: tuple, folder: Path, record: CellRecord) -> None:
+    """Refuse a second copy of a cell whose status or trace differs from the first's: one cell
+    id, one result."""
+    status, numbers = seen
+    if record.status != status or not _numbers(read_trace(folder)).equals(numbers):
+        raise InputError(f"{folder}: cell {record.cell} is also in {kept} with another "
+                         "status or trace; one cell id has one result")
 
 
 def _references(roots, seen: dict) -> dict:

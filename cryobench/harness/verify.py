@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,7 +47,7 @@ from cryobench.base.threads import set_threads
 from cryobench.errors import InputError
 from cryobench.harness.identity import identity
 from cryobench.harness.reference import truth_reference
-from cryobench.harness.registry import resolve
+from cryobench.harness.registry import resolve, scan
 from cryobench.harness.results import load_results
 from cryobench.harness.run import execute
 from cryobench.task import load_task
@@ -287,6 +288,35 @@ def verify_reference(key: tuple, entry: dict, task_cache: dict) -> Verdict:
         f"stored{'; ' + rendered if rendered else ''}"))
 
 
+#: the optimizer libraries whose classes a ``torch:``/``optax:`` reference in a results folder may
+#: name: verify imports no other module a data file names
+LIBRARIES = {"torch", "schedulefree", "pytorch_optimizer", "heavyball", "optax"}
+
+
+def check_optimizers(references, roots) -> list[Path]:
+    """Before anything runs: the optimizer files a results folder ships (``path.py:attr`` inside
+    one of ``roots``), to be listed; one line refusing any other reference a data file names but
+    a registered optimizer, or a ``torch:``/``optax:`` class of a known optimizer library (an
+    arbitrary ``module:attr`` or a file elsewhere would run code the data chose)."""
+    registry, files = scan(), set()
+    inside = [Path(r).resolve() for r in roots]
+    for ref in sorted(set(references)):
+        if ref in registry.methods or ref in registry.broken_names:
+            continue
+        library, sep, target = ref.partition(":")
+        if sep and library in ("torch", "optax") and target.split(".")[0] in LIBRARIES | {target}:
+            continue
+        path = Path(ref.rsplit(":", 1)[0]).resolve() if ":" in ref else None
+        if path is not None and path.suffix == ".py" and any(path.is_relative_to(r) for r in inside):
+            files.add(path)
+            continue
+        raise InputError(f"a results folder names the optimizer {ref!r}, which verify does not "
+                         "run: only registered optimizers, optimizer libraries' classes and "
+                         "files inside the results folder are (register it, or ship its file in "
+                         "the folder)")
+    return sorted(files)
+
+
 def verify(roots, sample: int | None = None, prefix: int | None = None, out=None) -> int:
     """Verify the cells under ``roots``; print a line per cell and a summary (to ``out``, by
     default standard output); 0 or 1."""
@@ -296,6 +326,9 @@ def verify(roots, sample: int | None = None, prefix: int | None = None, out=None
     if cells.empty:
         raise InputError(f"{', '.join(map(str, roots))}: no finished cells to verify")
     chosen = choose(cells, sample)
+    runs = [results.records[c].run.optimizer for c in cells["cell"]]
+    for path in check_optimizers(runs, roots):
+        print(f"verify runs the optimizer file {path}, shipped in the results folder", file=out)
     verdicts, cache = [], {}
     for row in chosen.itertuples():
         v = verify_cell(results, row, prefix, cache)
