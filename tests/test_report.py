@@ -319,3 +319,19 @@ def test_write_leaderboard_deterministic(fake_root, tmp_path):
     subprocess.run([sys.executable, "-c", code, str(board), str(tmp_path / "c" / "LEADERBOARD.md")],
                    check=True, env={**os.environ, "PYTHONHASHSEED": "321"})
     assert _tree(tmp_path / "c") == a
+
+
+def test_a_made_up_scale_never_writes_outside_the_report_folder(fake_root, tmp_path):
+    """A results folder whose cells name the scale ``../../escape`` (or a task as a path) gets
+    figure names that stay inside the report folder."""
+    import shutil
+    copy = tmp_path / "set"
+    shutil.copytree(fake_root / "main", copy)
+    for meta in copy.glob("cells/*/meta.json"):
+        meta.write_text(meta.read_text().replace('"scale": "ci"', '"scale": "../../escape"'))
+    for trace in copy.glob("cells/*/trace.csv"):
+        trace.write_text(trace.read_text().replace(",ci,", ",../../escape,"))
+    out = tmp_path / "deep" / "er" / "report"
+    paths = report.write_report(load_results(copy), out)
+    assert paths and all(p.resolve().is_relative_to(out.resolve()) for p in paths)
+    assert not list(tmp_path.glob("escape*")) and not list((tmp_path / "deep").glob("escape*"))

@@ -11,6 +11,7 @@ state, no global configuration touched.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +231,12 @@ def _save(fig: Figure, stem: Path) -> list[Path]:
     return out
 
 
+def _file_name(text: str) -> str:
+    """``text`` as one safe file name: letters, digits, '.', '_' and '-' only, no leading dot
+    (a task given as a path, or a scale a results folder made up, never leaves the folder)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).lstrip(".") or "_"
+
+
 def _figures(results: Results, folder: Path, prefix: str = "") -> dict[str, tuple[str, list[Path]]]:
     """All figures of a results set into ``folder`` as {name: (caption, [png, svg])}."""
     results = comparable(results)
@@ -237,7 +244,7 @@ def _figures(results: Results, folder: Path, prefix: str = "") -> dict[str, tupl
         return {}
     figs = [("convergence", f"Test NLL vs gradient evaluations (Figure 3): {BAND}",
              convergence_figure, ())]
-    figs += [(f"densities-{t}-{s}", f"Densities at 5K / 50K / final: {t} ({s}) (Figure 4)",
+    figs += [(_file_name(f"densities-{t}-{s}"), f"Densities at 5K / 50K / final: {t} ({s}) (Figure 4)",
               density_figure, (t, s)) for t, s, _ in _datasets(results)]
     figs += [("fsc", "FSC of the final densities against the ground truth", fsc_figure, ())] * (
         len(results.fsc) > 0)
