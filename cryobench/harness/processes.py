@@ -29,7 +29,7 @@ from cryobench.errors import HarnessFault, InputError
 from cryobench.harness.identity import grid_identity
 from cryobench.harness.limits import EXIT_STUCK
 from cryobench.harness.plan import RunPlan
-from cryobench.harness.record import (CellRecord, cell_complete, empty_trace, read_cell_files,
+from cryobench.harness.record import (TEMPORARY, CellRecord, cell_complete, empty_trace, read_cell_files,
                                       write_cell_folder)
 from cryobench.harness.run import DEFAULT_TIME_LIMIT
 
@@ -103,7 +103,7 @@ class CellProcess:
             os.unlink(self.job)
         except OSError:
             pass
-        for tmp in self.folder.parent.glob(f".{self.folder.name}.tmp-{self.proc.pid}-*"):
+        for tmp in self.folder.parent.glob(f"{TEMPORARY}{self.folder.name}.tmp-{self.proc.pid}-*"):
             shutil.rmtree(tmp, ignore_errors=True)
         rc = self.proc.returncode
         if rc == 0 and cell_complete(self.folder):

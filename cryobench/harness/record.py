@@ -190,6 +190,8 @@ class CellRecord:
         return CellRecord.from_dict(meta, path)
 
 
+#: how a cell folder being written starts its name: nothing else is ever removed as a leftover
+TEMPORARY = ".cryobench-"
 STATUSES = ("ok", "diverged", "budget", "error", "interrupted")   # interrupted: not a result
 REQUIRED = ("run", "cell", "status", "message", "budget", "evaluations", "wall_s", "task_hash",
             "optimizer_name")
@@ -241,7 +243,8 @@ def write_cell_folder(folder, files: dict[str, bytes]) -> Path:
     """Write a cell's files into ``folder`` atomically (temporary folder, then rename)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY}{folder.name}.tmp-{os.getpid()}-",
+                                dir=folder.parent))
     os.chmod(tmp, 0o755)                    # mkdtemp's 0700 would hide results from others
     try:
         # meta.json last, so a folder with meta.json is complete even on filesystems without rename

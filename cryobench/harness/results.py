@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 
 from cryobench.errors import InputError
-from cryobench.harness.record import CellRecord, read_trace
+from cryobench.harness.record import TEMPORARY, CellRecord, read_trace
 from cryobench.harness.reference import REFERENCE_FILE, read_references
 
 
 def remove_stale_temporaries(cells_dir) -> int:
     """Delete temporary cell folders left by processes that no longer run; returns how many."""
     removed = 0
-    for tmp in Path(cells_dir).glob(".*.tmp-*"):
+    for tmp in Path(cells_dir).glob(f"{TEMPORARY}*.tmp-*"):
         try:
             pid = int(tmp.name.split(".tmp-")[1].split("-")[0])
             os.kill(pid, 0)

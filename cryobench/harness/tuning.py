@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cryobench.base.files import atomic_write, to_json
+from cryobench.base.files import atomic_write, locked, to_json
 from cryobench.base.paths import RESULTS_DIR, installed
 from cryobench.data.spec import load_spec
 from cryobench.errors import InputError
@@ -128,9 +128,10 @@ def record(path, task, scale: str, optimizer: str, table: pd.DataFrame, budget: 
         best["task_recipe"] = task_recipe
     if ranges:
         best["searched_ranges"] = {k: list(v) for k, v in sorted(ranges.items()) if k in params}
-    tuned = load_tuned(path)
-    tuned.setdefault(name, {}).setdefault(scale, {})[optimizer] = best
-    atomic_write(path, to_json(tuned))
+    with locked(path):                  # another tune may be recording into the same file
+        tuned = load_tuned(path)
+        tuned.setdefault(name, {}).setdefault(scale, {})[optimizer] = best
+        atomic_write(path, to_json(tuned))
     return best
 
 
