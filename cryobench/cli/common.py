@@ -2,6 +2,7 @@
 help, and the line for cells that were interrupted."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,10 +26,20 @@ def data_dir(args) -> Path:
     return Path(args.data_dir) if args.data_dir else default_data_dir()
 
 
-def positive(value, option: str, what: str) -> None:
-    """Refuse a value below 1 of a numeric option, in one line."""
-    if value is not None and value < 1:
-        raise InputError(f"{option} {value}: {what}")
+#: the most gradient evaluations a budget can mean (a year of kernel time at paper scale is ~10¹⁰)
+MAX_BUDGET = 10**12
+
+
+def positive(value, option: str, what: str, most: float | None = None) -> None:
+    """Refuse, in one line, a value below 1 (or above ``most``) of a numeric option."""
+    if value is not None and (value < 1 or (most is not None and value > most)):
+        bound = f" (at most {most:,})" if most is not None and value > most else ""
+        raise InputError(f"{option} {value}: {what}{bound}")
+
+
+def threads_option(value, option: str = "--threads") -> None:
+    """Refuse a thread count below 1 or above four per core of this machine."""
+    positive(value, option, "the thread count is a positive integer", 4 * (os.cpu_count() or 1))
 
 
 def parse_sets(items) -> dict:

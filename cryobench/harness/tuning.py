@@ -198,6 +198,9 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
                      for values in candidates(method, tunable, points, ranges)
                      for seed in range(seeds)]
             plan.append((ref, method.name, task_budget, cells, folder, target))
+    if not plan:
+        raise InputError(f"--params {','.join(names)}: none of {', '.join(optimizers)} has such a "
+                         "hyper-parameter; nothing to tune")
     folders = sorted({p[4] for p in plan})
     for folder in folders:
         status = run_grid([c for p in plan if p[4] == folder for c in p[3]], folder,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from cryobench.checks.bench import DEFAULT_TASKS, run_benches
-from cryobench.cli.common import data_dir
+from cryobench.cli.common import data_dir, positive, threads_option
 from cryobench.data.spec import SCALES
 
 HELP = "kernel vs SGEMM throughput, SGD epoch, test NLL, peak memory"
@@ -23,5 +23,8 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
+    threads_option(args.threads)
+    positive(args.epoch_batches, "--epoch-batches", "a number of minibatches is a positive integer")
+    positive(args.repeats, "--repeats", "a number of repeats is a positive integer")
     run_benches(args.task or DEFAULT_TASKS, args.scale, data_dir(args), threads=args.threads,
                 epoch_batches=args.epoch_batches, repeats=args.repeats)

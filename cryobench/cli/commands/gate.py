@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryobench.checks.gate import DEFAULT_REFERENCE, gate
-from cryobench.cli.common import data_dir
+from cryobench.cli.common import MAX_BUDGET, data_dir, positive
 
 HELP = ("quality gate: each optimizer on the ci tasks vs committed reference values; exit 1 if one "
         "got worse beyond its seed noise")
@@ -20,5 +20,8 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    positive(args.budget, "--budget", "a budget is a positive number of gradient evaluations",
+             MAX_BUDGET)
+    positive(args.seeds, "--seeds", "the gate needs at least 2 seeds (its noise is their spread)")
     return gate(reference=Path(args.reference or DEFAULT_REFERENCE), update=args.update,
                 budget=args.budget, seeds=args.seeds, data_dir=data_dir(args))

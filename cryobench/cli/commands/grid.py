@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryobench.cli.common import data_dir, positive, report_interrupted
+from cryobench.cli.common import data_dir, positive, report_interrupted, threads_option
 from cryobench.harness.grid import expand, load_grid, run_grid
 from cryobench.harness.reference import record_references
 
@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    positive(args.threads, "--threads", "the thread count is a positive integer")
+    threads_option(args.threads)
     positive(args.workers, "--workers", "the number of processes is a positive integer")
     grid = load_grid(args.grid)
     out = Path(args.out) if args.out else grid.path.parent

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryobench.cli.common import data_dir, parse_sets, positive, report_interrupted
+from cryobench.cli.common import (MAX_BUDGET, data_dir, parse_sets, positive, report_interrupted,
+                                  threads_option)
 from cryobench.errors import InputError
 from cryobench.harness.grid import run_grid
 from cryobench.harness.plan import EACH_TASKS_OWN, Planner
@@ -44,8 +45,9 @@ def tuned_option(value):
 
 
 def main(args) -> int:
-    positive(args.budget, "--budget", "a budget is a positive number of gradient evaluations")
-    positive(args.threads, "--threads", "the thread count is a positive integer")
+    positive(args.budget, "--budget", "a budget is a positive number of gradient evaluations",
+             MAX_BUDGET)
+    threads_option(args.threads)
     if args.time_limit is not None and not args.time_limit > 0:
         raise InputError(f"--time-limit {args.time_limit}: a time limit is a positive number of seconds")
     if args.seed < 0:

@@ -2,10 +2,12 @@
 reference."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from cryobench.checks.speedgate import DEFAULT_REFERENCE, speed_gate
 from cryobench.cli.common import data_dir
+from cryobench.errors import InputError
 
 HELP = ("speed check: kernel time over SGEMM time on the same shapes, interleaved, vs the "
         "committed reference; exit 1 if slower than allowed")
@@ -22,6 +24,9 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance > 1):
+        raise InputError(f"--tolerance {args.tolerance}: a tolerance is a finite ratio above 1 "
+                         "(a gate that can never fail is no gate)")
     return speed_gate(Path(args.reference or DEFAULT_REFERENCE), args.update,
                       tolerance=args.tolerance, tasks=args.task, scale=args.scale,
                       data_dir=data_dir(args))

@@ -1,7 +1,10 @@
 """``cryobench tune``: choose hyper-parameters on the validation split and record them."""
 from __future__ import annotations
 
-from cryobench.cli.common import SCALE_HELP, data_dir, parse_ranges
+from pathlib import Path
+
+from cryobench.cli.common import MAX_BUDGET, SCALE_HELP, data_dir, parse_ranges, positive
+from cryobench.errors import InputError
 from cryobench.harness.tuning import tune
 
 HELP = "choose hyper-parameters on the validation split"
@@ -36,6 +39,15 @@ def add_arguments(parser) -> None:
 
 def main(args) -> None:
     names = args.params.split(",")
+    positive(args.points, "--points", "tuning needs at least 2 values per hyper-parameter", 100)
+    if args.points < 2:
+        raise InputError(f"--points {args.points}: tuning needs at least 2 values per hyper-parameter")
+    positive(args.budget, "--budget", "a budget is a positive number of gradient evaluations",
+             MAX_BUDGET)
+    positive(args.workers, "--workers", "the number of processes is a positive integer")
+    positive(args.seeds, "--seeds", "tuning needs at least 2 seeds per candidate", 100)
+    if args.record and Path(args.record).exists() and not Path(args.record).is_file():
+        raise InputError(f"--record {args.record}: not a regular file")
     chosen = tune(args.task, args.scale, args.optimizers.split(","), names, args.points,
                   args.budget, args.out, args.record, args.workers, data_dir(args),
                   progress=not args.quiet, seeds=args.seeds, per_decade=args.per_decade,
