@@ -51,3 +51,31 @@ def test_only_cryobenchs_own_temporaries_are_removed(tmp_path):
     theirs.mkdir()
     assert remove_stale_temporaries(tmp_path) == 1
     assert not mine.exists() and theirs.exists()
+
+
+def test_a_killed_grid_leaves_no_job_file_behind(tmp_path, data_dir):
+    """Cells receive their job on standard input: a kill -9 of the grid while a cell runs leaves
+    nothing in the temporary folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    (tmp_path / "grid.toml").write_text('tasks = ["thermus-style"]\nscales = ["ci"]\n'
+                                        'optimizers = ["sgd"]\nbudget = 3500\ntuned = ""\n')
+    env = dict(os.environ, TMPDIR=str(spool), CRYOBENCH_DATA=str(data_dir))
+    grid = subprocess.Popen([sys.executable, "-m", "cryobench.cli", "grid", str(tmp_path / "grid.toml"),
+                             "--out", str(tmp_path / "out"), "--quiet"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(
+            "cryobench.harness.cell" in " ".join(c.cmdline()) for c in psutil.Process(grid.pid).children()):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.kill(grid.pid, signal.SIGKILL)
+    grid.wait()
+    time.sleep(1.0)                                 # the cell dies with its grid
+    assert not list(spool.glob("cryobench-cell-*"))

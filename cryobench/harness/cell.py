@@ -1,8 +1,10 @@
 """Computing one grid cell, in a process of its own (on this machine or on a Dask worker).
 
-``python -m cryobench.harness.cell JOB.json FOLDER`` computes the run described by JOB.json (a
-:class:`~cryobench.harness.plan.RunPlan` and the dataset folder) and writes its folder
-atomically. Exit status 0 means the folder holds a result — whatever the method did: ``ok``, ``diverged``, ``budget`` or
+``python -m cryobench.harness.cell JOB FOLDER`` computes the run described by the job (a
+:class:`~cryobench.harness.plan.RunPlan` and the dataset folder; JOB ``-`` reads it from standard
+input, as the grid sends it, so that no job file outlives a killed grid) and writes its folder
+atomically. Exit status 0 means the folder holds a result — whatever the method did: ``ok``,
+``diverged``, ``budget`` or
 ``error``. Any other ending (a harness fault, an exception outside the optimizer, a signal, the
 out-of-memory killer, a full disk) writes nothing: the run was interrupted, and the next
 ``grid`` or ``run`` computes it again. The last line of standard error says why.
@@ -76,7 +78,7 @@ def _die_with_parent(parent: int) -> None:
 def main(argv=None) -> int:
     """Entry point of a cell process: compute the job, write the folder, or say why not."""
     job_path, folder = (argv or sys.argv[1:])[:2]
-    job = json.loads(Path(job_path).read_text())
+    job = json.loads(sys.stdin.read() if job_path == "-" else Path(job_path).read_text())
     if job.get("parent"):
         _die_with_parent(int(job["parent"]))
     try:

@@ -70,14 +70,14 @@ class CellProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS",
                                                                   "MKL_NUM_THREADS", "OMP_NUM_THREADS")}
         env["NUMBA_NUM_THREADS"] = str(cell.spec.threads)
-        fd, self.job = tempfile.mkstemp(prefix="cryobench-cell-", suffix=".json")
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"cell": cell.to_dict(), "data_dir": str(data_dir) if data_dir else None,
-                       "parent": os.getpid(), "known": grid_identity()}, fh)
-        self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "cryobench.harness.cell", self.job, str(folder)],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=self.stderr,
-                                     start_new_session=True)
+        job = json.dumps({"cell": cell.to_dict(), "data_dir": str(data_dir) if data_dir else None,
+                          "parent": os.getpid(), "known": grid_identity()})
+        self.stderr = tempfile.TemporaryFile()      # unlinked at once: nothing outlives a kill
+        self.proc = subprocess.Popen([sys.executable, "-m", "cryobench.harness.cell", "-", str(folder)],
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=self.stderr, start_new_session=True)
+        self.proc.stdin.write(job.encode())         # the job on standard input, never on disk
+        self.proc.stdin.close()
 
     def poll(self) -> bool:
         """Whether the process has ended (it is killed once past :func:`hard_limit`)."""
@@ -99,10 +99,6 @@ class CellProcess:
 
     def outcome(self) -> str | None:
         """None if the folder holds a result (written now for a stuck step), else why not."""
-        try:
-            os.unlink(self.job)
-        except OSError:
-            pass
         for tmp in self.folder.parent.glob(f"{TEMPORARY}{self.folder.name}.tmp-{self.proc.pid}-*"):
             shutil.rmtree(tmp, ignore_errors=True)
         rc = self.proc.returncode
