@@ -33,6 +33,7 @@ from cryobench.harness.tuned import default_tuned_file, load_tuned, tuned_entry
 from cryobench.optim import Method
 from cryobench.task import task_identity, task_recipe
 
+
 class HyperParameterError(InputError):
     """A hyper-parameter that the method does not have, or a value it cannot mean."""
 
@@ -73,10 +74,6 @@ class TaskRef:
         if self.spec.section("dataset").get("kind") != "simulated":
             return self.content_hash
         return task_recipe(self.spec, self.scale.name, self.data_dir)
-
-    @property
-    def where(self) -> str:
-        return f"{self.given} ({self.scale.name})"
 
 
 @dataclass(frozen=True)
