@@ -22,9 +22,10 @@ PARTICLE_COLUMNS = {"rlnDefocusU": "defocus_u", "rlnDefocusV": "defocus_v",
                     "rlnCtfBFactor": "bfactor"}
 REQUIRED_CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnVoltage", "rlnSphericalAberration",
                         "rlnAmplitudeContrast")
+RELION_BFACTOR = "rlnCtfBfactor"   # RELION's spelling; cryobench has written rlnCtfBFactor
 PIXEL_COLUMNS = ("rlnImagePixelSize", "rlnPixelSize", "rlnDetectorPixelSize", "rlnMagnification")
 # Every numeric column cryobench reads that may sit in data_optics, data_particles or both.
-USED_COLUMNS = (*PARTICLE_COLUMNS, *OPTICS_COLUMNS, *PIXEL_COLUMNS, "rlnImageSize")
+USED_COLUMNS = (*PARTICLE_COLUMNS, RELION_BFACTOR, *OPTICS_COLUMNS, *PIXEL_COLUMNS, "rlnImageSize")
 
 # Values no microscope or CTF fit gives, refused with the first bad row (generous on purpose:
 # real defocus lies between a few hundred Å and ~1e5 Å, positive for underfocus in RELION's
@@ -38,6 +39,7 @@ PLAUSIBLE = {
     "rlnSphericalAberration": (lambda v: np.abs(v) <= 100, "must lie in [-100, 100] mm"),
     "rlnAmplitudeContrast": (lambda q: (q >= 0) & (q < 1), "must lie in [0, 1)"),
     "rlnCtfBFactor": (lambda b: np.abs(b) <= 1e4, "must lie in [-1e4, 1e4] Å²"),
+    RELION_BFACTOR: (lambda b: np.abs(b) <= 1e4, "must lie in [-1e4, 1e4] Å²"),
 }
 # What the CTF formula itself needs: the only ranges checked on a dataset the caller vouches for.
 NEEDED = {col: PLAUSIBLE[col] for col in ("rlnVoltage", "rlnAmplitudeContrast")}
@@ -73,8 +75,10 @@ def numeric(star, table: pd.DataFrame, col: str, where: str = "") -> np.ndarray:
     bad = ~np.isfinite(vals)
     if bad.any():
         i = int(np.argmax(bad))
+        value = table[col].iloc[i]
+        shown = repr(value) if isinstance(value, str) else str(value)
         raise InputError(f"{star}: column {col}{where} has a non-numeric, NaN or infinite value "
-                         f"{table[col].iloc[i]!r} in row {i + 1}")
+                         f"{shown} in row {i + 1}")
     return vals
 
 
@@ -146,6 +150,14 @@ def ctf_from_table(star, table: pd.DataFrame, plausible: bool = True) -> CTFPara
     values = {attr: (numeric(star, table, col) if col in table.columns
                      else np.zeros(len(table)))
               for col, attr in {**PARTICLE_COLUMNS, **OPTICS_COLUMNS}.items()}
+    if RELION_BFACTOR in table.columns:
+        relion = numeric(star, table, RELION_BFACTOR)
+        differ = ~np.isclose(relion, values["bfactor"], rtol=1e-6, atol=0.0)
+        if "rlnCtfBFactor" in table.columns and differ.any():
+            i = int(np.argmax(differ))
+            raise InputError(f"{star}: columns {RELION_BFACTOR} and rlnCtfBFactor differ in row "
+                             f"{i + 1} ({relion[i]:g} and {values['bfactor'][i]:g} Å²); keep one")
+        values["bfactor"] = relion
     return CTFParams(**values)
 
 
