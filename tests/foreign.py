@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import starfile
 from scipy.spatial.transform import Rotation
 
 from cryobench.data.phantoms import PHANTOMS
@@ -129,15 +130,26 @@ shift_sigma = 12.0
 [protocol]
 n_test = 100
 [scales.tiny]
-box = 24
-rmax = 3.0
+{box}rmax = 3.0
 n_validation = 30
 """
 
 
-def write_task(folder, invert=False, reference=True, extra=""):
+def write_task(folder, invert=False, reference=True, extra="", box=24):
+    """my-particles.toml in ``folder``; its one scale, tiny, Fourier-crops to ``box`` (None: no
+    box, the images' own size)."""
     path = Path(folder) / "my-particles.toml"
     path.write_text(TASK.format(invert="true" if invert else "false",
-                                reference='reference = "reference.mrc"' if reference else "")
+                                reference='reference = "reference.mrc"' if reference else "",
+                                box="" if box is None else f"box = {box}\n")
                     + extra)
+    return path
+
+
+def edit_star(path, change):
+    """Rewrite the STAR file at ``path`` after ``change(blocks)`` has edited its tables in place
+    (a dict of DataFrames by block name: "optics" and "particles" for :func:`write_star`'s)."""
+    blocks = starfile.read(path, always_dict=True)
+    change(blocks)
+    starfile.write(blocks, path, overwrite=True, float_format="%.12g")
     return path

@@ -55,15 +55,27 @@ def test_particles_round_trip(dataset):
     assert np.array_equal(head.images, images[:4]) and len(head.ctf) == 4
 
 
-def test_read_from_other_directory_and_cwd_relative_stack(dataset, monkeypatch):
+def test_stacks_beside_the_star_or_in_its_relion_project_never_the_cwd(dataset, monkeypatch):
     tmp_path, images, _ = dataset
-    other = tmp_path / "sub"
-    other.mkdir()
     star = starfile.read(tmp_path / "particles.star")
     assert star["particles"]["rlnImageName"][0] == "000001@particles.mrcs"
-    starfile.write(star, other / "moved.star")          # stack path now relative to the cwd
-    monkeypatch.chdir(tmp_path)
-    assert np.array_equal(read_particles(other / "moved.star").images, images)
+    other = tmp_path / "sub"
+    other.mkdir()
+    starfile.write(star, other / "moved.star")       # particles.mrcs is now one folder up
+    monkeypatch.chdir(tmp_path)                      # ... and in the current directory
+    expect_error(other / "moved.star", "moved.star", "stack particles.mrcs", "row 1",
+                 f"tried {other / 'particles.mrcs'}")
+    # RELION names stacks relative to its project folder: Extract/job003/particles.mrcs from
+    # Refine3D/job007/run_data.star; found under the folders above the STAR file's
+    project, job = tmp_path / "project", tmp_path / "project" / "Refine3D" / "job007"
+    job.mkdir(parents=True)
+    (project / "Extract" / "job003").mkdir(parents=True)
+    (tmp_path / "particles.mrcs").rename(project / "Extract" / "job003" / "particles.mrcs")
+    star["particles"]["rlnImageName"] = [f"{i + 1:06d}@Extract/job003/particles.mrcs"
+                                         for i in range(6)]
+    starfile.write(star, job / "run_data.star")
+    monkeypatch.chdir(other)
+    assert np.array_equal(read_particles(job / "run_data.star").images, images)
 
 
 def test_volume_round_trip(tmp_path):
@@ -174,7 +186,7 @@ def test_missing_optics_column_and_bad_values(dataset):
         return edit_star(tmp_path, lambda s: s["optics"].__setitem__(col, value), name)
     expect_error(set_optics("rlnAmplitudeContrast", 1.2, "q.star"), "q.star",
                  "rlnAmplitudeContrast", "[0, 1)")
-    expect_error(set_optics("rlnVoltage", 0.0, "kv.star"), "kv.star", "rlnVoltage", "> 0")
+    expect_error(set_optics("rlnVoltage", 0.0, "kv.star"), "kv.star", "rlnVoltage", "(0, 1e4] kV")
     expect_error(set_optics("rlnImagePixelSize", -1.0, "px.star"), "px.star",
                  "rlnImagePixelSize", "> 0")
 
@@ -219,6 +231,7 @@ def test_mixed_image_sizes_and_corrupt_stack(dataset):
     write_stack(tmp_path / "big.mrcs", np.zeros((2, 32, 32)))
     def use_big(s):
         s["particles"].loc[5, "rlnImageName"] = "1@big.mrcs"
+        drop(s, "optics", "rlnImageSize")           # else that column's check speaks first
     path = edit_star(tmp_path, use_big, "mixed.star")
     expect_error(path, "big.mrcs", "particles.mrcs", "image size")
     (tmp_path / "particles.mrcs").write_bytes(b"not an mrc file" * 10)

@@ -209,16 +209,24 @@ def _load_star(spec, scale) -> Dataset:
     for key in ("star", "particle_radius"):
         if key not in recipe:
             raise InputError(f"{spec.path}: [dataset] needs {key!r} for a STAR dataset")
+    where = f"{spec.path}: [scales.{scale.name}] box = {scale.box}"
+    if scale.box is not None and scale.box % 2:
+        raise InputError(f"{where} is odd; a STAR task's box must be even (Fourier cropping keeps "
+                         f"an even box's Nyquist row, and RELION extracts even boxes only)")
     star = (spec.path.parent / recipe["star"]).resolve()
     particles = read_particles(star, max_images=scale.n_images)
     images, pixel_size = particles.images, particles.pixel_size
+    d = images.shape[-1]
+    if scale.box is not None and scale.box > d:
+        raise InputError(f"{where} is larger than the {d}×{d}-pixel images of {star}; images "
+                         f"are Fourier-cropped, never padded: use a box ≤ {d} or leave it out")
     invert = bool(recipe.get("invert_sign", False))
     if invert:
         images = -images
     if particles.origins is not None and np.any(particles.origins != 0):
         images = recentre(images, particles.origins)
-    if scale.box is not None and scale.box < images.shape[-1]:
-        pixel_size *= images.shape[-1] / scale.box
+    if scale.box is not None and scale.box < d:
+        pixel_size *= d / scale.box
         images = fourier_crop(images, scale.box)
     radius = float(recipe["particle_radius"])
     radius_px = radius / pixel_size
