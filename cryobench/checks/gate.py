@@ -3,9 +3,10 @@
 Every registered optimizer, with its default hyper-parameters (no tuned values), runs on both
 ``ci`` tasks for a fixed budget of gradient evaluations on a few seeds (seed n = training stream
 n + the optimizer's generator ``rng_for(task, optimizer, "optimizer", n)``, as in ``cryobench
-run``), on one BLAS/numba thread, each method in a fresh process of its own (see below). Its final test NLLs are compared with the
-committed reference (``results/gate/reference.json``), which holds per (task, optimizer) the
-per-seed finals and statuses, their median and a noise scale. A method fails when
+run``), on one BLAS/numba thread, each method in a fresh process of its own (see below). Its
+final test NLLs are compared with the committed reference (``results/gate/reference.json``),
+which holds per (task, optimizer) the per-seed finals and statuses, their median and a noise
+scale. A method fails when
 
     z = (median_now − median_ref) / max(noise_ref, FLOOR · |median_ref|)  >  K,
 
@@ -107,7 +108,8 @@ def measure(methods: dict, tasks=TASKS, scale: str = SCALE, budget: int = BUDGET
     out = {}
     for mname, method in sorted(methods.items()):
         code = optimizer_fingerprint(method)
-        for task, runs in isolated_runs(method, tasks, scale, budget, seeds, threads, data_dir).items():
+        runs_of = isolated_runs(method, tasks, scale, budget, seeds, threads, data_dir)
+        for task, runs in runs_of.items():
             finals = [r["final"] for r in runs]
             median, noise = summarise(finals)
             entry = out.setdefault(task, {})[mname] = {

@@ -17,8 +17,9 @@ written and read.
   known.
 
 A cell folder appears only when complete: it is written under a temporary name, ``meta.json``
-last, and renamed. Records of schema :data:`SCHEMA_VERSION` are read as they are; a record
-written before :class:`TaskFacts` were recorded reads with ``task_facts`` None.
+last, and renamed. Records of schema :data:`SCHEMA_VERSION` are read as they are, the type of
+every field checked (:data:`FIELD_TYPES`: a wrong one is one line naming the file and the
+field); a record written before :class:`TaskFacts` were recorded reads with ``task_facts`` None.
 """
 from __future__ import annotations
 

@@ -5,6 +5,12 @@ and, beside ``cells/``, ``reference.json``: the ground truth's test NLL of each 
 (task, scale) (:mod:`cryobench.harness.reference`), loaded as :attr:`Results.references`.
 :func:`load_results` reads every cell's record once; reports read :attr:`Results.records`
 rather than opening ``meta.json`` again.
+
+What the files say is checked where they are read, each problem one line naming the file (and
+the field or column): a cell folder or file leading outside its result set (a symbolic link) is
+refused; the record is the truth about a cell's identity (its trace's identity columns are set
+from it); an ``ok`` run whose final test NLL is not finite is counted as ``diverged``, with a
+message saying so (the runner stops on a non-finite iterate or training objective, not score).
 """
 from __future__ import annotations
 
@@ -108,7 +114,8 @@ class Results:
                 views = {k: data[k] for k in data.files}
         except Exception as exc:          # a broken archive fails in many ways (zip, zlib, npy)
             first = (str(exc).splitlines() or [""])[0]
-            raise InputError(f"{path}: cannot read the views: {type(exc).__name__}: {first}") from None
+            raise InputError(f"{path}: cannot read the views: {type(exc).__name__}: {first}"
+                             ) from None
         for name, v in views.items():
             if (v.dtype.kind not in "iuf" or v.ndim != 3 or v.shape[0] != 3
                     or v.shape[1] != v.shape[2] or not v.size):
@@ -158,9 +165,10 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
         snaps = {s["label"]: s for s in rec.snapshots or []}
         last = trace.iloc[-1] if len(trace) else pd.Series(dtype=float)
         status, message = rec.status, rec.message
-        if status == "ok" and len(trace) and "test_nll" in trace and not np.isfinite(last["test_nll"]):
+        final = last.get("test_nll", np.nan)
+        if status == "ok" and len(trace) and "test_nll" in trace and not np.isfinite(final):
             status, message = "diverged", (     # the runner checks the iterate, not the score
-                f"final test NLL {last['test_nll']} at {last['evals']:,.0f} evaluations: not "
+                f"final test NLL {final} at {last['evals']:,.0f} evaluations: not "
                 "finite, so the run failed (its meta.json says ok)")
         rows.append({"task": run.task, "scale": run.scale, "optimizer": rec.optimizer_name,
                      "label": rec.label, "seed": run.seed, "cell": cell, "status": status,

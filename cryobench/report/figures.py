@@ -192,7 +192,8 @@ def fsc_figure(results: Results) -> Figure:
                     resolved = max([resolved, *f.loc[f["fsc"] >= 0.5, "freq"]])
                     nyquist = max(nyquist, f["freq"].max())
             ax.axhline(0.5, color="0.3", ls="--", lw=1, label="_nolegend_")
-            ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC (final density)", ylim=(-0.1, 1.05))
+            ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC (final density)",
+                   ylim=(-0.1, 1.05))
             ax.set_title(title, parse_math=False)
             if resolved > 0:
                 ax.set_xlim(0, min(2 * resolved, nyquist))
@@ -255,7 +256,8 @@ def _figures(results: Results, folder: Path, prefix: str = "") -> dict[str, tupl
     figs = [("convergence", f"Test NLL vs gradient evaluations (Figure 3): {BAND}",
              convergence_figure, ())]
     figs += [(_file_name(f"densities-{t}-{s}"), f"Densities at 5K / 50K / final: {md_text(t)} "
-              f"({md_text(s)}) (Figure 4)", density_figure, (t, s)) for t, s, _ in _datasets(results)]
+              f"({md_text(s)}) (Figure 4)", density_figure, (t, s))
+             for t, s, _ in _datasets(results)]
     figs += [("fsc", "FSC of the final densities against the ground truth", fsc_figure, ())] * (
         len(results.fsc) > 0)
     figs += [("profile", "Performance profiles over gradient evaluations (every run; a problem is "

@@ -81,7 +81,9 @@ def inline(text: str) -> str:
         if m[1] is not None:
             kept.append(html.escape(m[1], quote=False))
         else:
-            body = m[3][1:-1] if m[3].startswith(" ") and m[3].endswith(" ") and m[3].strip() else m[3]
+            body = m[3]
+            if body.startswith(" ") and body.endswith(" ") and body.strip():
+                body = body[1:-1]                           # as markdown strips one space
             kept.append(f"<code>{html.escape(body, quote=False)}</code>")
         return f"\x00{len(kept) - 1}\x00"
     s = html.escape(LITERAL.sub(keep, str(text).replace("\x00", "")), quote=False)

@@ -35,7 +35,8 @@ def ranking_tables(loaded: dict[str, Results]) -> tuple[pd.DataFrame, list[tuple
         sets = []
         for task, scale, label in keys:
             mine = cells[(cells["task"] == task) & (cells["scale"] == scale) & (cells["label"] == label)]
-            sets.append(", ".join(md_text(n) for n in sorted({n for c in mine["cell"] for n in sets_of[c]})))
+            names = sorted({n for c in mine["cell"] for n in sets_of[c]})
+            sets.append(", ".join(map(md_text, names)))
         order = np.lexsort((t["label"].to_numpy(), np.nan_to_num(t["Final"].to_numpy(float),
                                                                   nan=np.inf)))
         ranked = shown.iloc[order].reset_index(drop=True)

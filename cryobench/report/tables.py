@@ -93,11 +93,11 @@ def _extend(labels: pd.Series, confs: dict) -> None:
 
 def comparable(results: Results) -> Results:
     """``results`` without interrupted runs and with one configuration per (task, scale, label):
-    a label whose cells differ in optimizer, its code, a hyper-parameter or the budget gets the differing
-    values appended (``sgd lr=0.5``); if runs of one seed remain, the label's other run settings
-    and code hashes are compared too, and runs still sharing a seed get their cell id
-    (``sgd #05cd19f0``). Two optimizers of one name differ in their reference or code
-    (``sgd optimizer=mine.py:sgd code=sgd:1f0e3dad``). The given label is kept in
+    a label whose cells differ in optimizer (as the run referred to it), its code, a
+    hyper-parameter or the budget gets the differing values appended (``sgd lr=0.5``; two
+    optimizers of one name: ``sgd code=sgd:1f0e3dad optimizer=mine.py:sgd``); if runs of one
+    seed remain, the label's other run settings and numerics hash are compared too, and runs
+    still sharing a seed get their cell id (``sgd #05cd19f0``). The given label is kept in
     ``given_label``. Idempotent."""
     cells = results.cells[~results.cells["status"].isin(NOT_RESULTS)].copy()
     if "given_label" not in cells:
@@ -106,7 +106,8 @@ def comparable(results: Results) -> Results:
     duplicated = lambda idx: pd.DataFrame({"l": labels[idx], "s": cells.loc[idx, "seed"]}).duplicated(
         keep=False).to_numpy()
     for _, group in cells.groupby(["task", "scale", "label"], sort=True):
-        _extend(labels, {i: _settings(r, results.records.get(r["cell"])) for i, r in group.iterrows()})
+        _extend(labels, {i: _settings(r, results.records.get(r["cell"]))
+                         for i, r in group.iterrows()})
         if duplicated(group.index).any():
             _extend(labels, {i: _run_settings(results.records.get(c)) for i, c in group["cell"].items()})
             for i in group.index[duplicated(group.index)]:
@@ -297,7 +298,8 @@ def table_blocks(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFr
         lo, hi = t["Seeds"].min(), t["Seeds"].max()
         seeds = f"{lo}" if lo == hi else f"{lo}–{hi}"
         floor = floors[(task, scale)]
-        line = (f"**{md_text(task)} ({md_text(scale)})**: {seeds} seed{'s' if hi > 1 else ''} per method; noise "
+        line = (f"**{md_text(task)} ({md_text(scale)})**: {seeds} seed{'s' if hi > 1 else ''} "
+                "per method; noise "
                 "floor (median over methods of the Final seed range): "
                 + (f"{floor:,.1f}." if pd.notna(floor) else "not measurable (fewer than 2 seeds)."))
         ref = table.attrs.get("references", {}).get((task, scale))
@@ -306,7 +308,8 @@ def table_blocks(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFr
         if lo < n_min:
             line += (f" Fewer than {n_min} seeds: the test cannot tell any method apart from the "
                      f"best (p ≥ 2^−n > {alpha:g}); only failures do.")
-        shown = pd.DataFrame({"method": t["label"].map(md_text), "seeds": t["Seeds"].map("{:d}".format)})
+        shown = pd.DataFrame({"method": t["label"].map(md_text),
+                              "seeds": t["Seeds"].map("{:d}".format)})
         for k in COLUMNS:
             shown[k] = [("**{}**" if mark else "{}").format(num(v, ",.1f")) if np.isfinite(v)
                         else "failed" if v == np.inf else "—" for v, mark in zip(t[k], t[f"{k} ≈best"])]
