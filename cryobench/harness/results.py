@@ -113,9 +113,9 @@ class Results:
                     raise ValueError(f"{big[0].filename} holds {big[0].file_size:,} bytes")
                 views = {k: data[k] for k in data.files}
         except Exception as exc:          # a broken archive fails in many ways (zip, zlib, npy)
-            first = (str(exc).splitlines() or [""])[0]
-            raise InputError(f"{path}: cannot read the views: {type(exc).__name__}: {first}"
-                             ) from None
+            first, kind = (str(exc).splitlines() or [""])[0], type(exc).__name__
+            kind = f"{type(exc).__module__}.{kind}" if kind.islower() else kind   # zlib.error
+            raise InputError(f"{path}: cannot read the views: {kind}: {first}") from None
         for name, v in views.items():
             if (v.dtype.kind not in "iuf" or v.ndim != 3 or v.shape[0] != 3
                     or v.shape[1] != v.shape[2] or not v.size):
