@@ -3,9 +3,10 @@
 Every registered optimizer, with its default hyper-parameters (no tuned values), runs on both
 ``ci`` tasks for a fixed budget of gradient evaluations on a few seeds (seed n = training stream
 n + the optimizer's generator ``rng_for(task, optimizer, "optimizer", n)``, as in ``cryobench
-run``), in this process, on one BLAS/numba thread. Its final test NLLs are compared with the
-committed reference (``results/gate/reference.json``), which holds per (task, optimizer) the
-per-seed finals and statuses, their median and a noise scale. A method fails when
+run``), on one BLAS/numba thread, each method in a fresh process of its own (see below). Its
+final test NLLs are compared with the committed reference (``results/gate/reference.json``),
+which holds per (task, optimizer) the per-seed finals and statuses, their median and a noise
+scale. A method fails when
 
     z = (median_now − median_ref) / max(noise_ref, FLOOR · |median_ref|)  >  K,
 
@@ -31,6 +32,14 @@ The choices, and why:
   test NLL that is not finite or above 10× its initial size (the run's rule, applied to the
   score the gate compares).
 
+* **One process per method** (``multiprocessing``'s ``spawn``: a new interpreter, nothing
+  inherited): an optimizer that patches shared state (``cryobench.schedules.annealed_lr``, NumPy,
+  the oracle's class) changes only its own runs, never the methods gated after it. The method
+  is sent by value (``cloudpickle``: its factory's code, not its module's import-time side
+  effects) and the process imports cryobench afresh. A method whose process dies has every seed
+  ``error``. Restoring patched state in one process instead cannot be complete (a patch may
+  reach any module, C state or a function's code object).
+
 The gate runs with the reference's configuration (tasks, scale, budget, seeds, threads), so the
 two always match; ``--update`` remakes the reference with the module's defaults (or the given
 budget and seeds).
@@ -40,9 +49,11 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import multiprocessing
 import sys
 from pathlib import Path
 
+import cloudpickle
 import numpy as np
 
 from cryobench.base.files import atomic_write
@@ -90,30 +101,87 @@ def summarise(finals) -> tuple[float | None, float | None]:
 
 def measure(methods: dict, tasks=TASKS, scale: str = SCALE, budget: int = BUDGET,
             seeds: int = SEEDS, threads: int = THREADS, data_dir=None, log=None) -> dict:
-    """Run every method on every task and seed; {task: {method: entry}} with per-seed finals,
-    statuses and messages, their median and noise, the parameters and the optimizer's code hash.
-    Each method runs with its defaults (no tuned values), planned like any run."""
+    """Run every method on every task and seed, each method in a fresh process of its own
+    (:func:`isolated_runs`); {task: {method: entry}} with per-seed finals, statuses and messages,
+    their median and noise, the parameters and the optimizer's code hash. Each method runs with
+    its defaults (no tuned values), planned like any run."""
+    out = {}
+    for mname, method in sorted(methods.items()):
+        code = optimizer_fingerprint(method)
+        runs_of = isolated_runs(method, tasks, scale, budget, seeds, threads, data_dir)
+        for task, runs in runs_of.items():
+            finals = [r["final"] for r in runs]
+            median, noise = summarise(finals)
+            entry = out.setdefault(task, {})[mname] = {
+                "params": method.defaults(), "code": code, "finals": finals,
+                "status": [r["status"] for r in runs], "messages": [r["message"] for r in runs],
+                "median": median, "noise": noise}
+            if log:
+                log(f"  ran {task} {mname}: " + ", ".join(
+                    f"{f:.3f}" if f is not None else st for f, st in zip(finals, entry["status"])))
+    return out
+
+
+def method_runs(method, tasks, scale: str, budget: int, seeds: int, threads: int,
+                data_dir) -> dict:
+    """{task name: [:func:`run_seed` of each seed]} of one method, in this process."""
     out = {}
     planner = Planner(data_dir, threads, tuned=None)
     with using_threads(threads):
         for name in tasks:
             task = load_task(name, scale, data_dir, progress=False)
             ref = planner.task(name, scale)
-            out[task.name] = {}
-            for mname, method in sorted(methods.items()):
-                runs = [run_seed(task, planner.plan(ref, method.name, {}, s, budget, method=method))
-                        for s in range(seeds)]
-                finals = [r["final"] for r in runs]
-                median, noise = summarise(finals)
-                out[task.name][mname] = {
-                    "params": method.defaults(), "code": optimizer_fingerprint(method),
-                    "finals": finals, "status": [r["status"] for r in runs],
-                    "messages": [r["message"] for r in runs], "median": median, "noise": noise}
-                if log:
-                    log(f"  ran {task.name} {mname}: " + ", ".join(
-                        f"{f:.3f}" if f is not None else s for f, s in
-                        zip(finals, out[task.name][mname]["status"])))
+            out[task.name] = [run_seed(task, planner.plan(ref, method.name, {}, s, budget,
+                                                          method=method)) for s in range(seeds)]
     return out
+
+
+def _child(payload: bytes, conn) -> None:
+    """A gate process: :func:`method_runs` of the pickled arguments, sent back as ("ok",
+    result) or ("raise", exception)."""
+    try:
+        result = ("ok", method_runs(*cloudpickle.loads(payload)))
+    except Exception as exc:                                # the harness's: raised in the gate
+        result = ("raise", exc)
+    try:
+        conn.send(result)
+    except Exception as exc:                                # an exception that does not pickle
+        conn.send(("raise", RuntimeError(f"{type(result[1]).__name__}: {result[1]}; ({exc})")))
+    conn.close()
+
+
+def isolated_runs(method, tasks, scale: str, budget: int, seeds: int, threads: int,
+                  data_dir) -> dict:
+    """:func:`method_runs` in a fresh process (``spawn``), so that nothing the method changes in
+    its process reaches the other methods' runs or the gate; a process that ends without an
+    answer gives every seed status ``error``."""
+    try:
+        payload = cloudpickle.dumps((method, list(tasks), scale, budget, seeds, threads,
+                                     None if data_dir is None else str(data_dir)))
+    except Exception as exc:
+        raise InputError(f"gate: optimizer {method.name!r} cannot be sent to a process of its "
+                         f"own: {type(exc).__name__}: {exc}") from None
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(payload, send), name=f"cryobench-gate-{method.name}")
+    proc.start()
+    send.close()
+    try:
+        kind, value = receive.recv()
+    except EOFError:                                        # the process died without answering
+        proc.join()
+        message = f"the method's process ended with exit code {proc.exitcode} before its results"
+        return {name: [{"status": "error", "final": None, "message": message}] * seeds
+                for name in tasks}
+    finally:
+        receive.close()
+        proc.join(timeout=60)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if kind == "raise":
+        raise value
+    return value
 
 
 def read_reference(path, what: str, schema: int, command: str) -> dict:

@@ -17,14 +17,16 @@ written and read.
   known.
 
 A cell folder appears only when complete: it is written under a temporary name, ``meta.json``
-last, and renamed. Records of schema :data:`SCHEMA_VERSION` are read as they are; a record
-written before :class:`TaskFacts` were recorded reads with ``task_facts`` None.
+last, and renamed. Records of schema :data:`SCHEMA_VERSION` are read as they are, the type of
+every field checked (:data:`FIELD_TYPES`: a wrong one is one line naming the file and the
+field); a record written before :class:`TaskFacts` were recorded reads with ``task_facts`` None.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import sys
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
@@ -43,6 +45,8 @@ SNAPSHOTS = (5_000, 50_000)
 ID_COLUMNS = ("task", "scale", "optimizer", "label", "seed", "cell")
 COUNT_COLUMNS = ("grad_evals", "value_evals", "hvp_evals")
 SCORED_SPLITS = ("test", "validation")
+NUMBER_COLUMNS = ("checkpoint", "evals", *COUNT_COLUMNS, "wall_s", "test_nll", "validation_nll",
+                  "train_obj")
 
 
 def score_column(split: str) -> str:
@@ -155,7 +159,8 @@ class CellRecord:
 
     @staticmethod
     def from_dict(meta, where) -> "CellRecord":
-        """A record from a ``meta.json`` object, checked; one line naming ``where`` otherwise."""
+        """A record from a ``meta.json`` object, checked (every field's type: :data:`FIELD_TYPES`);
+        one line naming ``where``, the field and the problem otherwise."""
         if not isinstance(meta, dict):
             raise InputError(f"{where}: cell metadata must be a JSON object")
         version = meta.get("schema_version")
@@ -166,17 +171,15 @@ class CellRecord:
         run = meta.get("run")
         if missing or not isinstance(run, dict) or not all(k in run for k in RUN_REQUIRED):
             raise InputError(f"{where}: not a cell's metadata: missing {(missing or ['run fields'])[0]!r}")
+        known = {f.name for f in fields(CellRecord)}
+        values = {k: v for k, v in meta.items() if k in known}
+        check_fields(values, FIELD_TYPES, where)
         if meta.get("status") not in STATUSES:
             raise InputError(f"{where}: status {meta.get('status')!r} is not one of "
                              f"{', '.join(STATUSES)}")
-        known = {f.name for f in fields(CellRecord)}
-        values = {k: v for k, v in meta.items() if k in known}
         values["run"] = RunSpec.from_dict({"optimizer": meta["optimizer_name"], **run}, where)
         facts = meta.get("task_facts")
-        try:
-            values["task_facts"] = TaskFacts(**facts) if facts else None
-        except TypeError as exc:
-            raise InputError(f"{where}: 'task_facts' is not a task's facts: {exc}") from None
+        values["task_facts"] = TaskFacts(**facts) if facts else None
         return CellRecord(**values)
 
     @staticmethod
@@ -187,6 +190,10 @@ class CellRecord:
             meta = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(f"{path}: cannot read cell metadata: {exc}") from None
+        except RecursionError:
+            raise InputError(f"{path}: cannot read cell metadata: lists or objects nested "
+                             f"too deeply (beyond the recursion limit, {sys.getrecursionlimit()})"
+                             ) from None
         return CellRecord.from_dict(meta, path)
 
 
@@ -196,6 +203,81 @@ STATUSES = ("ok", "diverged", "budget", "error", "interrupted")   # interrupted:
 REQUIRED = ("run", "cell", "status", "message", "budget", "evaluations", "wall_s", "task_hash",
             "optimizer_name")
 RUN_REQUIRED = ("task", "scale", "label", "seed", "params")
+
+#: what a value of ``meta.json`` may be: kind → (test, how the error line says it); JSON's
+#: true and false are numbers to Python, not here
+KINDS = {
+    "count": (lambda v: type(v) is int and 0 <= v < 2**63, "a whole number ≥ 0"),
+    "number": (lambda v: type(v) in (int, float), "a number"),
+    "positive": (lambda v: type(v) in (int, float) and 0 < v < float("inf"), "a finite number > 0"),
+    "str": (lambda v: type(v) is str, "a string"),
+    "bool": (lambda v: type(v) is bool, "true or false"),
+    "scalar": (lambda v: v is None or type(v) in (str, int, float, bool),
+               "a number, a string, true, false or null"),
+}
+SCALARS = {"*": "scalar"}
+#: the type of each field of ``meta.json`` (:func:`check_fields`); fields not named are not
+#: read. A kind ending in ``?`` may be null, ``(schema,)`` is ``schema`` or null; in an object,
+#: ``"*"`` is the kind of keys not named, and ``"...": None`` makes named keys optional.
+FIELD_TYPES = {
+    "run": {"task": "str", "scale": "str", "optimizer": "str", "params": SCALARS,
+            "seed": "count", "budget": "count?", "per_decade": "count", "snapshots": ["count"],
+            "time_limit": "number?", "label": "str", "score": "str", "threads": "count",
+            "...": None},
+    "optimizer_name": "str", "budget": "count?", "status": "str", "message": "str",
+    "evaluations": "count", "wall_s": "number?", "task_hash": "str", "counts": {"*": "count"},
+    "traceback": "str?", "time_limit_s": "number?", "task_recipe": "str?",
+    "task_facts": ({"n_train": "count", "batch_size": "count", "box": "count",
+                    "pixel_size": "positive", "rmax_px": "positive"},),
+    "provenance": SCALARS, "overhead_s": {"*": "number?"}, "identity": (SCALARS,),
+    "snapshots": ([{"label": "str", "evals": "count", "file": "str?", "resolution_A": "number?",
+                    "mirrored": "bool?", "align_score": "number?", "*": "scalar"}],),
+    "cell": "str", "schema_version": "count", "...": None,
+}
+
+
+def _shown(value) -> str:
+    """A JSON value as an error line shows it: short, one line."""
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "a list"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:40] + "…")
+    return json.dumps(value)
+
+
+def _check(value, kind, name: str, where) -> None:
+    """Refuse ``value`` of the field ``name`` unless it is of ``kind`` (:data:`FIELD_TYPES`)."""
+    null = isinstance(kind, tuple) or isinstance(kind, str) and kind.endswith("?")
+    if null and value is None:
+        return
+    kind = kind[0] if isinstance(kind, tuple) else kind
+    if isinstance(kind, str):
+        test, what = KINDS[kind.rstrip("?")]
+    else:
+        test, what = {list: (lambda v: isinstance(v, list), "a list"),
+                      dict: (lambda v: isinstance(v, dict), "an object")}[type(kind)]
+    if not test(value):
+        raise InputError(f"{where}: field {name!r} must be {what}{' or null' if null else ''}, "
+                         f"not {_shown(value)}")
+    if isinstance(kind, list):
+        for i, item in enumerate(value):
+            _check(item, kind[0], f"{name}[{i}]", where)
+    elif isinstance(kind, dict):
+        check_fields(value, kind, where, f"{name}.")
+
+
+def check_fields(values: dict, schema: dict, where, prefix: str = "") -> None:
+    """Check the object ``values`` against ``schema`` {key: kind} (:data:`FIELD_TYPES`); one
+    InputError line naming ``where``, the field and the problem otherwise."""
+    for key, value in values.items():
+        if key not in schema and "*" not in schema:
+            raise InputError(f"{where}: field {prefix[:-1]!r} has unknown key {key!r}")
+        _check(value, schema.get(key, schema.get("*")), f"{prefix}{key}", where)
+    required = [k for k, kind in schema.items() if "..." not in schema and k != "*"
+                and not (isinstance(kind, tuple) or isinstance(kind, str) and kind.endswith("?"))]
+    missing = [k for k in required if k not in values]
+    if missing:
+        raise InputError(f"{where}: field {prefix[:-1]!r} has no {missing[0]!r}")
 
 
 @dataclass
@@ -279,8 +361,9 @@ def read_trace(folder) -> pd.DataFrame:
         raise InputError(f"{path}: cannot read the trace: {str(exc).splitlines()[0]}") from None
     if "evals" not in trace.columns:
         raise InputError(f"{path}: not a trace: no column 'evals'")
-    if len(trace) and not pd.api.types.is_numeric_dtype(trace["evals"]):
-        raise InputError(f"{path}: column 'evals' holds non-numbers")
+    for column in [c for c in NUMBER_COLUMNS if c in trace.columns] if len(trace) else []:
+        if not pd.api.types.is_numeric_dtype(trace[column]):
+            raise InputError(f"{path}: column {column!r} holds text, not numbers")
     if not len(trace):                       # a run with no checkpoint: typed, empty columns
         trace = trace.astype({c: float for c in trace.columns if c not in ID_COLUMNS})
     return trace

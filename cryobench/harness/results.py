@@ -5,6 +5,12 @@ and, beside ``cells/``, ``reference.json``: the ground truth's test NLL of each 
 (task, scale) (:mod:`cryobench.harness.reference`), loaded as :attr:`Results.references`.
 :func:`load_results` reads every cell's record once; reports read :attr:`Results.records`
 rather than opening ``meta.json`` again.
+
+What the files say is checked where they are read, each problem one line naming the file (and
+the field or column): a cell folder or file leading outside its result set (a symbolic link) is
+refused; the record is the truth about a cell's identity (its trace's identity columns are set
+from it); an ``ok`` run whose final test NLL is not finite is counted as ``diverged``, with a
+message saying so (the runner stops on a non-finite iterate or training objective, not score).
 """
 from __future__ import annotations
 
@@ -40,13 +46,37 @@ def remove_stale_temporaries(cells_dir) -> int:
 
 
 def cell_folders(root) -> list[Path]:
-    """Complete cell folders under a results folder (recursively), sorted; or the cell itself."""
+    """Complete cell folders under a results folder (recursively), sorted; or the cell itself.
+    A cell folder, or a file in it, that leads outside ``root`` (a symbolic link) is refused:
+    a result set holds its own cells."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such results folder")
     if (root / "meta.json").is_file():
-        return [root]
-    return sorted(p.parent for p in root.rglob("cells/*/meta.json") if not p.parent.name.startswith("."))
+        folders = [root]
+    else:
+        folders = sorted(p.parent for p in root.rglob("cells/*/meta.json")
+                         if not p.parent.name.startswith("."))
+    base = root.resolve()
+    for folder in folders:
+        for path in (folder, *folder.iterdir()):
+            check_inside(path, base, root)
+    return folders
+
+
+def check_inside(path: Path, base: Path, root) -> None:
+    """Refuse ``path`` if it resolves outside the folder ``base`` (``root`` resolved), with one
+    line naming it and where it leads."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError) as exc:              # a loop of symbolic links
+        raise InputError(f"{path}: cannot follow its symbolic links: {exc}") from None
+    if target != base and base not in target.parents:
+        raise InputError(f"{path}: leads outside the results folder {root} (a symbolic link "
+                         f"to {target}); a result set must hold its cells itself")
+
+
+VIEW_BYTES = 2**28                  # a stored projection larger than this is no cell's
 
 
 @dataclass
@@ -68,15 +98,32 @@ class Results:
                      if c in self.records and self.records[c].task_facts), None)
 
     def views(self, cell: str) -> dict[str, np.ndarray]:
-        """The aligned projections of a cell's snapshots and of the ground truth."""
+        """The aligned projections of a cell's snapshots and of the ground truth: each a
+        (3, n, n) array of finite numbers; one line naming the file otherwise."""
         path = self.folders[cell] / "views.npz"
         if not path.is_file():
             return {}
         try:
-            with np.load(path, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise InputError(f"{path}: cannot read the views: {exc}") from None
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("one array, not an .npz archive of named arrays")
+            with data:
+                big = [i for i in data.zip.infolist() if i.file_size > VIEW_BYTES]
+                if big:
+                    raise ValueError(f"{big[0].filename} holds {big[0].file_size:,} bytes")
+                views = {k: data[k] for k in data.files}
+        except Exception as exc:          # a broken archive fails in many ways (zip, zlib, npy)
+            first, kind = (str(exc).splitlines() or [""])[0], type(exc).__name__
+            kind = f"{type(exc).__module__}.{kind}" if kind.islower() else kind   # zlib.error
+            raise InputError(f"{path}: cannot read the views: {kind}: {first}") from None
+        for name, v in views.items():
+            if (v.dtype.kind not in "iuf" or v.ndim != 3 or v.shape[0] != 3
+                    or v.shape[1] != v.shape[2] or not v.size):
+                raise InputError(f"{path}: views {name!r} must be 3 square projections of numbers "
+                                 f"(3, n, n), not {v.dtype} of shape {v.shape}")
+            if not np.all(np.isfinite(v)):
+                raise InputError(f"{path}: views {name!r} hold values that are not finite")
+        return views
 
 
 def _check_task_hash(seen: dict, key: tuple, task_hash: str, meta: Path,
@@ -112,24 +159,26 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
         _check_task_hash(seen, key, rec.task_hash, folder / "meta.json",
                          (task_hashes or {}).get(key))
         folders[cell], records[cell] = folder, rec
-        trace = read_trace(folder)
+        trace = _trace(folder, rec)
         traces.append(trace)
         first[cell] = (rec.status, _numbers(trace))
         snaps = {s["label"]: s for s in rec.snapshots or []}
         last = trace.iloc[-1] if len(trace) else pd.Series(dtype=float)
+        status, message = rec.status, rec.message
+        final = last.get("test_nll", np.nan)
+        if status == "ok" and len(trace) and "test_nll" in trace and not np.isfinite(final):
+            status, message = "diverged", (     # the runner checks the iterate, not the score
+                f"final test NLL {final} at {last['evals']:,.0f} evaluations: not "
+                "finite, so the run failed (its meta.json says ok)")
         rows.append({"task": run.task, "scale": run.scale, "optimizer": rec.optimizer_name,
-                     "label": rec.label, "seed": run.seed, "cell": cell, "status": rec.status,
-                     "message": rec.message, "budget": rec.budget, "evals": rec.evaluations,
+                     "label": rec.label, "seed": run.seed, "cell": cell, "status": status,
+                     "message": message, "budget": rec.budget, "evals": rec.evaluations,
                      "wall_s": rec.wall_s, "final_nll": last.get("test_nll", np.nan),
                      "resolution_A": snaps.get("final", {}).get("resolution_A", np.nan),
                      "params": json.dumps(run.params, sort_keys=True),
                      "task_hash": rec.task_hash})
         if (folder / "fsc.csv").is_file():
-            try:
-                fsc = pd.read_csv(folder / "fsc.csv")
-            except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-                raise InputError(f"{folder / 'fsc.csv'}: cannot read the FSC curve: "
-                                 f"{str(exc).splitlines()[0]}") from None
+            fsc = _read_fsc(folder / "fsc.csv")
             fsc.insert(0, "cell", cell)
             fscs.append(fsc)
     if not rows:
@@ -141,6 +190,37 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
     return Results(trace, cells, fsc, folders, _references(roots, seen), records)
 
 
+def _trace(folder: Path, record: CellRecord) -> pd.DataFrame:
+    """A cell's trace (:func:`read_trace`) with its identity columns as its record says."""
+    trace = read_trace(folder)
+    ids = {"task": record.run.task, "scale": record.run.scale, "optimizer": record.optimizer_name,
+           "label": record.label, "seed": record.run.seed, "cell": record.cell}
+    for i, (k, v) in enumerate(ids.items()):
+        if k in trace:
+            trace[k] = v
+        else:
+            trace.insert(min(i, len(trace.columns)), k, v)
+    return trace
+
+
+FSC_COLUMNS = ("label", "evals", "freq", "fsc")
+
+
+def _read_fsc(path: Path) -> pd.DataFrame:
+    """A cell's ``fsc.csv`` (label, evals, freq in 1/Å, fsc), checked; one line naming the file
+    and the column otherwise."""
+    try:
+        fsc = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: cannot read the FSC curve: {str(exc).splitlines()[0]}") from None
+    for column in FSC_COLUMNS:
+        if column not in fsc:
+            raise InputError(f"{path}: not an FSC curve: no column {column!r}")
+        if column != "label" and len(fsc) and not pd.api.types.is_numeric_dtype(fsc[column]):
+            raise InputError(f"{path}: column {column!r} holds text, not numbers")
+    return fsc
+
+
 def _numbers(trace: pd.DataFrame) -> pd.DataFrame:
     """A trace's numbers that a cell's identity decides (all but the wall time)."""
     return trace.drop(columns=["wall_s"], errors="ignore").reset_index(drop=True)
@@ -150,7 +230,7 @@ def _same_copy(kept: Path, seen: tuple, folder: Path, record: CellRecord) -> Non
     """Refuse a second copy of a cell whose status or trace differs from the first's: one cell
     id, one result."""
     status, numbers = seen
-    if record.status != status or not _numbers(read_trace(folder)).equals(numbers):
+    if record.status != status or not _numbers(_trace(folder, record)).equals(numbers):
         raise InputError(f"{folder}: cell {record.cell} is also in {kept} with another "
                          "status or trace; one cell id has one result")
 
@@ -164,7 +244,12 @@ def _references(roots, seen: dict) -> dict:
                                                    *Path(root).glob(f"*/{REFERENCE_FILE}")]})
     out = {}
     for path in files:
-        _merge_references(out, read_references(path), seen, path)
+        try:
+            entries = read_references(path)
+        except RecursionError:
+            raise InputError(f"{path}: cannot read the references: lists or objects nested too "
+                             "deeply") from None
+        _merge_references(out, entries, seen, path)
     return out
 
 

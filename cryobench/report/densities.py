@@ -129,11 +129,10 @@ def density_figure(results: Results, task: str, scale: str) -> Figure:
                     for ax, axis in zip(group, AXES):
                         ax.set_title(f"{snap}\nalong {axis}" if axis == "y" else f"\nalong {axis}",
                                      fontsize=8)
-            name = ("ground truth\n(band-limited)" if cell is None
-                    else textwrap.fill(label, 14, break_long_words=False))
-            axes[i, 0].set_ylabel(name, fontsize=8)
+            name = "ground truth\n(band-limited)" if cell is None else textwrap.fill(label, 14)
+            axes[i, 0].set_ylabel(name, fontsize=8, parse_math=False)       # a $ is a dollar
         limit = ("no ground truth" if k2max is None
                  else f"low-passed to |k| ≤ {math.sqrt(k2max):.3g} px (r_max)")
         fig.suptitle(f"{task} ({scale}): projections of the aligned densities, {limit}; "
-                     "each panel min–max scaled", fontsize=9)
+                     "each panel min–max scaled", fontsize=9, parse_math=False)
     return fig

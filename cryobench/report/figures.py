@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,9 @@ from cryobench.report.ranking import ranking_section
 from cryobench.report.style import RC, log_scale, style as _style  # noqa: F401
 from cryobench.report.style import portable_log as _log  # NumPy's log follows the CPU
 from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,  # noqa: F401
-                                     failed_cells, performance_profile, seed_values,
-                                     sign_flip_pvalue, table_markdown, time_to_target)
+                                     failed_cells, failed_markdown, md_code, md_text,
+                                     performance_profile, seed_values, sign_flip_pvalue,
+                                     table_markdown, time_to_target)
 
 DATASET = ["task", "scale"]
 BAND = "median over seeds; band: min–max over seeds"
@@ -75,15 +77,22 @@ def seed_curves(trace: pd.DataFrame, failed=()) -> pd.DataFrame:
                          "hi": finite.max(axis=1).to_numpy(float)})
 
 
+LEGEND_WIDTH = 40                     # characters per line of a legend entry
+
+
 def _legend(fig: Figure, title: str = "method") -> None:
-    """One legend for the figure: every labelled artist once, sorted by label."""
+    """One legend for the figure: every labelled artist once, sorted by label, each label as it
+    is (no mathtext: a ``$`` is a dollar sign), wrapped at ``LEGEND_WIDTH`` characters."""
     seen = {}
     for ax in fig.axes:
         for h, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, h)
     if seen:
-        fig.legend([seen[k] for k in sorted(seen)], sorted(seen), loc="outside right upper",
-                   title=title)
+        legend = fig.legend([seen[k] for k in sorted(seen)],
+                            [textwrap.fill(k, LEGEND_WIDTH) for k in sorted(seen)],
+                            loc="outside right upper", title=title)
+        for text in legend.get_texts():
+            text.set_parse_math(False)
 
 
 def _panels(rows: int, cols: int, height: float) -> tuple[Figure, np.ndarray]:
@@ -149,7 +158,8 @@ def convergence_figure(results: Results) -> Figure:
                     ax.axhline(ref["truth_test_nll"], color="0.15", ls=":", lw=1.3,
                                label=ref["density"], gid="reference")
                 lowest = min(lowest, ref["truth_test_nll"])
-            top.set(xscale=log_scale(top.xaxis), title=title, ylabel="test NLL")
+            top.set(xscale=log_scale(top.xaxis), ylabel="test NLL")
+            top.set_title(title, parse_math=False)
             _set_ylim(top, lowest, f0, pad=0.03)
             zoom.set(xscale=log_scale(zoom.xaxis), xlabel="gradient evaluations", ylabel="test NLL",
                      title=f"last decade (≥ {start:,.0f})" if start > 0 else "last decade")
@@ -182,8 +192,9 @@ def fsc_figure(results: Results) -> Figure:
                     resolved = max([resolved, *f.loc[f["fsc"] >= 0.5, "freq"]])
                     nyquist = max(nyquist, f["freq"].max())
             ax.axhline(0.5, color="0.3", ls="--", lw=1, label="_nolegend_")
-            ax.set(title=title, xlabel="spatial frequency (1/Å)",
-                   ylabel="FSC (final density)", ylim=(-0.1, 1.05))
+            ax.set(xlabel="spatial frequency (1/Å)", ylabel="FSC (final density)",
+                   ylim=(-0.1, 1.05))
+            ax.set_title(title, parse_math=False)
             if resolved > 0:
                 ax.set_xlim(0, min(2 * resolved, nyquist))
                 ax.xaxis.set_major_locator(MaxNLocator(5))      # short labels on a narrow range
@@ -244,8 +255,9 @@ def _figures(results: Results, folder: Path, prefix: str = "") -> dict[str, tupl
         return {}
     figs = [("convergence", f"Test NLL vs gradient evaluations (Figure 3): {BAND}",
              convergence_figure, ())]
-    figs += [(_file_name(f"densities-{t}-{s}"), f"Densities at 5K / 50K / final: {t} ({s}) (Figure 4)",
-              density_figure, (t, s)) for t, s, _ in _datasets(results)]
+    figs += [(_file_name(f"densities-{t}-{s}"), f"Densities at 5K / 50K / final: {md_text(t)} "
+              f"({md_text(s)}) (Figure 4)", density_figure, (t, s))
+             for t, s, _ in _datasets(results)]
     figs += [("fsc", "FSC of the final densities against the ground truth", fsc_figure, ())] * (
         len(results.fsc) > 0)
     figs += [("profile", "Performance profiles over gradient evaluations (every run; a problem is "
@@ -259,7 +271,8 @@ PROVENANCE = ("cryobench", "git_commit", "cpu", "cores", "blas", "blas_threads",
 
 
 def provenance(results: Results) -> list[str]:
-    """Markdown bullets: the distinct provenance values (sorted) over the cells' records."""
+    """Markdown bullets: the distinct provenance values (sorted) over the cells' records, shown
+    as they are (``md_text``)."""
     seen: dict[str, set] = {k: set() for k in PROVENANCE}
     for record in (results.records[c] for c in sorted(results.records)):
         prov = record.provenance
@@ -267,15 +280,15 @@ def provenance(results: Results) -> list[str]:
             prov = {**prov, "git_commit": f"{prov['git_commit']} (with uncommitted changes)"}
         for key in PROVENANCE:
             seen[key] |= {str(prov[key])} if prov.get(key) is not None else set()
-    return [f"- {k}: {', '.join(sorted(v))}" for k, v in seen.items() if v]
+    return [f"- {k}: {', '.join(map(md_text, sorted(v)))}" for k, v in seen.items() if v]
 
 
 def _relabelled(results: Results) -> list[str]:
     """Markdown bullets naming the labels ``comparable`` extended (given label → shown labels)."""
     c = comparable(results).cells
     c = c[c["label"] != c["given_label"]].groupby(["task", "scale", "given_label"], sort=True)
-    return [f"- {t} ({s}): `{g}` → " + ", ".join(f"`{x}`" for x in sorted(set(x["label"])))
-            for (t, s, g), x in c]
+    return [f"- {md_text(t)} ({md_text(s)}): {md_code(g)} → " + ", ".join(
+        md_code(x) for x in sorted(set(x["label"]))) for (t, s, g), x in c]
 
 
 def _section(results: Results, table: pd.DataFrame, figs: dict, rel: str, level: str) -> list[str]:
@@ -293,11 +306,10 @@ def _section(results: Results, table: pd.DataFrame, figs: dict, rel: str, level:
     md += [f"{level} Runs", "", f"{len(c)} runs: {counts}.", ""]
     bad = failed_cells(results)
     if len(bad):
-        evals = bad["evals"].map(lambda v: "—" if pd.isna(v) else f"{int(v):,}")
         md += [f"{level} Failed / incomplete cells", "",
                "Diverged, error and time-limited (`budget`) runs are results and enter the table "
                "as failures; `interrupted` runs are not results and are left out of it.", "",
-               _markdown(bad.assign(evals=evals), {"seed", "evals"})]
+               _markdown(failed_markdown(bad), {"seed", "evals"})]
     return md + [f"{level} Provenance", "", *provenance(results), ""]
 
 
@@ -338,7 +350,9 @@ def _findings(loaded: dict[str, Results]) -> tuple[list[str], list[str]]:
              "measured over all result sets above by seed (median over seeds; the same training "
              "streams for every method); see `docs/paper-findings.md`.")
     md = ["## The paper's findings beside ours", "", intro, "", findings_markdown(table)]
-    shown = table.drop(columns=["key"]).astype(str).assign(verdict=lambda t: "**" + t["verdict"] + "**")
+    shown = table.drop(columns=["key"]).astype(str).assign(
+        verdict=lambda t: "**" + t["verdict"] + "**", task=table["task"].map(md_text),
+        scale=table["scale"].map(md_text))
     body = ['<section id="findings">', "<h2>The paper's findings beside ours</h2>",
             f"<p>{inline(intro)}</p>", table_html(shown, {"seeds"}), "</section>"]
     return md, body
@@ -368,7 +382,7 @@ def write_leaderboard(results_root, out=None, sets=None,
         table = checkpoint_table(results)
         figs = _figures(results, fig_dir, prefix=f"{name}-")
         written += [p for _, paths in figs.values() for p in paths]
-        md += [f"## {name}", "", *_section(results, table, figs, "figures/", "###")]
+        md += [f"## {md_text(name)}", "", *_section(results, table, figs, "figures/", "###")]
         body += section_html(name, results, table, figs, _relabelled(results), provenance(results),
                              out.parent)
     findings_md, findings_html = _findings(loaded)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from cryobench.harness.results import Results
 from cryobench.report.style import portable_log   # NumPy's log follows the CPU in the last bit
+from cryobench.report.tables import comparable, md_text
 
 PAPER = ["sgd", "momentum", "nesterov", "adagrad", "tonga", "olbfgs", "hessian-free"]
 NAMES = {"sgd": "SGD", "momentum": "CM", "nesterov": "NAG", "adagrad": "AdaGrad", "tonga": "TONGA",
@@ -273,8 +274,9 @@ def findings_table(results: Results, sizes: dict | None = None) -> pd.DataFrame:
 
     ``sizes`` {(task, scale): (K training images, band-limit resolution 1/r_max in Å, box side
     in Å)} for the one-epoch and Figure 6 findings; by default the facts the runs recorded
-    (without them those findings are not measurable)."""
-    rows = []
+    (without them those findings are not measurable). Labels as the tables make them
+    (``comparable``): two optimizers of one name are never mixed."""
+    results, rows = comparable(results), []
     datasets = sorted({(t, s) for t, s in results.cells[["task", "scale"]].itertuples(index=False)})
     for key, (claim, criterion) in FINDINGS.items():
         for task, scale in datasets:
@@ -299,6 +301,7 @@ def findings_markdown(table: pd.DataFrame) -> str:
              "|:---|:---|:---|---:|:---|:---|"]
     esc = lambda s: str(s).replace("|", "\\|")
     for _, r in table.iterrows():
-        lines.append(f"| {esc(r.finding)} | {esc(r.criterion)} | {r.task} ({r.scale}) | {r.seeds} | "
+        lines.append(f"| {esc(r.finding)} | {esc(r.criterion)} | {esc(md_text(r.task))} "
+                     f"({esc(md_text(r.scale))}) | {r.seeds} | "
                      f"{esc(r.measured)} | **{r.verdict}** |")
     return "\n".join(lines) + "\n"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cryobench.report.tables import TEXT_COLUMNS, comparable, failed_cells, table_blocks, table_note
+from cryobench.report.tables import (TEXT_COLUMNS, comparable, failed_cells, failed_markdown,
+                                     table_blocks, table_note)
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:78em;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}
@@ -66,13 +67,29 @@ SCRIPT = """(function () {
 })();"""
 
 
+#: a backslash escape (``\$``: a dollar sign) or a code span (fenced by one or more backticks)
+LITERAL = re.compile(r"\\([!-/:-@\[-`{-~])|(?<!`)(`+)(?!`)(.+?)(?<!`)\2(?!`)")
+
+
 def inline(text: str) -> str:
     """``text`` escaped for HTML, with its inline markdown (```code```, ``**bold**``, ``*em*``)
-    as tags."""
-    s = html.escape(str(text), quote=False)
-    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    as tags and its backslash escapes (``tables.md_text``) as the characters they stand for:
+    the markdown and the page show the same text."""
+    kept = []
+
+    def keep(m) -> str:
+        if m[1] is not None:
+            kept.append(html.escape(m[1], quote=False))
+        else:
+            body = m[3]
+            if body.startswith(" ") and body.endswith(" ") and body.strip():
+                body = body[1:-1]                           # as markdown strips one space
+            kept.append(f"<code>{html.escape(body, quote=False)}</code>")
+        return f"\x00{len(kept) - 1}\x00"
+    s = html.escape(LITERAL.sub(keep, str(text).replace("\x00", "")), quote=False)
     s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", s)
-    return re.sub(r"(?<![*\w])\*([^*\s][^*]*?)\*(?![*\w])", r"<em>\1</em>", s)
+    s = re.sub(r"(?<![*\w])\*([^*\s][^*]*?)\*(?![*\w])", r"<em>\1</em>", s)
+    return re.sub("\x00([0-9]+)\x00", lambda m: kept[int(m[1])], s)
 
 
 def _attr(value) -> str:
@@ -149,8 +166,7 @@ def section_html(name: str, results, table: pd.DataFrame, figs: dict, relabelled
     out += ["<h3>Runs</h3>", f"<p>{len(c)} runs: {html.escape(counts)}.</p>"]
     bad = failed_cells(results)
     if len(bad):
-        shown = bad.assign(seed=bad["seed"].map(str),
-                           evals=bad["evals"].map(lambda v: "—" if pd.isna(v) else f"{int(v):,}"))
+        shown = failed_markdown(bad)
         links = [_link(meta(x), x, "meta.json") if x in results.folders else html.escape(x)
                  for x in bad["cell"]]
         out += ["<h3>Failed / incomplete cells</h3>",

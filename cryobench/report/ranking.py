@@ -16,7 +16,7 @@ import pandas as pd
 from cryobench.harness.results import Results, combine
 from cryobench.report.html import inline, table_html
 from cryobench.report.tables import (TEXT_COLUMNS, _markdown, checkpoint_table, comparable,
-                                     table_blocks, table_note)
+                                     md_text, table_blocks, table_note)
 
 RANK_TEXT = TEXT_COLUMNS | {"set"}
 
@@ -35,7 +35,8 @@ def ranking_tables(loaded: dict[str, Results]) -> tuple[pd.DataFrame, list[tuple
         sets = []
         for task, scale, label in keys:
             mine = cells[(cells["task"] == task) & (cells["scale"] == scale) & (cells["label"] == label)]
-            sets.append(", ".join(sorted({n for c in mine["cell"] for n in sets_of[c]})))
+            names = sorted({n for c in mine["cell"] for n in sets_of[c]})
+            sets.append(", ".join(map(md_text, names)))
         order = np.lexsort((t["label"].to_numpy(), np.nan_to_num(t["Final"].to_numpy(float),
                                                                   nan=np.inf)))
         ranked = shown.iloc[order].reset_index(drop=True)

@@ -1,6 +1,7 @@
 """The plotting style every report figure is built and saved under: seaborn 'whitegrid' plus the
-settings that make the files deterministic (a fixed SVG hash salt, text kept as text), and
-:func:`log_scale`, a logarithmic axis whose coordinates are the same on every CPU."""
+settings that make the files deterministic (a fixed SVG hash salt, text kept as text, never
+through LaTeX), and :func:`log_scale`, a logarithmic axis whose coordinates are the same on
+every CPU."""
 from __future__ import annotations
 
 import matplotlib
@@ -10,8 +11,9 @@ from matplotlib.scale import InvertedLogTransform, LogScale, LogTransform
 
 from cryobench.base.portable import log_array, power_array
 
-RC = {"svg.hashsalt": "cryobench", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
-      "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8}
+RC = {"svg.hashsalt": "cryobench", "svg.fonttype": "none", "text.usetex": False, "font.size": 9,
+      "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
+      "ytick.labelsize": 8}
 
 
 def style():

@@ -9,6 +9,8 @@ configurations or two runs of one seed.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,30 +29,56 @@ NUMERIC = ["checkpoint", "evals", "grad_evals", "value_evals", "hvp_evals", "wal
            "validation_nll", "train_obj"]
 
 
+def md_text(text) -> str:
+    """``text`` (a label, a task, a message: whatever a results folder says) as markdown that
+    shows it as it is: the characters markdown would read as emphasis, code, links, HTML,
+    entities or math escaped with a backslash (``_`` only where it could be emphasis: not
+    inside a word), line breaks as spaces. Table cells escape ``|`` (``_markdown``)."""
+    s = " ".join(str(text).splitlines())
+    return re.sub(r"[\\`*\[\]<>$~&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", lambda m: "\\" + m[0], s)
+
+
+def md_code(text) -> str:
+    """``text`` as a markdown code span, shown as it is (fenced by more backticks than it holds)."""
+    s = " ".join(str(text).splitlines())
+    fence = "`" * (max(map(len, re.findall("`+", s)), default=0) + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"
+
+
 def _fmt(value) -> str:
     """A setting's value as shown in a label (numbers to 12 digits, long hex hashes to 8)."""
     if isinstance(value, float):
         return format(value, ".12g")
-    if isinstance(value, str) and len(value) > 16 and all(c in "0123456789abcdef" for c in value):
-        return value[:8]
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if isinstance(value, str):
+        return re.sub(r"(?<![0-9a-f])[0-9a-f]{17,}(?![0-9a-f])", lambda m: m[0][:8], value)
+    return json.dumps(value, sort_keys=True)
 
 
-def _settings(row) -> dict:
-    """A cell's configuration from its row: optimizer, hyper-parameters (``params`` JSON), budget."""
+def _reference(record) -> str:
+    """How a run named its optimizer (registered name, ``module:attr``, ``file.py:attr`` without
+    the folder)."""
+    where, _, attr = record.run.optimizer.rpartition(":")
+    return f"{Path(where).name}:{attr}" if where.endswith(".py") else record.run.optimizer
+
+
+def _settings(row, record=None) -> dict:
+    """A cell's configuration: optimizer (as the run referred to it, with its code hash, if the
+    record is at hand), hyper-parameters (``params`` JSON), budget."""
     params = row.get("params")
-    conf = {"optimizer": row.get("optimizer"), **(json.loads(params) if isinstance(params, str)
-                                                    else {}), "budget": row.get("budget")}
+    conf = {"optimizer": _reference(record) if record else row.get("optimizer"),
+            **(json.loads(params) if isinstance(params, str) else {}), "budget": row.get("budget"),
+            "code": (record.identity or {}).get("optimizer") if record else None}
     return {k: _fmt(v) for k, v in conf.items() if v is not None and not pd.isna(v)}
 
 
 def _run_settings(record) -> dict:
-    """The other run settings (the record's ``run`` but the identity) and the code hashes of a
+    """The other run settings (the record's ``run`` but the identity) and the numerics hash of a
     cell, to tell apart runs of one seed that agree in every hyper-parameter; {} without a record."""
     if record is None:
         return {}
     conf = {k: v for k, v in record.run.to_dict().items() if k not in IDENTITY | {"budget"}}
-    conf |= {k: v for k, v in (record.identity or {}).items() if k in ("numerics", "optimizer")}
+    conf |= {k: v for k, v in (record.identity or {}).items() if k == "numerics"}
     return {k: _fmt(v) for k, v in conf.items() if v is not None}
 
 
@@ -65,10 +93,12 @@ def _extend(labels: pd.Series, confs: dict) -> None:
 
 def comparable(results: Results) -> Results:
     """``results`` without interrupted runs and with one configuration per (task, scale, label):
-    a label whose cells differ in optimizer, a hyper-parameter or the budget gets the differing
-    values appended (``sgd lr=0.5``); if runs of one seed remain, the label's other run settings
-    and code hashes are compared too, and runs still sharing a seed get their cell id
-    (``sgd #05cd19f0``). The given label is kept in ``given_label``. Idempotent."""
+    a label whose cells differ in optimizer (as the run referred to it), its code, a
+    hyper-parameter or the budget gets the differing values appended (``sgd lr=0.5``; two
+    optimizers of one name: ``sgd code=sgd:1f0e3dad optimizer=mine.py:sgd``); if runs of one
+    seed remain, the label's other run settings and numerics hash are compared too, and runs
+    still sharing a seed get their cell id (``sgd #05cd19f0``). The given label is kept in
+    ``given_label``. Idempotent."""
     cells = results.cells[~results.cells["status"].isin(NOT_RESULTS)].copy()
     if "given_label" not in cells:
         cells["given_label"] = cells["label"]
@@ -76,7 +106,8 @@ def comparable(results: Results) -> Results:
     duplicated = lambda idx: pd.DataFrame({"l": labels[idx], "s": cells.loc[idx, "seed"]}).duplicated(
         keep=False).to_numpy()
     for _, group in cells.groupby(["task", "scale", "label"], sort=True):
-        _extend(labels, {i: _settings(r) for i, r in group.iterrows()})
+        _extend(labels, {i: _settings(r, results.records.get(r["cell"]))
+                         for i, r in group.iterrows()})
         if duplicated(group.index).any():
             _extend(labels, {i: _run_settings(results.records.get(c)) for i, c in group["cell"].items()})
             for i in group.index[duplicated(group.index)]:
@@ -256,8 +287,9 @@ def table_note(table: pd.DataFrame) -> str:
 
 def table_blocks(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
     """Per dataset of the checkpoint table: (the line with the seeds and the noise floor, the
-    methods as formatted strings — NLL to 0.1, ``**bold**`` where ≈best, 'failed' where the
-    median seed failed, '—' where missing —, the table's own rows for them)."""
+    methods as formatted markdown — NLL to 0.1, ``**bold**`` where ≈best, 'failed' where the
+    median seed failed, '—' where missing, labels shown as they are (``md_text``) —, the table's
+    own rows for them)."""
     num = lambda v, spec: "—" if pd.isna(v) else format(v, spec)
     alpha = table.attrs.get("alpha", ALPHA)
     n_min = int(np.floor(-np.log2(alpha))) + 1     # the fewest seeds with 2^−n < alpha
@@ -266,16 +298,18 @@ def table_blocks(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFr
         lo, hi = t["Seeds"].min(), t["Seeds"].max()
         seeds = f"{lo}" if lo == hi else f"{lo}–{hi}"
         floor = floors[(task, scale)]
-        line = (f"**{task} ({scale})**: {seeds} seed{'s' if hi > 1 else ''} per method; noise "
+        line = (f"**{md_text(task)} ({md_text(scale)})**: {seeds} seed{'s' if hi > 1 else ''} "
+                "per method; noise "
                 "floor (median over methods of the Final seed range): "
                 + (f"{floor:,.1f}." if pd.notna(floor) else "not measurable (fewer than 2 seeds)."))
         ref = table.attrs.get("references", {}).get((task, scale))
         if ref is not None:
-            line += f" The {ref['density']}'s test NLL: {ref['truth_test_nll']:,.1f}."
+            line += f" The {md_text(ref['density'])}'s test NLL: {ref['truth_test_nll']:,.1f}."
         if lo < n_min:
             line += (f" Fewer than {n_min} seeds: the test cannot tell any method apart from the "
                      f"best (p ≥ 2^−n > {alpha:g}); only failures do.")
-        shown = pd.DataFrame({"method": t["label"], "seeds": t["Seeds"].map("{:d}".format)})
+        shown = pd.DataFrame({"method": t["label"].map(md_text),
+                              "seeds": t["Seeds"].map("{:d}".format)})
         for k in COLUMNS:
             shown[k] = [("**{}**" if mark else "{}").format(num(v, ",.1f")) if np.isfinite(v)
                         else "failed" if v == np.inf else "—" for v, mark in zip(t[k], t[f"{k} ≈best"])]
@@ -285,7 +319,7 @@ def table_blocks(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFr
         shown["p"] = t["Final p"].map(lambda v: num(v, ".3f"))
         shown["Final evals"] = t["Final evals"].map(lambda v: num(v, ",.0f"))
         shown["Resolution (Å)"] = t["Resolution (Å)"].map(lambda v: num(v, ".1f"))
-        shown["Status"] = t["Status"]
+        shown["Status"] = t["Status"].map(md_text)
         blocks.append((line, shown, t))
     return blocks
 
@@ -302,6 +336,17 @@ def table_markdown(table: pd.DataFrame) -> str:
     if table.empty:
         blocks = ["No results to compare (no run other than interrupted ones).", ""]
     return "\n".join(blocks + [table_note(table), ""])
+
+
+FAILED_TEXT = ["cell", "task", "scale", "label", "status", "message"]
+
+
+def failed_markdown(bad: pd.DataFrame) -> pd.DataFrame:
+    """``failed_cells`` as formatted markdown: its text shown as it is (``md_text``), evals with
+    thousands separators."""
+    return bad.assign(**{c: bad[c].map(md_text) for c in FAILED_TEXT},
+                      seed=bad["seed"].map(str),
+                      evals=bad["evals"].map(lambda v: "—" if pd.isna(v) else f"{int(v):,}"))
 
 
 def failed_cells(results: Results) -> pd.DataFrame:
