@@ -31,6 +31,10 @@ import numpy as np
 from cryobench.oracle import BudgetExhausted
 
 
+#: hyper-parameter names that are, by convention, weights of a running average (μ, β): below 1
+AVERAGING_WEIGHTS = ("momentum", "beta", "beta1", "beta2")
+
+
 @dataclass(frozen=True)
 class Hyper:
     """A hyper-parameter: default value and search range [low, high] (log-scale by default)."""
@@ -47,8 +51,9 @@ class Hyper:
         Every value must be a finite number; one whose declared range starts at 0 or above
         must not be negative; ``lr`` (by the naming convention, a step size) must be positive;
         an integer one must be a whole number, ≥ 1 when its declared range starts at 1 or above
-        (batch sizes, ranks, memories). The search range [low, high] is not a validity range:
-        other values are allowed.
+        (batch sizes, ranks, memories); an averaging weight (by the naming convention: ``momentum``,
+        ``beta``, ``beta1``, ``beta2``) must be below 1. The search range [low, high] is not a
+        validity range: other values are allowed.
         """
         try:
             number = float(value)
@@ -60,6 +65,9 @@ class Hyper:
         if self.low >= 0 and number < floor or name == "lr" and number <= 0:
             raise ValueError(f"hyper-parameter {name} must be "
                              f"{'positive' if name == 'lr' else f'≥ {floor:g}'}, got {value!r}")
+        if name in AVERAGING_WEIGHTS and number >= 1:
+            raise ValueError(f"hyper-parameter {name} is an averaging weight and must be < 1 "
+                             f"(at 1 or above the average grows without bound), got {value!r}")
         if self.integer:
             if number != round(number):
                 raise ValueError(f"hyper-parameter {name} must be a whole number, got {value!r}")

@@ -14,22 +14,23 @@ Everything an optimizer is compared on is fixed here and identical for every met
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from cryobench.base.files import atomic_write
 from cryobench.base.seeding import content_hash, rng_for
 from cryobench.data.cache import file_sha256
-from cryobench.data.datasets import (Dataset, dataset_size, default_data_dir,
+from cryobench.data.datasets import (Dataset, checked_sizes, default_data_dir,
                                      ensure_simulated, load_dataset, simulated_dir)
 from cryobench.data.initial import power_scale, spheres
 from cryobench.data.mrc import read_volume, write_volume
 from cryobench.data.realdata import CONTRAST_Z
 from cryobench.data.star import read_particles
 from cryobench.data.prepared import prepared_spectra
+from cryobench.data.sizes import check_sizes
 from cryobench.data.spec import TASKS_DIR, Scale, TaskSpec, check_splits, load_spec
 from cryobench.errors import InputError
 from cryobench.model.ctf import evaluate_ctf
@@ -191,9 +192,10 @@ def load_task(name_or_path, scale: str | None = None, data_dir=None, progress: b
     spec = load_spec(name_or_path, tasks_dir)
     sc = spec.scale(scale)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    sizes = check_splits(spec, sc, dataset_size(spec, sc))      # before any simulation or reading
+    sizes = checked_sizes(spec, sc)      # before any simulation or reading
     data = load_dataset(spec, sc, data_dir, progress)
     box = data.images.shape[-1]
+    check_sizes(spec, sc, box, data.pixel_size)                  # a STAR task's own box
     objective, protocol, init_spec = (spec.section(s) for s in ("objective", "protocol", "init"))
     lik = likelihood_for(spec, sc, box, data.pixel_size, dtype)
     prior = Prior(objective.get("prior_lambda_pos", 1e-4), objective.get("prior_lambda_neg", 1e-4),
@@ -230,7 +232,7 @@ def task_identity(name_or_path, scale, data_dir=None, dtype=np.float32,
     spec = load_spec(name_or_path, tasks_dir)
     sc = scale if isinstance(scale, Scale) else spec.scale(scale)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    check_splits(spec, sc, dataset_size(spec, sc))
+    checked_sizes(spec, sc)
     if _is_simulated(spec):
         files = (ensure_simulated(spec, sc, data_dir, progress=False) / "manifest.json").read_text()
         return _task_hash(spec, sc, files, dtype), _simulation_recipe(spec, sc, dtype)
@@ -280,7 +282,7 @@ def split_sizes(name_or_path, scale: str, data_dir=None, tasks_dir: Path = TASKS
     """
     spec = load_spec(name_or_path, tasks_dir)
     sc = spec.scale(scale)
-    return check_splits(spec, sc, dataset_size(spec, sc))
+    return checked_sizes(spec, sc)
 
 
 def _initial_density(spec, scale, data, lik, splits, init_spec, derived: Path):
@@ -300,10 +302,8 @@ def _initial_density(spec, scale, data, lik, splits, init_spec, derived: Path):
     vol *= power_scale(vol, lik, data.images[train], data.ctf.subset(train), data.sigma[train])
     derived.mkdir(parents=True, exist_ok=True)
     write_volume(path, vol, data.pixel_size)
-    tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"seed_parts": [spec.name, spec.seed, "init"], **init_spec,
-                               "sha256": file_sha256(path)}, indent=1))
-    os.replace(tmp, record)
+    atomic_write(record, json.dumps({"seed_parts": [spec.name, spec.seed, "init"], **init_spec,
+                                     "sha256": file_sha256(path)}, indent=1))
     return vol
 
 
@@ -332,7 +332,7 @@ def describe(name_or_path, scale_name: str | None, data_dir) -> dict:
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     scale = spec.scale(scale_name)
     kind = spec.section("dataset").get("kind")
-    check_splits(spec, scale, dataset_size(spec, scale))        # before reading any stack
+    checked_sizes(spec, scale)        # before reading any stack
     if kind == "simulated":
         box, pixel, n_images = scale.box, scale.pixel_size, scale.n_images
         folder = simulated_dir(spec, scale, data_dir)
@@ -344,6 +344,7 @@ def describe(name_or_path, scale_name: str | None, data_dir) -> dict:
         real = _star_lines(spec, data)
     protocol = spec.section("protocol")
     sizes = check_splits(spec, scale, n_images)
+    check_sizes(spec, scale, box, pixel)
     lik = likelihood_for(spec, scale, box, pixel)
     quad, rmax = lik.quadrature, lik.rmax
     n_train = sizes["train"]

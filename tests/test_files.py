@@ -79,3 +79,22 @@ def test_a_killed_grid_leaves_no_job_file_behind(tmp_path, data_dir):
     grid.wait()
     time.sleep(1.0)                                 # the cell dies with its grid
     assert not list(spool.glob("cryobench-cell-*"))
+
+
+def test_a_symbolic_link_is_written_through_and_kept(tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    atomic_write(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_a_failed_write_leaves_no_temporary_and_the_old_file(tmp_path):
+    """A write that fails half-way (here: data of the wrong type, as a full disk would fail it)
+    leaves the file as it was and no temporary beside it."""
+    path = tmp_path / "a.json"
+    path.write_text("old")
+    with pytest.raises(TypeError):
+        atomic_write(path, 12345)
+    assert path.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["a.json"]

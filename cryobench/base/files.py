@@ -15,16 +15,25 @@ from cryobench.errors import InputError
 
 def atomic_write(path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename; a
-    path that exists and is not a regular file (a folder, a device) is refused, never replaced."""
+    path that exists and is not a regular file (a folder, a device) is refused, never replaced.
+    A symbolic link is followed (its target is written, the link stays); a write that fails
+    (a full disk) removes its temporary and leaves ``path`` as it was."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     if path.exists() and not path.is_file():
         raise InputError(f"{path}: not a regular file; cryobench writes files only over files")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(tmp, 0o644)                    # mkstemp's 0600 would hide results from others
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)                # mkstemp's 0600 would hide results from others
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 @contextlib.contextmanager

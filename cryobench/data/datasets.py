@@ -26,6 +26,7 @@ from cryobench.data.images import estimate_noise_sigma, fourier_crop
 from cryobench.data.mrc import read_volume
 from cryobench.data.realdata import contrast_advice, contrast_z, load_reference, recentre
 from cryobench.data.simulate import FORMAT_VERSION, SimulationParams, simulate
+from cryobench.data.sizes import check_sizes
 from cryobench.data.spec import Scale, TaskSpec, check_splits, load_spec
 from cryobench.data.star import count_particles, read_particles
 from cryobench.errors import InputError
@@ -150,6 +151,7 @@ def simulate_task(name_or_path, scale: str | None, data_dir: Path, out: Path | N
     sc = spec.scale(scale)
     if spec.section("dataset").get("kind") != "simulated":
         raise InputError(f"{spec.path}: task {spec.name!r} reads a STAR file; nothing to simulate")
+    check_sizes(spec, sc)
     check_splits(spec, sc, sc.n_images or 0)
     if out is not None:
         meta = simulate(simulation_params(spec, sc), Path(out), progress=progress)
@@ -173,6 +175,14 @@ def dataset_size(spec: TaskSpec, scale: Scale) -> int:
     if scale.n_images is None:
         raise InputError(f"{spec.path}: [scales.{scale.name}] needs n_images for a simulated dataset")
     return scale.n_images
+
+
+def checked_sizes(spec: TaskSpec, scale: Scale) -> dict:
+    """The split sizes {"train", "validation", "test"} of a task at a scale, after refusing in
+    one line sizes that cannot be meant (:func:`cryobench.data.sizes.check_sizes`) and splits
+    that do not fit (:func:`cryobench.data.spec.check_splits`): call it before any work."""
+    check_sizes(spec, scale)
+    return check_splits(spec, scale, dataset_size(spec, scale))
 
 
 def load_dataset(spec: TaskSpec, scale: Scale, data_dir: Path, progress: bool = True) -> Dataset:

@@ -25,11 +25,15 @@ def write_volume(path, volume: np.ndarray, pixel_size: float) -> None:
     """Write a map V[z, y, x] as MRC (mode 2, float32) with the voxel size in Å, atomically."""
     path = Path(path)
     tmp = atomic_target(path)
-    with mrcfile.new(tmp, overwrite=True) as mrc:
-        mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
-        mrc.voxel_size = float(pixel_size)
-        fixed_label(mrc)
-    os.replace(tmp, path)
+    try:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
+            mrc.voxel_size = float(pixel_size)
+            fixed_label(mrc)
+        os.replace(tmp, path)
+    except BaseException:           # a full disk, an interrupt: no half-written temporary stays
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_volume(path) -> tuple[np.ndarray, float]:

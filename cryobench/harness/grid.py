@@ -145,9 +145,10 @@ def load_grid(path) -> Grid:
 def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[RunPlan]:
     """The grid's runs, planned (:class:`~cryobench.harness.plan.Planner`) in a fixed order
     (tasks are simulated first if needed, to hash them); each runs with ``threads`` BLAS
-    threads, which are part of its identity."""
+    threads, which are part of its identity. A run that the grid names twice (a repeated value,
+    one optimizer or task under two names) is planned once: the same cell id is the same run."""
     planner = Planner(data_dir, threads, grid.tuned)
-    plans = []
+    plans: dict[str, RunPlan] = {}
     for task, scale in itertools.product(grid.tasks, grid.scales):
         ref = planner.task(task, scale)
         budget = grid.budget if grid.budget_epochs is None else int(grid.budget_epochs * ref.sizes["train"])
@@ -161,14 +162,15 @@ def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[RunPlan]:
             for values in itertools.product(*axes.values()):
                 for seed in grid.seeds:
                     try:
-                        plans.append(planner.plan(ref, optimizer, dict(zip(axes, values)), seed,
-                                                  budget, per_decade=grid.per_decade,
-                                                  time_limit=grid.time_limit, method=method))
+                        plan = planner.plan(ref, optimizer, dict(zip(axes, values)), seed,
+                                            budget, per_decade=grid.per_decade,
+                                            time_limit=grid.time_limit, method=method)
                     except HyperParameterError as exc:
                         raise InputError(f"{grid.path}: [params.{optimizer}] {exc}") from None
                     except ValueError as exc:
                         raise InputError(f"{grid.path}: {exc}") from None
-    return plans
+                    plans.setdefault(plan.cell, plan)   # a value repeated, a task named twice
+    return list(plans.values())
 
 
 def run_grid(cells: list[RunPlan], out: Path, workers: int | None = None,

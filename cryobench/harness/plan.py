@@ -22,8 +22,8 @@ from functools import cached_property
 from pathlib import Path
 
 from cryobench.base.messages import warn_once
-from cryobench.data.datasets import dataset_size
-from cryobench.data.spec import Scale, TaskSpec, check_splits, load_spec
+from cryobench.data.datasets import checked_sizes
+from cryobench.data.spec import Scale, TaskSpec, load_spec
 from cryobench.errors import InputError
 from cryobench.harness.identity import cell_id, optimizer_key
 from cryobench.harness.record import SNAPSHOTS, RunSpec
@@ -147,7 +147,7 @@ class Planner:
         if key not in self._tasks:
             spec = load_spec(task)
             sc = spec.scale(scale)
-            sizes = check_splits(spec, sc, dataset_size(spec, sc))
+            sizes = checked_sizes(spec, sc)
             protocol = spec.section("protocol")
             self._tasks[key] = TaskRef(str(task), spec, sc, sizes,
                                        int(protocol.get("batch_size", 100)),
