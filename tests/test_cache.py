@@ -184,3 +184,13 @@ def test_a_file_changed_in_the_clock_tick_of_its_hash_is_not_remembered(cache_di
     assert "meta.json" not in json.loads((folder / "verified.json").read_text())
     cache.record_verified(folder, {"meta.json": manifest["meta.json"]}, since=ctime + 1)
     assert "meta.json" in json.loads((folder / "verified.json").read_text())
+
+
+def test_a_shared_cache_is_readable_by_every_user(pristine):
+    """Every folder and file of a simulated dataset and of the derived files is readable by
+    other users (a cache shared on a cluster)."""
+    for path in pristine[0].rglob("*"):
+        mode = path.stat().st_mode
+        assert mode & 0o044 == 0o044, f"{path} has mode {oct(mode & 0o777)}"
+        if path.is_dir():
+            assert mode & 0o011 == 0o011, f"{path} has mode {oct(mode & 0o777)}"

@@ -145,8 +145,11 @@ def _marker() -> str:
 
 
 def temporary_dir(parent: Path, name: str) -> Path:
-    """A new empty folder ``.<name>.tmp-<pid>-<host>-XXXX`` in ``parent`` for a writer."""
-    return Path(tempfile.mkdtemp(prefix=f".{name}.{_marker()}", dir=parent))
+    """A new empty folder ``.<name>.tmp-<pid>-<host>-XXXX`` in ``parent`` for a writer, readable
+    by every user (mkdtemp's 0700 would make a shared cache unreadable to the others)."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{name}.{_marker()}", dir=parent))
+    os.chmod(folder, 0o755)
+    return folder
 
 
 def discard(folder: Path) -> None:
