@@ -71,6 +71,9 @@ def prepared_spectra(likelihood: Likelihood, images: np.ndarray, ctf, sigma,
             problem = f"it holds {patches.shape[0]} images, the dataset {len(images)}"
         print(f"cryobench: {folder}: {problem}; preparing the spectra again", file=sys.stderr)
         discard(folder)
+    elif any(Path(derived).glob("spectra-*")):
+        print(f"cryobench: {derived}: preparing the image spectra again for this code, machine "
+              "and thread count (the copies there were made under others)", file=sys.stderr)
     spectra = likelihood.prepare(images, ctf, sigma)
     _write(folder, spectra)
     return spectra
