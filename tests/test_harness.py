@@ -17,6 +17,7 @@ from cryobench.data.mrc import read_volume
 from cryobench.errors import InputError
 from cryobench.harness.grid import expand, load_grid, run_grid
 from cryobench.harness.registry import resolve
+from cryobench.data.spec import TASKS_DIR
 from cryobench.harness.plan import Planner, resolve_params
 from cryobench.harness.record import CellRecord, RunSpec
 from cryobench.harness.results import load_results
@@ -216,6 +217,23 @@ def test_tune_selects_on_validation_and_run_picks_it_up(tmp_path, data_dir):
     params, source = resolve_params(resolve("sgd"), {"lr": 0.1}, tuned,
                                     Planner(data_dir).task("synthetic-cylinder", "ci"))
     assert params["lr"] == 0.1 and source["lr"] == "explicit"
+
+
+def test_a_tasks_minibatch_is_the_methods_default_minibatch(tmp_path, data_dir):
+    """[protocol] batch_size = 50 halves every default minibatch (SGD's 100 → 50, Hessian-free's
+    300 → 150); explicit and tuned values win; a shipped task (100) changes nothing."""
+    text = (TASKS_DIR / "synthetic-cylinder.toml").read_text().replace("batch_size = 100",
+                                                                     "batch_size = 50")
+    (tmp_path / "half.toml").write_text(text)
+    half = Planner(data_dir).task(str(tmp_path / "half.toml"), "ci")
+    params, source = resolve_params(resolve("sgd"), {}, {}, half)
+    assert params["batch_size"] == 50 and source["batch_size"] == "task"
+    assert resolve_params(resolve("hessian-free"), {}, {}, half)[0]["batch_size"] == 150
+    params, source = resolve_params(resolve("sgd"), {"batch_size": 70}, {}, half)
+    assert params["batch_size"] == 70 and source["batch_size"] == "explicit"
+    shipped = Planner(data_dir).task("synthetic-cylinder", "ci")
+    params, source = resolve_params(resolve("hessian-free"), {}, {}, shipped)
+    assert params["batch_size"] == 300 and source["batch_size"] == "default"
 
 
 def test_tuning_records_nothing_for_a_method_that_never_moved(tmp_path, data_dir):

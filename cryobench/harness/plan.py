@@ -110,7 +110,8 @@ def config_label(method, params: dict) -> str:
 def resolve_params(method, explicit: dict, tuned: dict, task: TaskRef) -> tuple[dict, dict]:
     """Full hyper-parameters, each checked once: explicit values, else the tuned ones recorded for
     ``task`` in the table ``tuned`` (:func:`cryobench.harness.tuned.tuned_entry`), else the
-    defaults; and where each came from."""
+    defaults (``batch_size`` following the task's minibatch, :func:`task_minibatch`); and where
+    each came from."""
     unknown = sorted(set(explicit) - set(method.hypers))
     if unknown:
         raise ValueError(f"optimizer {method.name!r} has no hyper-parameter {unknown[0]!r}; "
@@ -122,10 +123,26 @@ def resolve_params(method, explicit: dict, tuned: dict, task: TaskRef) -> tuple[
     for name, hyper in method.hypers.items():
         for origin, values in (("explicit", explicit), ("tuned", chosen), ("default", None)):
             if values is None or name in values:
-                params[name] = hyper.check(name, hyper.default if values is None else values[name])
+                value = hyper.default if values is None else values[name]
+                if values is None and name == "batch_size":
+                    value, origin = task_minibatch(hyper.default, task.batch_size)
+                params[name] = hyper.check(name, value)
                 source[name] = origin
                 break
     return params, source
+
+
+#: the minibatch that the optimizers' default ``batch_size`` values are written for (the paper's)
+PAPER_MINIBATCH = 100
+
+
+def task_minibatch(default: int, task_batch: int) -> tuple[int, str]:
+    """A method's default minibatch on a task whose ``[protocol] batch_size`` is ``task_batch``:
+    the default scaled by task_batch / 100, so that the paper's 100 becomes the task's minibatch
+    and a method that takes more (Hessian-free's 300-image curvature batches) keeps its ratio;
+    with where it came from (``default`` when unchanged, else ``task``)."""
+    value = max(1, round(default * task_batch / PAPER_MINIBATCH))
+    return value, "default" if value == default else "task"
 
 
 class Planner:
