@@ -109,9 +109,9 @@ def config_label(method, params: dict) -> str:
 
 def resolve_params(method, explicit: dict, tuned: dict, task: TaskRef) -> tuple[dict, dict]:
     """Full hyper-parameters, each checked once: explicit values, else the tuned ones recorded for
-    ``task`` in the table ``tuned`` (:func:`cryobench.harness.tuned.tuned_entry`), else the
-    defaults (``batch_size`` following the task's minibatch, :func:`task_minibatch`); and where
-    each came from."""
+    ``task`` in the table ``tuned`` (:func:`cryobench.harness.tuned.tuned_entry`), else what the
+    task sets (``batch_size``: :func:`task_minibatch`), else the defaults; and where each came
+    from."""
     unknown = sorted(set(explicit) - set(method.hypers))
     if unknown:
         raise ValueError(f"optimizer {method.name!r} has no hyper-parameter {unknown[0]!r}; "
@@ -119,14 +119,13 @@ def resolve_params(method, explicit: dict, tuned: dict, task: TaskRef) -> tuple[
     chosen, note = tuned_entry(tuned, task, method.name) if tuned else ({}, "")
     if note and set(method.hypers) - set(explicit):
         warn_once(note)
+    by_task = task_minibatch(method, task.batch_size)
     params, source = {}, {}
     for name, hyper in method.hypers.items():
-        for origin, values in (("explicit", explicit), ("tuned", chosen), ("default", None)):
+        for origin, values in (("explicit", explicit), ("tuned", chosen), ("task", by_task),
+                               ("default", None)):
             if values is None or name in values:
-                value = hyper.default if values is None else values[name]
-                if values is None and name == "batch_size":
-                    value, origin = task_minibatch(hyper.default, task.batch_size)
-                params[name] = hyper.check(name, value)
+                params[name] = hyper.check(name, hyper.default if values is None else values[name])
                 source[name] = origin
                 break
     return params, source
@@ -136,13 +135,16 @@ def resolve_params(method, explicit: dict, tuned: dict, task: TaskRef) -> tuple[
 PAPER_MINIBATCH = 100
 
 
-def task_minibatch(default: int, task_batch: int) -> tuple[int, str]:
-    """A method's default minibatch on a task whose ``[protocol] batch_size`` is ``task_batch``:
-    the default scaled by task_batch / 100, so that the paper's 100 becomes the task's minibatch
-    and a method that takes more (Hessian-free's 300-image curvature batches) keeps its ratio;
-    with where it came from (``default`` when unchanged, else ``task``)."""
-    value = max(1, round(default * task_batch / PAPER_MINIBATCH))
-    return value, "default" if value == default else "task"
+def task_minibatch(method, task_batch: int) -> dict:
+    """{"batch_size": n} when a task whose ``[protocol] batch_size`` is ``task_batch`` changes the
+    method's default minibatch, else {}: the default scaled by task_batch / 100, so that the
+    paper's 100 becomes the task's minibatch and a method that takes more (Hessian-free's
+    300-image curvature batches) keeps its ratio."""
+    hyper = method.hypers.get("batch_size")
+    if hyper is None:
+        return {}
+    value = max(1, round(hyper.default * task_batch / PAPER_MINIBATCH))
+    return {} if value == hyper.default else {"batch_size": value}
 
 
 class Planner:
