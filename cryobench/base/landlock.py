@@ -102,7 +102,8 @@ def readable_roots(hidden: list[Path]) -> list[Path]:
 
 
 def restrict(hidden: list[Path], writable: tuple[str, ...] = ("/dev/null",)) -> str:
-    """Sandbox this process: read everything except ``hidden``, write only ``writable``, no TCP,
+    """Sandbox this process: read everything except ``hidden``, write only in ``writable``
+    (files, or folders: anything in them), no TCP,
     no signals or abstract sockets outside the sandbox. Returns a description ("landlock ABI
     7"); raises :class:`LandlockUnavailable` when the kernel has no Landlock."""
     abi = abi_version()
@@ -118,8 +119,7 @@ def restrict(hidden: list[Path], writable: tuple[str, ...] = ("/dev/null",)) -> 
         raise LandlockUnavailable(f"landlock_create_ruleset: {os.strerror(ctypes.get_errno())}")
     try:
         read = READ_FILE | READ_DIR | EXECUTE
-        rules = [(p, read) for p in readable_roots(hidden)] + [(Path(w), WRITE_FILE | READ_FILE)
-                                                              for w in writable]
+        rules = [(p, read) for p in readable_roots(hidden)] + [(Path(w), fs) for w in writable]
         for path, access in rules:
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)

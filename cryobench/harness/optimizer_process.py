@@ -42,6 +42,8 @@ FORWARDED = {e.__name__: e for e in (BudgetExhausted, ValueError, TypeError, Key
                                      IndexError, NotImplementedError, AttributeError,
                                      ZeroDivisionError, OverflowError, ArithmeticError)}
 EXIT_PROTOCOL = 5           # the child's exit status when its channel breaks
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 2, 4, 1 << 14, 1 << 18
 
 
 def _die_with_parent(parent: int) -> None:
@@ -153,16 +155,41 @@ def serve(channel: _Channel, controller: ThreadpoolController) -> None:
                           "threads": reply["threads"]})
 
 
+def private_tmp() -> bool:
+    """Mount a tmpfs of its own on ``/tmp`` in a new mount namespace (a user namespace too when
+    not root): the optimizer's temporary files vanish with its process, killed or not."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    uid, gid = os.getuid(), os.getgid()
+    flags = CLONE_NEWNS | (0 if uid == 0 else CLONE_NEWUSER)
+    if libc.unshare(flags) != 0:
+        return False
+    if uid != 0:
+        try:
+            for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
+                               ("gid_map", f"0 {gid} 1")):
+                with open(f"/proc/self/{name}", "w") as fh:
+                    fh.write(text)
+        except OSError:
+            return False
+    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return False
+    return libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV,
+                      b"size=1g,mode=1777") == 0
+
+
 def child(zygote: int, fds: list, job: dict) -> None:
     """A forked child: sandbox itself, greet the harness, serve the run."""
     _die_with_parent(zygote)
     sock = socket.socket(fileno=fds[0])
     inbox, outbox = Arena(fds[1], job["arena"], False), Arena(fds[2], job["arena"], True)
     os.chdir("/")
+    tmp = private_tmp()
+    os.environ["TMPDIR"] = "/tmp"
     set_threads(job["threads"])
     controller = ThreadpoolController()
     try:
-        sandbox = restrict(job["hidden"])
+        sandbox = restrict(job["hidden"], ("/dev/null", "/tmp") if tmp else ("/dev/null",))
+        sandbox += ", a private /tmp" if tmp else ", no writable /tmp"
     except LandlockUnavailable as exc:
         sandbox = f"none ({exc})"
     channel = _Channel(sock, inbox, outbox)

@@ -187,7 +187,7 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
     except TimeLimitReached:
         status, message = "budget", f"time limit of {limit:g} s of optimizer time reached"
         if proc.ended is not None:
-            message += " (a step had not returned: its process was ended)"
+            message += " (a step did not return: its process was ended)"
     except (MemoryError, HarnessFault):
         raise                                                   # interrupted: not a result
     except OptimizerFailed as exc:                              # the method's failure: a result
