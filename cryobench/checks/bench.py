@@ -6,7 +6,10 @@ value and gradient of a minibatch of 100 prepared training images, counting only
 the matrix products (:meth:`cryobench.model.likelihood.Likelihood.flops_per_image`) — and their
 ratio; the time of an epoch of plain SGD through the counted oracle (measured on N minibatches
 and extrapolated where asked, which the report says), of the test NLL, of loading the task, and
-the process's peak memory. Thread counts are set with :func:`cryobench.base.threads.set_threads`.
+the process's peak memory; and the cost of running the optimizer in a process of its own
+(:mod:`cryobench.harness.isolation`): the same SGD steps there, and per step the time not spent
+in the oracle (messages, shared-memory copies, the optimizer's own update), against the
+in-process step. Thread counts are set with :func:`cryobench.base.threads.set_threads`.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ import numpy as np
 from cryobench.base.threads import set_threads, thread_info
 from cryobench.data.datasets import default_data_dir, simulated_dir
 from cryobench.data.spec import load_spec
+from cryobench.harness.isolation import OptimizerProcess
+from cryobench.optim import GradientMethod, Hyper, method
 from cryobench.task import load_task
 
 DEFAULT_TASKS = ("synthetic-cylinder", "thermus-style")
@@ -97,6 +102,33 @@ def _dataset_cached(spec, scale_name: str, data_dir: Path) -> bool:
     return (simulated_dir(spec, spec.scale(scale_name), data_dir) / "manifest.json").is_file()
 
 
+@method(lr=Hyper(SGD_LR, 1e-3, 10))
+def bench_sgd(lr):
+    """x ← x − lr ∇f_B(x) on minibatches of :data:`MINIBATCH`, as the in-process SGD epoch."""
+    def init(x0, *, budget, rng):
+        return {"x": x0.copy()}
+
+    def step(state, oracle):
+        _, g = oracle.value_and_grad(state["x"], oracle.next_batch(MINIBATCH))
+        state["x"] -= lr * g
+        return state
+    return GradientMethod(init, step)
+
+
+def isolated_steps(task, x0: np.ndarray, steps: int, threads: int) -> dict:
+    """``steps`` SGD steps (after one warm-up) with the optimizer in its own process: seconds
+    per step, and per step the seconds not spent in the oracle's evaluations."""
+    oracle = task.oracle(budget=(steps + 1) * MINIBATCH)
+    with OptimizerProcess(bench_sgd, {}, oracle.view(), x0, threads, [], float("inf")) as proc:
+        proc.init(x0.copy(), oracle.budget, np.random.default_rng(0))
+        proc.step()
+        elapsed, in_oracle = proc.elapsed, proc.oracle_s
+        for _ in range(steps):
+            proc.step()
+        return {"isolated_minibatch_s": (proc.elapsed - elapsed) / steps,
+                "isolation_transport_s": (proc.elapsed - elapsed - proc.oracle_s + in_oracle) / steps}
+
+
 def run_bench(task_name: str, scale: str = "ci", data_dir=None, *, threads: int | None = None,
               epoch_batches: int | None = None, repeats: int = 5, log=None) -> dict:
     """Measure one task at one scale (see the module docstring); returns the report as a dict.
@@ -145,6 +177,7 @@ def run_bench(task_name: str, scale: str = "ci", data_dir=None, *, threads: int 
     measured_s = time.perf_counter() - t0
     epoch_s = measured_s / measured * n_batches
 
+    isolated = isolated_steps(task, x0, measured, n_threads)
     task.test_nll(x0)
     test_s = _best(lambda: task.test_nll(x0), repeats)
     report = {
@@ -159,7 +192,8 @@ def run_bench(task_name: str, scale: str = "ci", data_dir=None, *, threads: int 
         "epoch_extrapolated": measured < n_batches, "minibatch_s": measured_s / measured,
         "sgd_lr": SGD_LR, "last_minibatch_objective": float(value),
         "test_nll_s": test_s, "test_images": len(task.splits["test"]),
-        "peak_rss_gb": peak_rss_gb(), "repeats": repeats,
+        "peak_rss_gb": peak_rss_gb(), "repeats": repeats, **isolated,
+        "isolation_overhead": isolated["isolation_transport_s"] / (measured_s / measured),
     }
     del task, data, oracle, lik
     gc.collect()
@@ -194,6 +228,9 @@ def format_report(r: dict) -> list[str]:
         f"  SGD epoch      {epoch}; lr {r['sgd_lr']:g}, last minibatch objective "
         f"{r['last_minibatch_objective']:.6g}" + ("" if math.isfinite(r["last_minibatch_objective"])
                                                  else " (diverged: not representative)"),
+        f"  isolated step  {1e3 * r['isolated_minibatch_s']:.1f} ms with the optimizer in its own "
+        f"process; {1e3 * r['isolation_transport_s']:.2f} ms of it outside the oracle "
+        f"({100 * r['isolation_overhead']:.2f} % of the in-process step)",
         f"  test NLL       {1e3 * r['test_nll_s']:.1f} ms ({r['test_images']} test images)",
         f"  peak memory    {r['peak_rss_gb']:.2f} GB ({peak})",
     ]

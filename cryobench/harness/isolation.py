@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import pickle
 import signal
@@ -115,6 +116,7 @@ class OptimizerProcess:
                  limit: float):
         self.view, self.limit, self.threads = view, float(limit), threads
         self.elapsed, self.pid, self.ended = 0.0, None, None
+        self.oracle_s = 0.0                     # of elapsed: in the oracle's evaluations
         self.methods = [n for n in dir(type(view)) if not n.startswith("_")
                         and callable(getattr(type(view), n))]
         figures = [n for n in dir(type(view)) if isinstance(getattr(type(view), n, None), property)]
@@ -168,7 +170,7 @@ class OptimizerProcess:
     def _serve(self, request: dict, doing: str):
         """Send a request, answer the child's oracle calls until it is done; the clock runs."""
         start = time.perf_counter()
-        deadline = start + max(0.0, self.limit - self.elapsed)
+        deadline = start + max(0.0, self.limit - self.elapsed) if math.isfinite(self.limit) else None
         try:
             self._send(request)
             while True:
@@ -198,12 +200,15 @@ class OptimizerProcess:
         if name not in self.methods or not isinstance(args, list) or not isinstance(kwargs, dict):
             out = {"raise": ["AttributeError", f"the oracle has no method {name!r}"]}
         else:
+            start = time.perf_counter()
             try:
                 out = {"return": getattr(self.view, name)(*args, **kwargs)}
             except (MemoryError, HarnessFault):
                 raise                                   # the harness's failure: interrupted
             except Exception as exc:                    # the call's: raised in the optimizer
                 out = {"raise": [type(exc).__name__, str(exc)]}
+            finally:
+                self.oracle_s += time.perf_counter() - start
         out["figures"] = self._figures()
         self._send(out)
 
