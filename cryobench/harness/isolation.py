@@ -8,7 +8,8 @@ child's oracle calls on the real :class:`~cryobench.oracle.OracleView`: minibatc
 gradients, Hessian-vector products, EM weights, Fourier transforms and the read-only figures
 cross; volumes go through shared memory (:mod:`cryobench.harness.channel`). The clock is the
 harness's: an optimizer's time is the round trip of its ``init`` or ``step``, oracle work
-included, and a step that has not answered when the time limit is reached is killed (whatever
+included; between them the child is stopped (SIGSTOP), so that no thread of it computes on
+untimed time (while the harness scores, say). A step that has not answered when the time limit is reached is killed (whatever
 it does: a loop, a sleep, a swallowed exception) — the run keeps its checkpoints and ends with
 status ``budget``.
 
@@ -172,6 +173,7 @@ class OptimizerProcess:
         start = time.perf_counter()
         deadline = start + max(0.0, self.limit - self.elapsed) if math.isfinite(self.limit) else None
         try:
+            self._signal(signal.SIGCONT)
             self._send(request)
             while True:
                 reply = self._receive(deadline, doing)
@@ -182,6 +184,7 @@ class OptimizerProcess:
                 self._answer_call(reply)
         finally:
             self.elapsed += time.perf_counter() - start
+            self._signal(signal.SIGSTOP)
         if reply.get("threads") != self.baseline:
             raise OptimizerFailed(f"the optimizer changed its thread counts (BLAS, numba) from "
                                   f"{self.baseline} to {reply.get('threads')}: a run's thread "
@@ -194,6 +197,14 @@ class OptimizerProcess:
         if "done" not in reply:
             raise OptimizerFailed(f"the optimizer's process sent a malformed reply while {doing}")
         return reply["done"]
+
+    def _signal(self, signum: int) -> None:
+        """Freeze (SIGSTOP) or thaw (SIGCONT) the child: it computes only inside its own time."""
+        if self.ended is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
 
     def _answer_call(self, reply: dict) -> None:
         name, args, kwargs = reply.get("call"), reply.get("args", []), reply.get("kwargs", {})
