@@ -69,14 +69,15 @@ class Zygote:
             [sys.executable, "-m", "cryobench.harness.optimizer_process", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, cwd="/")
         theirs.close()
-        self.sock, self.ready = ours, False
+        self.sock, self.ready, self.lock = ours, False, threading.Lock()
 
     def _request(self, message: dict, fds=()) -> dict:
-        if not self.ready:
-            self._answer()                                  # the greeting
-            self.ready = True
-        socket.send_fds(self.sock, [json.dumps(message).encode()], list(fds))
-        return self._answer()
+        with self.lock:                                     # one exchange at a time
+            if not self.ready:
+                self._answer()                              # the greeting
+                self.ready = True
+            socket.send_fds(self.sock, [json.dumps(message).encode()], list(fds))
+            return self._answer()
 
     def _answer(self) -> dict:
         try:
