@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import cloudpickle
 import numpy as np
@@ -64,7 +65,7 @@ class Zygote:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("CRYOBENCH_") and k != "XDG_CACHE_HOME"}
         env.update(HOME="/nonexistent", CRYOBENCH_HARNESS_PID=str(os.getpid()),
-                   PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+                   PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cryobench.harness.optimizer_process", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, cwd="/")
@@ -110,6 +111,21 @@ def prestart() -> None:
     zygote()
 
 
+def hideable(folders) -> list[str]:
+    """The folders to hide from the optimizer's process, less any that holds Python or
+    cryobench itself (the process could not run without them; said in a warning)."""
+    needed = [Path(p).resolve() for p in (sys.prefix, sys.base_prefix, Path(__file__).parent)]
+    out = []
+    for folder in folders:
+        f = Path(folder).resolve()
+        if any(f == n or f in n.parents for n in needed):
+            warnings.warn(f"{f} holds Python or cryobench: the optimizer's process can read it",
+                          RuntimeWarning, stacklevel=3)
+        else:
+            out.append(str(f))
+    return out
+
+
 class OptimizerProcess:
     """One run's optimizer in a child process; ``init`` and ``step`` return after the child
     has answered, ``elapsed`` is the optimizer's time so far (round trips, oracle work included)."""
@@ -129,7 +145,7 @@ class OptimizerProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock = ours
         z = zygote()
-        job = {"arena": size, "threads": int(threads), "hidden": [str(h) for h in hidden]}
+        job = {"arena": size, "threads": int(threads), "hidden": hideable(hidden)}
         try:
             self.pid = z.fork([theirs.fileno(), self.outbox.fd, self.inbox.fd], job)
         finally:

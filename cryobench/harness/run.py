@@ -233,7 +233,8 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
 def hidden_folders(task) -> list:
     """The folders an optimizer's process must not read: the dataset cache, the task's folder
     in it (prepared spectra, initial density) and the dataset's own folder."""
-    folders = [default_data_dir(), task.derived_dir.parent]
+    derived = task.derived_dir
+    folders = [default_data_dir(), derived.parent if derived.parent.name == task.name else derived]
     if task.dataset.directory is not None:
         folders.append(task.dataset.directory)
     return [str(f) for f in folders]
