@@ -281,3 +281,12 @@ def test_nothing_outlives_a_killed_grid(tmp_path, data_dir, hostile):
     if os.path.isdir("/dev/shm"):
         assert set(os.listdir("/dev/shm")) <= shm
     assert not list(tmp_path.glob("cells/*/meta.json"))
+
+
+def test_a_task_outside_the_data_directory_still_runs():
+    """The numerics fingerprint's probe task has its derived folder in the temporary folder, whose
+    parent is /: hiding it must not hide the Python the optimizer's process runs on."""
+    from cryobench.harness.fingerprint import _probe_sgd, _probe_task
+    out = execute(RunSpec("fingerprint", "probe", "probe-sgd", {"lr": 0.5}, seed=1, budget=400,
+                          snapshots=()), _probe_task(1.0), _probe_sgd(), compare=False)
+    assert out.record.status == "ok" and out.record.evaluations == 400, out.record.message
