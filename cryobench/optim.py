@@ -107,12 +107,16 @@ class Method:
 
     def configure(self, **overrides) -> GradientMethod:
         """The optimizer with ``overrides`` applied to the defaults; unknown names are errors."""
+        return self.factory(**self.values(**overrides))
+
+    def values(self, **overrides) -> dict:
+        """The hyper-parameter values :meth:`configure` would use (checked; unknown names are
+        errors), without running the factory."""
         unknown = sorted(set(overrides) - set(self.hypers))
         if unknown:
             raise ValueError(f"optimizer {self.name!r} has no hyper-parameter {unknown[0]!r}; "
                              f"known: {', '.join(self.hypers) or 'none'}")
-        values = {k: h.check(k, overrides.get(k, h.default)) for k, h in self.hypers.items()}
-        return self.factory(**values)
+        return {k: h.check(k, overrides.get(k, h.default)) for k, h in self.hypers.items()}
 
     __call__ = configure
 

@@ -229,8 +229,8 @@ def test_cheating_torch_optimizers_end_in_error(cylinder, name):
     from cryobench.external import torch_method
     method = torch_method(cheating_optimizers()[name], name=name)
     out = execute(RunSpec("synthetic-cylinder", "ci", name, {}, budget=400), cylinder, method)
-    assert out.record.status == "error"
-    assert "accounting was tampered with" in out.record.message
+    assert out.record.status == "error"                 # the real oracle is in another process
+    assert out.record.message == "LookupError: " and out.record.evaluations <= 400
 
 
 # --- hyper-parameters ------------------------------------------------------------------------

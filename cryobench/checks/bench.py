@@ -6,7 +6,12 @@ value and gradient of a minibatch of 100 prepared training images, counting only
 the matrix products (:meth:`cryobench.model.likelihood.Likelihood.flops_per_image`) — and their
 ratio; the time of an epoch of plain SGD through the counted oracle (measured on N minibatches
 and extrapolated where asked, which the report says), of the test NLL, of loading the task, and
-the process's peak memory. Thread counts are set with :func:`cryobench.base.threads.set_threads`.
+the process's peak memory; and the cost of running the optimizer in a process of its own
+(:mod:`cryobench.harness.isolation`): the same SGD steps there; per step, the time not spent in the
+oracle's evaluations there (messages, shared-memory copies, the update) less the same time in
+this process (the update), as a share of the in-process step; and the
+same difference on a free oracle (:func:`transport_floor`), which the kernel's variations on a
+busy machine do not blur. Thread counts are set with :func:`cryobench.base.threads.set_threads`.
 """
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ import numpy as np
 from cryobench.base.threads import set_threads, thread_info
 from cryobench.data.datasets import default_data_dir, simulated_dir
 from cryobench.data.spec import load_spec
+from cryobench.harness.isolation import OptimizerProcess
+from cryobench.optim import GradientMethod, Hyper, method
+from cryobench.oracle import CountedOracle
 from cryobench.task import load_task
 
 DEFAULT_TASKS = ("synthetic-cylinder", "thermus-style")
@@ -97,6 +105,74 @@ def _dataset_cached(spec, scale_name: str, data_dir: Path) -> bool:
     return (simulated_dir(spec, spec.scale(scale_name), data_dir) / "manifest.json").is_file()
 
 
+@method(lr=Hyper(SGD_LR, 1e-3, 10))
+def bench_sgd(lr):
+    """x ← x − lr ∇f_B(x) on minibatches of :data:`MINIBATCH`, as the in-process SGD epoch."""
+    def init(x0, *, budget, rng):
+        return {"x": x0.copy()}
+
+    def step(state, oracle):
+        _, g = oracle.value_and_grad(state["x"], oracle.next_batch(MINIBATCH))
+        state["x"] -= lr * g
+        return state
+    return GradientMethod(init, step)
+
+
+def isolated_steps(task, x0: np.ndarray, steps: int, threads: int) -> dict:
+    """``steps`` SGD steps (after one warm-up) with the optimizer in its own process: seconds
+    per step, and per step the seconds not spent in the oracle's evaluations."""
+    oracle = task.oracle(budget=(steps + 1) * MINIBATCH)
+    with OptimizerProcess(bench_sgd, {}, oracle.view(), x0, threads, [], float("inf")) as proc:
+        proc.init(x0.copy(), oracle.budget, np.random.default_rng(0))
+        proc.step()
+        elapsed, in_oracle = proc.elapsed, proc.oracle_s
+        for _ in range(steps):
+            proc.step()
+        return {"isolated_minibatch_s": (proc.elapsed - elapsed) / steps,
+                "isolation_transport_s": (proc.elapsed - elapsed - proc.oracle_s + in_oracle) / steps}
+
+
+class _NullOracle(CountedOracle):
+    """A counted oracle whose gradient is a constant of the iterate's shape, at no cost: what
+    remains of an SGD step is the update and, isolated, the transport."""
+
+    n_train = 10 * MINIBATCH
+    train_indices = property(lambda self: np.arange(self.n_train))
+
+    def _is_train(self, batch) -> bool:
+        return True
+
+    def _stream(self, position: int, size: int) -> np.ndarray:
+        return np.arange(position, position + size) % self.n_train
+
+    def _evaluate(self, x, batch, gradient: bool):
+        self._work(len(batch))
+        return 0.0, np.full_like(x, 1e-6)
+
+
+def transport_floor(x0: np.ndarray, steps: int, threads: int) -> float:
+    """Seconds per SGD step that the optimizer's own process adds, on a free oracle with
+    iterates of ``x0``'s shape: isolated step less in-process step (best of two passes)."""
+    oracle = _NullOracle(10**12)
+    opt = bench_sgd.configure()
+    state = opt.init(x0, budget=oracle.budget, rng=None)
+    view = oracle.view()
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state = opt.step(state, view)
+        here = (time.perf_counter() - t0) / steps
+        with OptimizerProcess(bench_sgd, {}, view, x0, threads, [], float("inf")) as proc:
+            proc.init(x0.copy(), oracle.budget, None)
+            proc.step()
+            start = proc.elapsed
+            for _ in range(steps):
+                proc.step()
+            best = min(best, (proc.elapsed - start) / steps - here)
+    return max(0.0, best)
+
+
 def run_bench(task_name: str, scale: str = "ci", data_dir=None, *, threads: int | None = None,
               epoch_batches: int | None = None, repeats: int = 5, log=None) -> dict:
     """Measure one task at one scale (see the module docstring); returns the report as a dict.
@@ -138,13 +214,18 @@ def run_bench(task_name: str, scale: str = "ci", data_dir=None, *, threads: int 
     x = x0.copy()
     value, g = oracle.value_and_grad(x, oracle.next_batch(MINIBATCH))   # warm-up step
     x -= SGD_LR * g
-    t0 = time.perf_counter()
+    t0, in_oracle = time.perf_counter(), 0.0
     for _ in range(measured):
+        start = time.perf_counter()
         value, g = oracle.value_and_grad(x, oracle.next_batch(MINIBATCH))
+        in_oracle += time.perf_counter() - start
         x -= SGD_LR * g
     measured_s = time.perf_counter() - t0
+    outside_s = (measured_s - in_oracle) / measured          # the update, in this process
     epoch_s = measured_s / measured * n_batches
 
+    isolated = isolated_steps(task, x0, measured, n_threads)
+    isolated["isolation_floor_s"] = transport_floor(x0, 20, n_threads)
     task.test_nll(x0)
     test_s = _best(lambda: task.test_nll(x0), repeats)
     report = {
@@ -159,7 +240,9 @@ def run_bench(task_name: str, scale: str = "ci", data_dir=None, *, threads: int 
         "epoch_extrapolated": measured < n_batches, "minibatch_s": measured_s / measured,
         "sgd_lr": SGD_LR, "last_minibatch_objective": float(value),
         "test_nll_s": test_s, "test_images": len(task.splits["test"]),
-        "peak_rss_gb": peak_rss_gb(), "repeats": repeats,
+        "peak_rss_gb": peak_rss_gb(), "repeats": repeats, **isolated,
+        "outside_oracle_s": outside_s,
+        "isolation_overhead": (isolated["isolation_transport_s"] - outside_s) / (measured_s / measured),
     }
     del task, data, oracle, lik
     gc.collect()
@@ -194,6 +277,11 @@ def format_report(r: dict) -> list[str]:
         f"  SGD epoch      {epoch}; lr {r['sgd_lr']:g}, last minibatch objective "
         f"{r['last_minibatch_objective']:.6g}" + ("" if math.isfinite(r["last_minibatch_objective"])
                                                  else " (diverged: not representative)"),
+        f"  isolated step  {1e3 * r['isolated_minibatch_s']:.1f} ms with the optimizer in its own "
+        f"process; outside the oracle {1e3 * r['isolation_transport_s']:.2f} ms there, "
+        f"{1e3 * r['outside_oracle_s']:.2f} ms in-process: the isolation costs "
+        f"{100 * r['isolation_overhead']:.2f} % of the in-process step; on a free oracle "
+        f"{1e3 * r['isolation_floor_s']:.2f} ms ({100 * r['isolation_floor_s'] / r['minibatch_s']:.2f} %)",
         f"  test NLL       {1e3 * r['test_nll_s']:.1f} ms ({r['test_images']} test images)",
         f"  peak memory    {r['peak_rss_gb']:.2f} GB ({peak})",
     ]

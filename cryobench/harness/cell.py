@@ -29,24 +29,19 @@ from cryobench.harness.identity import cell_id, identity
 from cryobench.harness.plan import RunPlan
 from cryobench.harness.record import cell_files, write_cell_folder
 from cryobench.harness.registry import resolve
-from cryobench.harness.run import DEFAULT_TIME_LIMIT, execute
+from cryobench.harness.isolation import prestart
+from cryobench.harness.run import execute
 from cryobench.task import load_task
 
 EXIT_INTERRUPTED = 3        # the run failed for a reason that is not the method's
 
 
-def stuck_grace(time_limit: float) -> float:
-    """Seconds a step may go on past the time limit before its process is ended: half the
-    limit, between 1 and 30 s."""
-    return min(30.0, max(1.0, time_limit / 2))
-
-
-def compute_cell(cell: dict, data_dir: str | None, stuck_grace: float | None = None,
-                 known: dict | None = None) -> dict[str, bytes]:
+def compute_cell(cell: dict, data_dir: str | None, known: dict | None = None) -> dict[str, bytes]:
     """Run a cell (given as :meth:`RunPlan.to_dict`) in this process; its folder's files as
     bytes. The task file is parsed once here (loading the task) and the registry scanned once."""
     c = RunPlan.from_dict(cell)
     set_threads(c.spec.threads)
+    prestart()                          # the optimizers' zygote imports while the task loads
     start = time.perf_counter()
     task = load_task(c.spec.task, c.spec.scale, data_dir, progress=False)
     loading = time.perf_counter() - start
@@ -59,7 +54,7 @@ def compute_cell(cell: dict, data_dir: str | None, stuck_grace: float | None = N
     if cell_id(c.spec, task.name, c.task_hash, ident["optimizer"], ident["numerics"]) != c.cell:
         raise HarnessFault(f"cell {c.cell} computes here under another identity (other code, "
                            "numerics or platform than the grid's): its result would be mislabelled")
-    out = execute(c.spec, task, method, stuck_grace=stuck_grace)
+    out = execute(c.spec, task, method)
     out.record.identity = ident
     out.record.overhead_s = {"loading": loading, **out.record.overhead_s}
     return cell_files(out, c.cell, task.dataset.pixel_size)
@@ -82,8 +77,7 @@ def main(argv=None) -> int:
     if job.get("parent"):
         _die_with_parent(int(job["parent"]))
     try:
-        limit = job["cell"]["spec"].get("time_limit") or DEFAULT_TIME_LIMIT
-        files = compute_cell(job["cell"], job.get("data_dir"), stuck_grace(limit), job.get("known"))
+        files = compute_cell(job["cell"], job.get("data_dir"), job.get("known"))
         write_cell_folder(folder, files)
     except KeyboardInterrupt:
         print("cryobench: interrupted", file=sys.stderr)

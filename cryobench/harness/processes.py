@@ -1,9 +1,9 @@
 """Cell processes: start each cell in a Python process of its own, watch it, collect its folder.
 
-A cell process that exits 0 has written a result folder. Exit status
-:data:`~cryobench.harness.limits.EXIT_STUCK`, or a process still alive long after its time limit
-(:func:`hard_limit`; it is killed), is also a result — the method's step never returned — and a
-folder with status ``budget`` is written for it here. Any other ending means the run was
+A cell process that exits 0 has written a result folder. A process still alive long after its
+time limit (:func:`hard_limit`; it is killed) is also a result — the run never ended; a step
+that never returns is ended inside the cell (:mod:`cryobench.harness.isolation`) — and a folder
+with status ``budget`` is written for it here. Any other ending means the run was
 interrupted: no folder, and the last line of the process's standard error says why.
 
 Locally the grid's process keeps up to ``workers`` cell processes running (each in a session
@@ -27,7 +27,6 @@ from pathlib import Path
 from cryobench.base.files import to_json
 from cryobench.errors import HarnessFault, InputError
 from cryobench.harness.identity import grid_identity
-from cryobench.harness.limits import EXIT_STUCK
 from cryobench.harness.plan import RunPlan
 from cryobench.harness.record import (TEMPORARY, CellRecord, cell_complete, empty_trace, read_cell_files,
                                       write_cell_folder)
@@ -104,9 +103,8 @@ class CellProcess:
         rc = self.proc.returncode
         if rc == 0 and cell_complete(self.folder):
             return None
-        if rc == EXIT_STUCK or getattr(self, "killed_for_time", False):
-            how = ("a step did not return after the time limit" if rc == EXIT_STUCK else
-                   f"the process was still running {hard_limit(self.cell):.0f} s after it started")
+        if getattr(self, "killed_for_time", False):
+            how = f"the process was still running {hard_limit(self.cell):.0f} s after it started"
             write_cell_folder(self.folder, stuck_files(self.cell, how + "; the process was ended"))
             return None
         self.stderr.seek(0)

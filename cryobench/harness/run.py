@@ -36,7 +36,9 @@ from cryobench.base.provenance import git_commit
 from cryobench.base.seeding import rng_for
 from cryobench.base.threads import thread_info
 from cryobench.errors import AccountingError, HarnessFault
-from cryobench.harness.limits import StepClock, TimeLimitReached
+from cryobench.data.datasets import default_data_dir
+from cryobench.harness.isolation import OptimizerProcess, OptimizerFailed
+from cryobench.harness.limits import TimeLimitReached
 from cryobench.harness.record import (SNAPSHOTS, CellRecord, RunOutput, RunSpec, TaskFacts,
                                       score_column)
 from cryobench.model.fsc import aligned_fsc, transform
@@ -116,49 +118,46 @@ def check_run(spec: RunSpec, method, n_train: int, task_batch: int, budget: int)
                          f"({batch} images) of {method.name} on {where}: the run could do no work")
 
 
-def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | None = None,
-            compare: bool = True) -> RunOutput:
+def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) -> RunOutput:
     """Run ``method`` configured with ``spec.params`` on ``task`` and score it (see module doc).
 
     What the optimizer does (its exceptions, a non-finite or wrong-shaped iterate, running out
-    of time) is the run's result. Anything else that fails — scoring, the kernel on a valid
-    request, memory — propagates: the run was interrupted and is not a result. With
-    ``stuck_grace`` (cell processes only), a step still running that long after the time limit
-    ends the process (:mod:`cryobench.harness.limits`). ``compare=False`` skips the FSC and views
+    of time, its process ending) is the run's result. The optimizer runs in a process of its
+    own (:mod:`cryobench.harness.isolation`); only what the protocol gives crosses. Anything else
+    that fails — scoring, the kernel on a valid request, memory in this process — propagates:
+    the run was interrupted and is not a result. ``compare=False`` skips the FSC and views
     against the ground truth (``verify`` compares traces only).
     """
     budget = int(spec.budget if spec.budget is not None else task.budget)
     check_run(spec, method, task.n_train, task.batch_size, budget)
     marks = checkpoints(budget, task.batch_size, spec.per_decade, spec.snapshots)
     snaps = [s for s in spec.snapshots if s <= budget]
-    opt = method.configure(**spec.params)
+    method.values(**spec.params)                    # checked here; configured in its process
     oracle = task.oracle(budget, stream=spec.seed)
     view = oracle.view()
     rng = rng_for(task.name, method.name, "optimizer", spec.seed)
     score = _Scorer(task, spec.score)
     limit = spec.time_limit if spec.time_limit is not None else DEFAULT_TIME_LIMIT
-    clock = StepClock(limit, grace=stuck_grace)
     rows, densities, taken_at = [], {}, {}
     status, message, tb = "ok", "", None
+    proc = OptimizerProcess(method, spec.params, view, task.init, spec.threads,
+                            hidden_folders(task), limit)
 
     def record(x):
         test, train = score(x)
         rows.append({"evals": oracle.evaluations, **{f"{k}_evals": v for k, v in oracle.counts.items()},
-                     "wall_s": clock.elapsed, score_column(spec.score): test, "train_obj": train})
+                     "wall_s": proc.elapsed, score_column(spec.score): test, "train_obj": train})
         return train
 
     x = task.init
     initial = record(x)
     next_mark, idle = 1, 0
     try:
-        with clock.step():
-            state = opt.init(task.init.copy(), budget=budget, rng=rng)
+        proc.init(task.init.copy(), budget=budget, rng=rng)
         while oracle.remaining > 0:
             before = oracle.evaluations
             try:
-                with clock.step():
-                    state = opt.step(state, view)
-                    x = opt.iterate(state)
+                x = proc.step()
             except BudgetExhausted:
                 break
             _check_iterate(x, task.init)
@@ -183,16 +182,20 @@ def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | Non
                     status = "diverged"
                     message = f"training objective {train:.6g} after {oracle.evaluations:,} evaluations"
                     break
-            if clock.expired:
+            if proc.elapsed >= limit:
                 raise TimeLimitReached
     except TimeLimitReached:
         status, message = "budget", f"time limit of {limit:g} s of optimizer time reached"
+        if proc.ended is not None:
+            message += " (a step did not return: its process was ended)"
     except (MemoryError, HarnessFault):
         raise                                                   # interrupted: not a result
-    except Exception as exc:                                    # the method's failure: a result
+    except OptimizerFailed as exc:                              # the method's failure: a result
+        status, message, tb = "error", exc.message, exc.tb
+    except Exception as exc:
         status, message, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
     finally:
-        clock.close()
+        proc.close()
     try:
         oracle.audit()
     except AccountingError as exc:
@@ -215,16 +218,26 @@ def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | Non
     trace.insert(0, "checkpoint", np.arange(len(trace)))
     lik = task.likelihood
     record = CellRecord(spec, method.name, budget, status, message, oracle.evaluations,
-                        clock.elapsed, task.content_hash, dict(oracle.counts), tb, limit,
+                        proc.elapsed, task.content_hash, dict(oracle.counts), tb, limit,
                         task.recipe_hash, TaskFacts(task.n_train, task.batch_size, lik.box,
                                                     float(lik.pixel_size), float(lik.rmax)),
-                        provenance(task))
+                        {**provenance(task), "optimizer_process": proc.sandbox})
     out = RunOutput(trace, record, densities)
     start = time.perf_counter()
     if compare:
         _compare_to_truth(out, task, taken_at)
     record.overhead_s = {"scoring": score.seconds, "comparison": time.perf_counter() - start}
     return out
+
+
+def hidden_folders(task) -> list:
+    """The folders an optimizer's process must not read: the dataset cache, the task's folder
+    in it (prepared spectra, initial density) and the dataset's own folder."""
+    derived = task.derived_dir
+    folders = [default_data_dir(), derived.parent if derived.parent.name == task.name else derived]
+    if task.dataset.directory is not None:
+        folders.append(task.dataset.directory)
+    return [str(f) for f in folders]
 
 
 def _check_iterate(x, x0: np.ndarray) -> None:
