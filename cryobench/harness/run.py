@@ -132,7 +132,7 @@ def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | Non
     marks = checkpoints(budget, task.batch_size, spec.per_decade, spec.snapshots)
     snaps = [s for s in spec.snapshots if s <= budget]
     opt = method.configure(**spec.params)
-    oracle = task.oracle(budget, stream=spec.seed)
+    oracle = task.oracle(budget, stream=spec.seed, kind=spec.oracle, optimizer=method.name)
     view = oracle.view()
     rng = rng_for(task.name, method.name, "optimizer", spec.seed)
     score = _Scorer(task, spec.score)
@@ -144,7 +144,7 @@ def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | Non
     def record(x):
         test, train = score(x)
         rows.append({"evals": oracle.evaluations, **{f"{k}_evals": v for k, v in oracle.counts.items()},
-                     "wall_s": clock.elapsed, score_column(spec.score): test, "train_obj": train})
+                     "terms": oracle.terms, "wall_s": clock.elapsed, score_column(spec.score): test, "train_obj": train})
         return train
 
     x = task.init

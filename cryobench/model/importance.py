@@ -49,6 +49,8 @@ from cryobench.model.sampled import PARTS, sampled_terms
 
 KINDS = ("exact", "importance")
 FULL_IF_SAVING_BELOW = 0.05          # the code: sample only if it saves at least 5 %
+STORE_BELOW = 1e-4                   # ours: posterior mass below this / N is not kept (it moves
+                                     # the proposal by < 1e-4 / u of the uniform floor u / N)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,14 @@ def oracle_settings(value, where: str = "--oracle") -> ImportanceSettings | None
     return ImportanceSettings(**{k: float(v) for k, v in params.items()})
 
 
+def oracle_label(settings: ImportanceSettings) -> str:
+    """``IS`` and the settings that differ from the defaults (``IS ess_scale=5``): the part of
+    a run's label that keeps reports from averaging it with exact-oracle runs."""
+    default = ImportanceSettings()
+    return " ".join(["IS"] + [f"{k}={v:g}" for k, v in asdict(settings).items()
+                              if v != getattr(default, k)])
+
+
 def fisher_kernel(points: np.ndarray, dim: int, cutoff: float = 1e-12) -> sparse.csr_matrix:
     """exp(κ (x·y − 1)) between unit vectors (n, k), κ = log 2^dim / (1 − cos r), r the median
     angle to the nearest neighbour; entries below ``cutoff`` dropped (the code's sparse Fisher)."""
@@ -122,6 +132,22 @@ def fisher_kernel(points: np.ndarray, dim: int, cutoff: float = 1e-12) -> sparse
     j = np.concatenate([pairs[:, 1], pairs[:, 0], np.arange(len(points))])
     v = np.exp(kappa * ((points[i] * points[j]).sum(1) - 1))
     return sparse.csr_matrix((v, (i, j)), shape=(len(points),) * 2)
+
+
+def draw_factor(rng: np.random.Generator, q: np.ndarray, ess_scale: float,
+                num: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(drawn points, log ω) of one factor with proposal q: N = min(⌈ν ESS⌉, n) draws (or
+    ``num``), counts c ~ Multinomial(N, q), ω = c / (q N); every point with ω = 1 when sampling
+    would save less than 5 % (the code's ``FixedImportanceSampler.sample``)."""
+    n = len(q)
+    ess = 1.0 / float(q @ q)
+    if num is None:
+        num = int(min(np.ceil(ess_scale * ess), n))
+        if min(ess, num) / n >= 1 - FULL_IF_SAVING_BELOW:
+            return np.arange(n), np.zeros(n)
+    counts = rng.multinomial(num, q)
+    idx = np.flatnonzero(counts)
+    return idx, np.log(counts[idx] / (q[idx] * num))
 
 
 class PoseSampler:
@@ -143,9 +169,9 @@ class PoseSampler:
                       np.log(q.direction_weights))
         circle = np.stack([np.cos(psi), np.sin(psi)], axis=1)
         d2 = ((q.shifts[:, None] - q.shifts[None]) ** 2).sum(-1)
-        self.kernels = (fisher_kernel(circle, 1).tocsc() if len(psi) > 1 else np.ones((1, 1)),
+        self.kernels = (fisher_kernel(circle, 1).toarray() if len(psi) > 1 else np.ones((1, 1)),
                         np.exp(-0.5 * d2 / (0.67 * shift_spacing) ** 2),
-                        fisher_kernel(q.directions, 2).tocsc())
+                        fisher_kernel(q.directions, 2).toarray().astype(np.float32))
         self.posterior = [np.zeros((n_images, n), np.float32) for n in self.sizes]
         self.seen = np.zeros(n_images, bool)
         self.visits = np.zeros(n_images, np.int64)
@@ -168,16 +194,8 @@ class PoseSampler:
         rng = np.random.default_rng([self.seed, i, int(self.visits[i])])
         parts, total, full = [], 1, 0
         for f, (n, kernel, log_w) in enumerate(zip(self.sizes, self.kernels, self.log_w)):
-            q = self.proposal(f, i)
-            ess = 1.0 / float(q @ q)
-            num = int(min(np.ceil(self.settings.ess_scale * ess), n))
-            if min(ess, num) / n >= 1 - FULL_IF_SAVING_BELOW:
-                idx, log_omega = np.arange(n), np.zeros(n)
-                full += 1
-            else:
-                counts = rng.multinomial(num, q)
-                idx = np.flatnonzero(counts)
-                log_omega = np.log(counts[idx] / (q[idx] * num))
+            idx, log_omega = draw_factor(rng, self.proposal(f, i), self.settings.ess_scale)
+            full += len(idx) == n and not log_omega.any()
             parts.append((idx, log_w[idx] + log_omega, log_omega))
             total *= len(idx)
         if full == 3 or total > self.settings.exact_above * np.prod(self.sizes):
@@ -209,7 +227,9 @@ class PoseSampler:
                 if t != 1.0:
                     v = v ** (1.0 / t)
                 if v.sum() > 0:
-                    row[idx] = v / v.sum()
+                    v = v / v.sum()
+                    keep = v >= STORE_BELOW / len(row)
+                    row[idx[keep]] = v[keep]
 
 
 def _csr(parts):
