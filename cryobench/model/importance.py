@@ -177,21 +177,27 @@ class PoseSampler:
         self.visits = np.zeros(n_images, np.int64)
         self.last: dict = {}
 
-    def draws(self, images: np.ndarray, visit: bool) -> list:
-        """Per image: None (evaluate exactly) or ((idx, log w ω) for angles, shifts, directions)."""
+    def draws(self, images: np.ndarray, visit: bool, replicate: int | None = None) -> list:
+        """Per image: None (evaluate exactly) or ((idx, log w ω, log ω) for angles, shifts,
+        directions). ``replicate`` r (measurements only): the draws the next visit could make,
+        from the stream (seed, i, next visit, r + 1), without changing any state."""
+        if replicate is not None:
+            return [self._draw(int(i), int(self.visits[i]) + 1, replicate + 1)
+                    if self.seen[i] else None for i in images]
         if not visit:
             return [self.last.get(int(i)) for i in images]
         out = []
         for i in images:
             i = int(i)
             self.visits[i] += 1
-            draw = self._draw(i) if self.seen[i] else None
+            draw = self._draw(i, int(self.visits[i])) if self.seen[i] else None
             self.last[i] = draw
             out.append(draw)
         return out
 
-    def _draw(self, i: int):
-        rng = np.random.default_rng([self.seed, i, int(self.visits[i])])
+    def _draw(self, i: int, visit: int, replicate: int = 0):
+        key = [self.seed, i, visit] + ([replicate] if replicate else [])
+        rng = np.random.default_rng(key)
         parts, total, full = [], 1, 0
         for f, (n, kernel, log_w) in enumerate(zip(self.sizes, self.kernels, self.log_w)):
             idx, log_omega = draw_factor(rng, self.proposal(f, i), self.settings.ess_scale)
