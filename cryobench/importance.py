@@ -64,27 +64,30 @@ class ImportanceOracle(Oracle):
         self._terms += int(exact.sum()) * per_image + sum(
             len(d[0][0]) * len(d[1][0]) * len(d[2][0]) for d in draws if d is not None)
         nll = np.empty(len(batch))
-        grad = pq = pa = None
+        pq = pa = None
         triples = [None] * len(batch)
         with self._kernel():
+            slices = lik.slicer.forward(x)
             if exact.any():
                 data = lik.subset(task.spectra, batch[exact])
                 if not gradient:
-                    nll[exact] = lik.nll(x, data)
+                    nll[exact] = lik._evaluate(x, data, False, slices=slices)[0]
                 else:
-                    nll[exact], grad, pq, pa, margins = lik.nll_grad_marginals(x, data, hard)
+                    nll[exact], _, pq, pa, margins = lik.nll_grad_marginals(
+                        x, data, hard, slices=slices, adjoint=False)
                     for j, t in zip(np.flatnonzero(exact), exact_triples(margins)):
                         triples[j] = t
             if len(sampled):
                 data = lik.subset(task.spectra, batch[sampled])
                 out, extra = sampled_nll(lik, x, data, [draws[j] for j in sampled], gradient,
-                                         hard)
+                                         hard, slices=slices, adjoint=False)
                 nll[sampled] = out
                 if gradient:
-                    g, q, a, tri = extra
-                    grad, pq, pa = (g, q, a) if grad is None else (grad + g, pq + q, pa + a)
+                    _, q, a, tri = extra
+                    pq, pa = (q, a) if pq is None else (pq + q, pa + a)
                     for j, t in zip(sampled, tri):
                         triples[j] = t
+            grad = lik.slicer.adjoint(pq * slices - pa) if gradient else None
         if visit:
             self.sampler.record(batch, triples)
         return nll, grad, pq, pa

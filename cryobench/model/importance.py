@@ -169,9 +169,10 @@ class PoseSampler:
                       np.log(q.direction_weights))
         circle = np.stack([np.cos(psi), np.sin(psi)], axis=1)
         d2 = ((q.shifts[:, None] - q.shifts[None]) ** 2).sum(-1)
-        self.kernels = (fisher_kernel(circle, 1).toarray() if len(psi) > 1 else np.ones((1, 1)),
-                        np.exp(-0.5 * d2 / (0.67 * shift_spacing) ** 2),
-                        fisher_kernel(q.directions, 2).toarray().astype(np.float32))
+        kernels = (fisher_kernel(circle, 1).toarray() if len(psi) > 1 else np.ones((1, 1)),
+                   np.exp(-0.5 * d2 / (0.67 * shift_spacing) ** 2),
+                   fisher_kernel(q.directions, 2).toarray())
+        self.kernels = tuple(k.astype(np.float32) for k in kernels)
         self.posterior = [np.zeros((n_images, n), np.float32) for n in self.sizes]
         self.seen = np.zeros(n_images, bool)
         self.visits = np.zeros(n_images, np.int64)
@@ -181,26 +182,28 @@ class PoseSampler:
         """Per image: None (evaluate exactly) or ((idx, log w ω, log ω) for angles, shifts,
         directions). ``replicate`` r (measurements only): the draws the next visit could make,
         from the stream (seed, i, next visit, r + 1), without changing any state."""
-        if replicate is not None:
-            return [self._draw(int(i), int(self.visits[i]) + 1, replicate + 1)
-                    if self.seen[i] else None for i in images]
-        if not visit:
+        images = np.asarray(images, np.int64)
+        if not visit and replicate is None:
             return [self.last.get(int(i)) for i in images]
-        out = []
-        for i in images:
-            i = int(i)
-            self.visits[i] += 1
-            draw = self._draw(i, int(self.visits[i])) if self.seen[i] else None
-            self.last[i] = draw
-            out.append(draw)
+        seen = np.flatnonzero(self.seen[images])
+        proposals = [self.proposals(f, images[seen]) for f in range(3)]
+        out = [None] * len(images)
+        for k, j in enumerate(seen):
+            i = int(images[j])
+            visit_no = int(self.visits[i]) + 1
+            out[j] = self._draw(i, visit_no, [q[k] for q in proposals],
+                                0 if replicate is None else replicate + 1)
+        if replicate is None:
+            self.visits[images] += 1
+            self.last.update(zip(images.tolist(), out))
         return out
 
-    def _draw(self, i: int, visit: int, replicate: int = 0):
+    def _draw(self, i: int, visit: int, proposals, replicate: int = 0):
         key = [self.seed, i, visit] + ([replicate] if replicate else [])
         rng = np.random.default_rng(key)
         parts, total, full = [], 1, 0
-        for f, (n, kernel, log_w) in enumerate(zip(self.sizes, self.kernels, self.log_w)):
-            idx, log_omega = draw_factor(rng, self.proposal(f, i), self.settings.ess_scale)
+        for n, q, log_w in zip(self.sizes, proposals, self.log_w):
+            idx, log_omega = draw_factor(rng, q, self.settings.ess_scale)
             full += len(idx) == n and not log_omega.any()
             parts.append((idx, log_w[idx] + log_omega, log_omega))
             total *= len(idx)
@@ -208,16 +211,17 @@ class PoseSampler:
             return None
         return tuple(parts)
 
-    def proposal(self, factor: int, i: int) -> np.ndarray:
-        """q = (1 − u) K π / Σ + u / N for factor 0 (angles), 1 (shifts) or 2 (directions)."""
+    def proposals(self, factor: int, images: np.ndarray) -> np.ndarray:
+        """q = (1 − u) K π / Σ + u / N of factor 0 (angles), 1 (shifts) or 2 (directions) for
+        each of ``images`` (rows): one matrix product with the (symmetric) kernel."""
         n, u = self.sizes[factor], self.settings.uniform
-        row = self.posterior[factor][i]
-        nz = np.flatnonzero(row)
-        smooth = self.kernels[factor][:, nz] @ row[nz].astype(float)
-        smooth = np.maximum(smooth, 0.0)
-        total = smooth.sum()
-        q = u / n + ((1 - u) * smooth / total if total > 0 else (1 - u) / n)
-        return q / q.sum()
+        kernel = self.kernels[factor]
+        smooth = np.maximum(self.posterior[factor][images] @ kernel, 0.0)
+        smooth = smooth.astype(float)
+        total = smooth.sum(axis=1, keepdims=True)
+        q = u / n + (1 - u) * np.divide(smooth, total, out=np.full_like(smooth, 1.0 / n),
+                                        where=total > 0)
+        return q / q.sum(axis=1, keepdims=True)
 
     def record(self, images, marginals: list) -> None:
         """Store each image's posterior marginals: per image a triple of (idx, mass / ω) over
@@ -247,11 +251,14 @@ def _csr(parts):
     return ptr, idx, lw
 
 
-def sampled_nll(lik, volume: np.ndarray, data, draws: list, gradient: bool, hard: bool = False):
+def sampled_nll(lik, volume: np.ndarray, data, draws: list, gradient: bool, hard: bool = False,
+                slices: np.ndarray | None = None, adjoint: bool = True):
     """The importance-sampled −log p̂_i of each image of ``data`` under its draw, and with
     ``gradient`` (∂/∂V of their sum, pq, pa, per-image posterior triples for
-    :meth:`PoseSampler.record`); pq, pa as :meth:`Likelihood.nll_grad_marginals` gives them."""
-    slices = lik.slicer.forward(volume)
+    :meth:`PoseSampler.record`); pq, pa as :meth:`Likelihood.nll_grad_marginals` gives them.
+    ``slices``: P V if already computed; without ``adjoint`` the gradient is None."""
+    if slices is None:
+        slices = lik.slicer.forward(volume)
     s_mat = np.ascontiguousarray(slices.view(lik.dtype))
     spow = np.ascontiguousarray(-0.5 * (slices.real**2 + slices.imag**2), lik.dtype)
     re = np.ascontiguousarray(data.patches.real, lik.dtype)
@@ -277,7 +284,7 @@ def sampled_nll(lik, volume: np.ndarray, data, draws: list, gradient: bool, hard
         pa_sum += pa[k]
         pq_sum += pq[k]
     pa_c = pa_sum.view(slices.dtype)
-    grad = lik.slicer.adjoint(pq_sum * slices - pa_c)
+    grad = lik.slicer.adjoint(pq_sum * slices - pa_c) if adjoint else None
     triples = []
     for j, d in enumerate(draws):
         triples.append(tuple((d[f][0], margs[f][csr[f][0][j]:csr[f][0][j + 1]]

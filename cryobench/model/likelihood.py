@@ -197,19 +197,23 @@ class Likelihood:
         np.add.at(pq, id_, q[img * na + ia])
         return pa.astype(self.dtype), pq.astype(self.dtype)
 
-    def nll_grad_marginals(self, volume: np.ndarray, data: ImageSpectra, hard: bool = False):
+    def nll_grad_marginals(self, volume: np.ndarray, data: ImageSpectra, hard: bool = False,
+                           slices: np.ndarray | None = None, adjoint: bool = True):
         """(−log p per image, ∂/∂V of the sum, pq, pa, (posterior marginals over angles (B, Na),
         shifts (B, Ns) and directions (B, Nd))): :meth:`nll_grad_weights`'s kernel products
         before gridding, and the marginals of the soft posterior the importance sampler keeps
-        (:mod:`cryobench.model.importance`). The other outputs are bit-identical to
-        :meth:`nll_and_grad`'s."""
-        return self._evaluate(volume, data, gradient=True, extras=True, hard=hard, marginals=True)
+        (:mod:`cryobench.model.importance`). ``slices``: P V if already computed; without
+        ``adjoint`` the gradient is None (the caller applies the slice adjoint to pq, pa).
+        The other outputs are bit-identical to :meth:`nll_and_grad`'s."""
+        return self._evaluate(volume, data, gradient=True, extras=True, hard=hard, marginals=True,
+                              slices=slices, adjoint=adjoint)
 
     def _evaluate(self, volume, data: ImageSpectra, gradient: bool, extras: bool = False,
-                  hard: bool = False, marginals: bool = False):
+                  hard: bool = False, marginals: bool = False, slices=None, adjoint: bool = True):
         b, np_ = len(data), len(self.points)
         na, ns, nd = self._log_w.shape
-        slices = self.slicer.forward(volume)                                      # (Nd, Np)
+        if slices is None:
+            slices = self.slicer.forward(volume)                                  # (Nd, Np)
         s_mat = slices.view(self.dtype)                                           # (Nd, 2Np)
         s_pow = -0.5 * (slices.real**2 + slices.imag**2)                          # (Nd, Np)
         a, q, aq = self._rows(data)
@@ -248,7 +252,7 @@ class Likelihood:
             scale_rows(q, ang_factor.reshape(-1).astype(self.dtype))
             pa = g.T @ a                                                          # Pᵀ A
             pq = p_as.reshape(b * na, nd).T @ q                                   # (Σ_s P)ᵀ Q
-        grad = self.slicer.adjoint(pq * slices - pa.view(slices.dtype))
+        grad = self.slicer.adjoint(pq * slices - pa.view(slices.dtype)) if adjoint else None
         out = (nll, grad, pq, pa.view(slices.dtype)) if extras else (nll, grad)
         return out + (margins,) if marginals else out
 
