@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cryobench.errors import InputError
 from cryobench.harness.plan import Planner
 from cryobench.model.importance import sampled_nll
 from cryobench.task import load_task
@@ -77,12 +78,14 @@ def measure(task, sampler, x, position: int, draws: int) -> dict:
 
 
 def is_check(task_name: str, scale: str, checkpoints=(1, 2, 4), draws: int = 8,
-             oracle: str = "importance", data_dir=None, log=print) -> list[dict]:
+             oracle: str = "importance", data_dir=None, log=print,
+             params: dict | None = None) -> list[dict]:
     """Run SGD on the importance-sampled oracle to each checkpoint (in epochs) and measure
-    there (:func:`measure`); one line per checkpoint through ``log``; the rows returned."""
+    there (:func:`measure`); one line per checkpoint through ``log``; the rows returned.
+    ``params``: sgd's hyper-parameters given explicitly (else tuned, else defaults)."""
     task = load_task(task_name, scale, data_dir, progress=False)
     planner = Planner(data_dir)
-    plan = planner.plan(planner.task(task_name, scale), "sgd", {}, 0, None)
+    plan = planner.plan(planner.task(task_name, scale), "sgd", dict(params or {}), 0, None)
     k = task.n_train
     budget = int(max(checkpoints) * k + 2 * MINIBATCH)
     counted = task.oracle(budget, 0, oracle, plan.method.name)
@@ -97,6 +100,9 @@ def is_check(task_name: str, scale: str, checkpoints=(1, 2, 4), draws: int = 8,
         while counted.evaluations + MINIBATCH <= epochs * k:
             state = opt.step(state, view)
         x = opt.iterate(state)
+        if not np.all(np.isfinite(x)):
+            raise InputError(f"the SGD run diverged before {epochs:g} epochs with "
+                             f"{plan.spec.params}; give a smaller step (--set lr=…)")
         run_fraction = ((counted.terms - terms0) / max(1, counted.evaluations - evals0)
                         / task.likelihood.terms_per_image())
         row = {"task": task.name, "scale": scale, "epochs": epochs,

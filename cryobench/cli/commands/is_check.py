@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from cryobench.checks.is_check import is_check
-from cryobench.cli.common import data_dir, positive
+from cryobench.cli.common import data_dir, parse_sets, positive
 from cryobench.errors import InputError
 from cryobench.model.importance import oracle_settings
 
@@ -19,6 +19,8 @@ def add_arguments(parser) -> None:
                         "(default 8)")
     parser.add_argument("--oracle", default="importance", help="the importance oracle's "
                         "settings (default: importance, its defaults)")
+    parser.add_argument("--set", action="append", metavar="NAME=VALUE",
+                        help="a hyper-parameter of the SGD run (repeatable; else tuned or default)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
 
 
@@ -32,7 +34,8 @@ def main(args) -> int:
         raise InputError(f"--at {args.at}: checkpoints are positive numbers of epochs")
     if oracle_settings(args.oracle) is None:
         raise InputError("--oracle: is-check measures the importance oracle, not the exact one")
-    rows = is_check(args.task, args.scale, at, args.draws, args.oracle, data_dir(args))
+    rows = is_check(args.task, args.scale, at, args.draws, args.oracle, data_dir(args),
+                    params=parse_sets(args.set))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
