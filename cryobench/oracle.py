@@ -223,6 +223,7 @@ class Oracle(CountedOracle):
     def __init__(self, task, budget: int, stream: int = 0):
         super().__init__(budget)
         self._task, self.stream = task, int(stream)
+        self._terms = 0
         self._train_mask = np.zeros(len(task.spectra), bool)
         self._train_mask[task.splits["train"]] = True
 
@@ -243,13 +244,22 @@ class Oracle(CountedOracle):
         return bool(batch.min() >= 0 and batch.max() < len(self._train_mask)
                     and self._train_mask[batch].all())
 
-    def _start(self, x, batch):
-        """Refuse an iterate that is not a density of the task's shape; tally the batch's work."""
+    @property
+    def terms(self) -> int:
+        """Likelihood terms G_iasd computed so far (an exact evaluation: the quadrature's size
+        per image), over every kind of evaluation."""
+        return self._terms
+
+    def _start(self, x, batch, exact: bool = True):
+        """Refuse an iterate that is not a density of the task's shape; tally the batch's work
+        (and, for an exact evaluation, its terms)."""
         shape = self._task.init.shape
         if not isinstance(x, np.ndarray) or x.shape != shape:
             raise ValueError(f"the oracle evaluates densities of shape {shape}, got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
         self._work(len(batch))
+        if exact:
+            self._terms += len(batch) * int(self._task.likelihood.quadrature.size)
 
     @contextmanager
     def _kernel(self):

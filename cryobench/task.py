@@ -37,6 +37,8 @@ from cryobench.model.ctf import evaluate_ctf
 from cryobench.model.likelihood import ImageSpectra, Likelihood
 from cryobench.model.prior import Prior
 from cryobench.model.quadrature import quadrature_for
+from cryobench.importance import ImportanceOracle
+from cryobench.model.importance import oracle_settings
 from cryobench.oracle import Oracle, stream_slice
 
 FORMAT_VERSION = 2      # 2: the initial density has the same bits on every machine (data/initial.py)
@@ -112,9 +114,16 @@ class Task:
             return _simulation_recipe(self.spec, self.scale, self.init.dtype)
         return self.content_hash
 
-    def oracle(self, budget: int | None = None, stream: int = 0):
-        """A fresh counted oracle on training stream ``stream`` (see :mod:`cryobench.oracle`)."""
-        return Oracle(self, self.budget if budget is None else budget, stream)
+    def oracle(self, budget: int | None = None, stream: int = 0, kind=None, optimizer: str = ""):
+        """A fresh counted oracle on training stream ``stream`` (see :mod:`cryobench.oracle`):
+        the exact one, or with ``kind`` (see :func:`cryobench.model.importance.oracle_settings`)
+        the importance-sampled one of :mod:`cryobench.importance`, seeded by (task, ``optimizer``,
+        ``stream``)."""
+        budget = self.budget if budget is None else budget
+        settings = oracle_settings(kind)
+        if settings is None:
+            return Oracle(self, budget, stream)
+        return ImportanceOracle(self, budget, stream, settings, optimizer)
 
     def write_density(self, volume: np.ndarray, path) -> None:
         """Write a density as MRC with this task's voxel size."""

@@ -21,7 +21,9 @@ ALLOWED = {
     "cryobench.optim": FOUNDATION | {"cryobench.oracle"},
     "cryobench.toy": FOUNDATION | {"cryobench.oracle"},
     "cryobench.external": FOUNDATION | {"cryobench.optim", "cryobench.oracle"},   # torch/optax adapters
-    "cryobench.task": FOUNDATION | {"cryobench.model", "cryobench.data", "cryobench.oracle"},
+    "cryobench.importance": FOUNDATION | {"cryobench.model", "cryobench.oracle"},
+    "cryobench.task": FOUNDATION | {"cryobench.model", "cryobench.data", "cryobench.oracle",
+                                    "cryobench.importance"},
     "cryobench.harness": FOUNDATION | PROTOCOL | {"cryobench", "cryobench.model", "cryobench.data",
                                                   "cryobench.task", "cryobench.external"},
     "cryobench.checks": FOUNDATION | PROTOCOL | {"cryobench.model", "cryobench.data",

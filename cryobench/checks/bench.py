@@ -5,7 +5,8 @@ matrix products (same shapes and layouts, random float32 operands), the kernel's
 value and gradient of a minibatch of 100 prepared training images, counting only the flops of
 the matrix products (:meth:`cryobench.model.likelihood.Likelihood.flops_per_image`) — and their
 ratio; the time of an epoch of plain SGD through the counted oracle (measured on N minibatches
-and extrapolated where asked, which the report says), of the test NLL, of loading the task, and
+and extrapolated where asked, which the report says) and, beside it, through the
+importance-sampled oracle (:func:`importance_epoch`), of the test NLL, of loading the task, and
 the process's peak memory; and the cost of running the optimizer in a process of its own
 (:mod:`cryobench.harness.isolation`): the same SGD steps there; per step, the time not spent in the
 oracle's evaluations there (messages, shared-memory copies, the update) less the same time in
@@ -226,6 +227,7 @@ def run_bench(task_name: str, scale: str = "ci", data_dir=None, *, threads: int 
 
     isolated = isolated_steps(task, x0, measured, n_threads)
     isolated["isolation_floor_s"] = transport_floor(x0, 20, n_threads)
+    importance = importance_epoch(task, measured, n_batches)
     task.test_nll(x0)
     test_s = _best(lambda: task.test_nll(x0), repeats)
     report = {
@@ -240,13 +242,39 @@ def run_bench(task_name: str, scale: str = "ci", data_dir=None, *, threads: int 
         "epoch_extrapolated": measured < n_batches, "minibatch_s": measured_s / measured,
         "sgd_lr": SGD_LR, "last_minibatch_objective": float(value),
         "test_nll_s": test_s, "test_images": len(task.splits["test"]),
-        "peak_rss_gb": peak_rss_gb(), "repeats": repeats, **isolated,
+        "peak_rss_gb": peak_rss_gb(), "repeats": repeats, **isolated, **importance,
         "outside_oracle_s": outside_s,
         "isolation_overhead": (isolated["isolation_transport_s"] - outside_s) / (measured_s / measured),
     }
     del task, data, oracle, lik
     gc.collect()
     return report
+
+
+def importance_epoch(task, measured: int, n_batches: int) -> dict:
+    """The SGD epoch through the importance-sampled oracle (:mod:`cryobench.importance`, its
+    default settings), in the same process as the exact one: the first ``measured`` minibatches
+    of the stream are visited once (first visits are exact; timed as ``is_first_s``), then the
+    same minibatches again (sampled; timed and extrapolated as ``is_epoch_s``), from the
+    initial density with the same constant step. ``is_terms_fraction``: the terms the second
+    visits computed over an exact evaluation's."""
+    batches = [task.stream(i * MINIBATCH, MINIBATCH) for i in range(measured)]
+    warm = task.oracle(4 * MINIBATCH, 0, "importance", "bench")
+    for _ in range(2):                                   # compile / load the sampled pass
+        warm.value_and_grad(task.init, batches[0])
+    oracle = task.oracle((2 * measured + 1) * MINIBATCH, 0, "importance", "sgd")
+    x, times, terms = task.init.copy(), [], []
+    for _ in range(2):
+        start, t0 = oracle.terms, time.perf_counter()
+        for batch in batches:
+            value, g = oracle.value_and_grad(x, batch)
+            x -= SGD_LR * g
+        times.append(time.perf_counter() - t0)
+        terms.append(oracle.terms - start)
+    exact_terms = measured * MINIBATCH * task.likelihood.terms_per_image()
+    return {"is_first_s": times[0] / measured * n_batches, "is_epoch_s": times[1] / measured
+            * n_batches, "is_minibatch_s": times[1] / measured,
+            "is_terms_fraction": terms[1] / exact_terms, "is_last_objective": float(value)}
 
 
 def format_report(r: dict) -> list[str]:
@@ -277,6 +305,10 @@ def format_report(r: dict) -> list[str]:
         f"  SGD epoch      {epoch}; lr {r['sgd_lr']:g}, last minibatch objective "
         f"{r['last_minibatch_objective']:.6g}" + ("" if math.isfinite(r["last_minibatch_objective"])
                                                  else " (diverged: not representative)"),
+        f"  IS epoch       {r['is_epoch_s']:.2f} s{' (extrapolated)' if r['epoch_extrapolated'] else ''}"
+        f" on the second visits ({1e3 * r['is_minibatch_s']:.1f} ms per minibatch), "
+        f"{r['is_terms_fraction']:.3g} of the exact terms; first visits (exact) "
+        f"{r['is_first_s']:.2f} s; exact/IS epoch {r['epoch_s'] / r['is_epoch_s']:.2f}×",
         f"  isolated step  {1e3 * r['isolated_minibatch_s']:.1f} ms with the optimizer in its own "
         f"process; outside the oracle {1e3 * r['isolation_transport_s']:.2f} ms there, "
         f"{1e3 * r['outside_oracle_s']:.2f} ms in-process: the isolation costs "

@@ -78,3 +78,10 @@ def report_interrupted(status: dict, out: Path) -> int:
               "again to compute them", file=sys.stderr)
         return 1
     return 0
+
+
+def oracle_option(parser) -> None:
+    """``--oracle``: exact (the default) or importance[:NAME=VALUE,…] (docs/model.md)."""
+    parser.add_argument("--oracle", help="the oracle the optimizer sees: exact (default) or "
+                        "importance[:ess_scale=10,uniform=0.05,temperature=1,exact_above=0.25] "
+                        "(importance sampling over poses; part of the run's identity and label)")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from cryobench.cli.commands import (bench, gate, grid, info, leaderboard, report, run, simulate,
-                                    speed_gate, tune, verify)
+from cryobench.cli.commands import (bench, gate, grid, info, is_check, leaderboard, report, run,
+                                    simulate, speed_gate, tune, verify)
 from cryobench.cli.commands import list as list_
 from cryobench.cli.common import add_task
 
 COMMANDS = {"list": list_, "info": info, "simulate": simulate, "run": run, "grid": grid,
             "tune": tune, "report": report, "leaderboard": leaderboard, "verify": verify,
-            "bench": bench, "gate": gate, "speed-gate": speed_gate}
+            "bench": bench, "gate": gate, "speed-gate": speed_gate, "is-check": is_check}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cryobench.errors import InputError
+from cryobench.model.importance import oracle_settings
 from cryobench.harness.plan import EACH_TASKS_OWN, HyperParameterError, Planner, RunPlan
 from cryobench.harness.registry import resolve
 from cryobench.harness.processes import check_output_folder, run_dask, run_local
@@ -44,7 +45,7 @@ class GridInterrupted(KeyboardInterrupt):
 
 
 GRID_KEYS = {"tasks", "scales", "optimizers", "seeds", "budget", "budget_epochs", "params",
-             "per_decade", "time_limit", "tuned", "description"}
+             "per_decade", "time_limit", "tuned", "description", "oracle"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Grid:
     per_decade: int = 5
     time_limit: float | None = None
     tuned: Path | str | None = EACH_TASKS_OWN     # a file, each task's own, or None (defaults)
+    oracle: str | None = None                     # None/"exact", or "importance[:k=v,…]"
 
 
 def _fail(path, message):
@@ -97,7 +99,7 @@ def _check_types(path: Path, raw: dict) -> None:
         if v is not None and (isinstance(v, bool) or not isinstance(v, kind) or not v >= low
                               or (low == 0 and v <= 0) or v != v):
             _fail(path, f"{key!r} must be {what}, got {v!r}")
-    for key in ("tuned", "description"):
+    for key in ("tuned", "description", "oracle"):
         if key in raw and not isinstance(raw[key], str):
             _fail(path, f"{key!r} must be a string, got {raw[key]!r}")
     params = raw.get("params", {})
@@ -137,9 +139,11 @@ def load_grid(path) -> Grid:
         if not tuned.is_file():
             raise InputError(f"{path}: 'tuned' names {tuned}, which does not exist")
     tuned = EACH_TASKS_OWN if tuned is None else (tuned or None)
+    oracle_settings(raw.get("oracle"), f"{path}: oracle")
     return Grid(path, raw["tasks"], raw.get("scales", ["ci"]), raw["optimizers"], seeds,
                 raw.get("budget"), raw.get("budget_epochs"), raw.get("params", {}),
-                raw.get("per_decade", 5), raw.get("time_limit"), tuned)
+                raw.get("per_decade", 5), raw.get("time_limit"), tuned,
+                raw.get("oracle"))
 
 
 def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[RunPlan]:
@@ -164,7 +168,8 @@ def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[RunPlan]:
                     try:
                         plan = planner.plan(ref, optimizer, dict(zip(axes, values)), seed,
                                             budget, per_decade=grid.per_decade,
-                                            time_limit=grid.time_limit, method=method)
+                                            time_limit=grid.time_limit, method=method,
+                                            oracle=grid.oracle)
                     except HyperParameterError as exc:
                         raise InputError(f"{grid.path}: [params.{optimizer}] {exc}") from None
                     except ValueError as exc:

@@ -30,6 +30,7 @@ from cryobench.harness.record import SNAPSHOTS, RunSpec
 from cryobench.harness.registry import resolve
 from cryobench.harness.run import check_run
 from cryobench.harness.tuned import default_tuned_file, load_tuned, tuned_entry
+from cryobench.model.importance import oracle_label, oracle_settings
 from cryobench.optim import Method
 from cryobench.task import task_identity, task_recipe
 
@@ -186,19 +187,25 @@ class Planner:
     def plan(self, task: TaskRef, optimizer: str, explicit: dict | None = None, seed: int = 0,
              budget: int | None = None, *, per_decade: int = 5, time_limit: float | None = None,
              score: str = "test", tuned: bool = True, snapshots=SNAPSHOTS,
-             method: Method | None = None) -> RunPlan:
+             method: Method | None = None, oracle=None) -> RunPlan:
         """One run of the optimizer ``optimizer`` (a reference; ``method`` if already resolved)
         on ``task``, checked; hyper-parameters from ``explicit``, else (``tuned``) the tuned
-        values, else the defaults."""
+        values, else the defaults. ``oracle``: None or "exact" (the default), else the
+        importance-sampled oracle (:func:`cryobench.model.importance.oracle_settings`), resolved
+        here to its full settings, which join the run's identity and its label."""
+        settings = oracle_settings(oracle)
         method = method or resolve(optimizer)
         table = self.tuned_table(task) if tuned else {}
         try:
             params, sources = resolve_params(method, dict(explicit or {}), table, task)
         except ValueError as exc:
             raise HyperParameterError(str(exc)) from None
+        label = config_label(method, params)
+        if settings is not None:
+            label += f" [{oracle_label(settings)}]"
         spec = RunSpec(task.given, task.scale.name, optimizer, params, seed, budget, per_decade,
-                       tuple(snapshots), time_limit, config_label(method, params), score,
-                       self.threads)
+                       tuple(snapshots), time_limit, label, score, self.threads,
+                       None if settings is None else settings.to_dict())
         check_run(spec, method, task.sizes["train"], task.batch_size,
                   budget if budget is not None else task.default_budget)
         cell = cell_id(spec, task.name, task.content_hash, optimizer_key(method))

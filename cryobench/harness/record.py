@@ -5,7 +5,7 @@ written and read.
 
 * ``trace.csv`` — tidy, one row per checkpoint (:func:`trace_columns`): the cell's identity
   (task, scale, optimizer, label, seed, cell), the checkpoint, the evaluation counts (``evals``
-  and per kind), the optimizer's ``wall_s``, the score on the held-out split (``test_nll``, or
+  and per kind), the likelihood ``terms`` computed (absent in older traces), the optimizer's ``wall_s``, the score on the held-out split (``test_nll``, or
   ``validation_nll`` for tuning runs) and the training objective ``train_obj``; numbers with 17
   significant digits, so they read back exactly;
 * ``meta.json`` — a :class:`CellRecord`: the run's specification (:class:`RunSpec`), status and
@@ -45,8 +45,8 @@ SNAPSHOTS = (5_000, 50_000)
 ID_COLUMNS = ("task", "scale", "optimizer", "label", "seed", "cell")
 COUNT_COLUMNS = ("grad_evals", "value_evals", "hvp_evals")
 SCORED_SPLITS = ("test", "validation")
-NUMBER_COLUMNS = ("checkpoint", "evals", *COUNT_COLUMNS, "wall_s", "test_nll", "validation_nll",
-                  "train_obj")
+NUMBER_COLUMNS = ("checkpoint", "evals", *COUNT_COLUMNS, "terms", "wall_s", "test_nll",
+                  "validation_nll", "train_obj")
 
 
 def score_column(split: str) -> str:
@@ -57,9 +57,11 @@ def score_column(split: str) -> str:
 
 
 def trace_columns(split: str = "test") -> tuple[str, ...]:
-    """The columns of ``trace.csv``, in order, for runs scored on ``split``."""
-    return (*ID_COLUMNS, "checkpoint", "evals", *COUNT_COLUMNS, "wall_s", score_column(split),
-            "train_obj")
+    """The columns of ``trace.csv``, in order, for runs scored on ``split``. ``terms`` (the
+    likelihood terms the oracle computed) is absent from traces written before it existed:
+    readers treat it as missing there."""
+    return (*ID_COLUMNS, "checkpoint", "evals", *COUNT_COLUMNS, "terms", "wall_s",
+            score_column(split), "train_obj")
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,16 @@ class RunSpec:
     label: str = ""                      # how the configuration is shown in reports
     score: str = "test"                  # split scored at checkpoints: test, or validation (tune)
     threads: int = 1                     # BLAS threads: they change the last bits of the numbers
+    oracle: dict | None = None           # None: the exact oracle; else its settings
+                                         # (cryobench.model.importance.ImportanceSettings.to_dict)
 
     def to_dict(self) -> dict:
+        """The specification as JSON; ``oracle`` only when it is not the exact oracle (so the
+        ids of exact runs are those they had before the option existed)."""
         d = asdict(self)
         d["snapshots"] = list(self.snapshots)
+        if d["oracle"] is None:
+            del d["oracle"]
         return d
 
     @staticmethod
@@ -223,7 +231,7 @@ FIELD_TYPES = {
     "run": {"task": "str", "scale": "str", "optimizer": "str", "params": SCALARS,
             "seed": "count", "budget": "count?", "per_decade": "count", "snapshots": ["count"],
             "time_limit": "number?", "label": "str", "score": "str", "threads": "count",
-            "...": None},
+            "oracle": (SCALARS,), "...": None},
     "optimizer_name": "str", "budget": "count?", "status": "str", "message": "str",
     "evaluations": "count", "wall_s": "number?", "task_hash": "str", "counts": {"*": "count"},
     "traceback": "str?", "time_limit_s": "number?", "task_recipe": "str?",

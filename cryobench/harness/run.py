@@ -133,7 +133,7 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
     marks = checkpoints(budget, task.batch_size, spec.per_decade, spec.snapshots)
     snaps = [s for s in spec.snapshots if s <= budget]
     method.values(**spec.params)                    # checked here; configured in its process
-    oracle = task.oracle(budget, stream=spec.seed)
+    oracle = task.oracle(budget, stream=spec.seed, kind=spec.oracle, optimizer=method.name)
     view = oracle.view()
     rng = rng_for(task.name, method.name, "optimizer", spec.seed)
     score = _Scorer(task, spec.score)
@@ -146,7 +146,7 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
     def record(x):
         test, train = score(x)
         rows.append({"evals": oracle.evaluations, **{f"{k}_evals": v for k, v in oracle.counts.items()},
-                     "wall_s": proc.elapsed, score_column(spec.score): test, "train_obj": train})
+                     "terms": oracle.terms, "wall_s": proc.elapsed, score_column(spec.score): test, "train_obj": train})
         return train
 
     x = task.init

@@ -158,7 +158,8 @@ def check_ranges(ranges: dict, names) -> None:
 
 def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
          budget: int | None = None, out=None, record_to=None, workers=None, data_dir=None,
-         progress=True, seeds: int = 2, per_decade: int = 5, ranges: dict | None = None) -> dict:
+         progress=True, seeds: int = 2, per_decade: int = 5, ranges: dict | None = None,
+         oracle=None) -> dict:
     """Search, select on validation, and record; returns {(task, optimizer): chosen entry}.
 
     ``scale`` None: each task's default scale. ``out`` None: :func:`default_tune_dir`.
@@ -194,7 +195,8 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
                     raise InputError(f"--range {n}={ranges[n][0]:g},{ranges[n][1]:g}: {method.name}'s "
                                      f"{n} is searched on a log scale, so LOW must be positive")
             cells = [planner.plan(ref, optimizer, values, seed, task_budget, per_decade=per_decade,
-                                  score="validation", tuned=False, method=method)
+                                  score="validation", tuned=False, method=method,
+                                  oracle=oracle)
                      for values in candidates(method, tunable, points, ranges)
                      for seed in range(seeds)]
             plan.append((ref, method.name, task_budget, cells, folder, target))

@@ -197,11 +197,23 @@ class Likelihood:
         np.add.at(pq, id_, q[img * na + ia])
         return pa.astype(self.dtype), pq.astype(self.dtype)
 
+    def nll_grad_marginals(self, volume: np.ndarray, data: ImageSpectra, hard: bool = False,
+                           slices: np.ndarray | None = None, adjoint: bool = True):
+        """(−log p per image, ∂/∂V of the sum, pq, pa, (posterior marginals over angles (B, Na),
+        shifts (B, Ns) and directions (B, Nd))): :meth:`nll_grad_weights`'s kernel products
+        before gridding, and the marginals of the soft posterior the importance sampler keeps
+        (:mod:`cryobench.model.importance`). ``slices``: P V if already computed; without
+        ``adjoint`` the gradient is None (the caller applies the slice adjoint to pq, pa).
+        The other outputs are bit-identical to :meth:`nll_and_grad`'s."""
+        return self._evaluate(volume, data, gradient=True, extras=True, hard=hard, marginals=True,
+                              slices=slices, adjoint=adjoint)
+
     def _evaluate(self, volume, data: ImageSpectra, gradient: bool, extras: bool = False,
-                  hard: bool = False):
+                  hard: bool = False, marginals: bool = False, slices=None, adjoint: bool = True):
         b, np_ = len(data), len(self.points)
         na, ns, nd = self._log_w.shape
-        slices = self.slicer.forward(volume)                                      # (Nd, Np)
+        if slices is None:
+            slices = self.slicer.forward(volume)                                  # (Nd, Np)
         s_mat = slices.view(self.dtype)                                           # (Nd, 2Np)
         s_pow = -0.5 * (slices.real**2 + slices.imag**2)                          # (Nd, Np)
         a, q, aq = self._rows(data)
@@ -227,6 +239,7 @@ class Likelihood:
         nll = data.half_norms + self.constant - (log_total + gmax)
         if not gradient:
             return nll, None
+        margins = _marginals(g, row_factor, (b, na, ns, nd)) if marginals else None
         # responsibilities P = row_factor · E and Σ_s P = ang_factor · p_as: scale A and Q instead
         if hard:
             pa, pq = hard_pa, hard_pq
@@ -239,8 +252,9 @@ class Likelihood:
             scale_rows(q, ang_factor.reshape(-1).astype(self.dtype))
             pa = g.T @ a                                                          # Pᵀ A
             pq = p_as.reshape(b * na, nd).T @ q                                   # (Σ_s P)ᵀ Q
-        grad = self.slicer.adjoint(pq * slices - pa.view(slices.dtype))
-        return (nll, grad, pq, pa.view(slices.dtype)) if extras else (nll, grad)
+        grad = self.slicer.adjoint(pq * slices - pa.view(slices.dtype)) if adjoint else None
+        out = (nll, grad, pq, pa.view(slices.dtype)) if extras else (nll, grad)
+        return out + (margins,) if marginals else out
 
     def gemm_shapes(self, batch: int) -> list[tuple[str, int, int, int]]:
         """The matrix products of a value+gradient evaluation of ``batch`` images, as
@@ -257,8 +271,23 @@ class Likelihood:
         return [("AB^T", rows, 2 * np_, nd), ("AB^T", batch * na, np_, nd),
                 ("A^TB", nd, rows, 2 * np_), ("A^TB", nd, batch * na, np_)]
 
+    def terms_per_image(self) -> int:
+        """Likelihood terms G_iasd an exact evaluation computes per image (the quadrature's size)."""
+        return int(self.quadrature.size)
+
     def flops_per_image(self) -> int:
         """Flops of the matrix products per image for value and gradient."""
         na, ns, nd = self._log_w.shape
         np_ = len(self.points)
         return 2 * (2 * na * ns * 2 * np_ * nd) + 2 * (2 * na * np_ * nd)
+
+
+def _marginals(e, row_factor, shape):
+    """Marginals over angles, shifts and directions of the responsibilities P = row_factor · E
+    (E the kernel's exp(G − m_ias) rows, still in the cross-term array after the posterior pass)."""
+    b, na, ns, nd = shape
+    e = e.reshape(b, na * ns, nd)
+    rf = row_factor.reshape(b, na * ns)
+    direction = np.matmul(rf[:, None, :].astype(e.dtype), e)[:, 0].astype(float)
+    mass = e.sum(axis=2, dtype=float).reshape(b, na, ns) * row_factor
+    return mass.sum(axis=2), mass.sum(axis=1), direction

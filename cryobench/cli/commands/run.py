@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryobench.cli.common import (MAX_BUDGET, data_dir, parse_sets, positive, report_interrupted,
+from cryobench.cli.common import (oracle_option, MAX_BUDGET, data_dir, parse_sets, positive, report_interrupted,
                                   threads_option)
 from cryobench.errors import InputError
 from cryobench.harness.grid import run_grid
@@ -33,6 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, help="BLAS threads (default 1; part of the run's "
                         "identity, since they change the last bits)")
     parser.add_argument("--out", default="runs", help="results folder (default ./runs)")
+    oracle_option(parser)
 
 
 def tuned_option(value):
@@ -54,7 +55,7 @@ def main(args) -> int:
         raise InputError(f"--seed {args.seed}: a seed is a training stream index ≥ 0")
     planner = Planner(data_dir(args), args.threads or 1, tuned_option(args.tuned))
     plan = planner.plan(planner.task(args.task, args.scale), args.optimizer, parse_sets(args.set),
-                        args.seed, args.budget, time_limit=args.time_limit)
+                        args.seed, args.budget, time_limit=args.time_limit, oracle=args.oracle)
     out = Path(args.out)
     status = run_grid([plan], out, workers=1, data_dir=data_dir(args), progress=False)
     print("hyper-parameters: " + ", ".join(f"{k}={v:g} ({plan.sources[k]})"

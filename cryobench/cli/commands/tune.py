@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryobench.cli.common import MAX_BUDGET, SCALE_HELP, data_dir, parse_ranges, positive
+from cryobench.cli.common import (MAX_BUDGET, SCALE_HELP, data_dir, oracle_option, parse_ranges,
+                                  positive)
 from cryobench.errors import InputError
 from cryobench.harness.tuning import tune
 
@@ -35,6 +36,7 @@ def add_arguments(parser) -> None:
                         "results/)")
     parser.add_argument("--workers", type=int, help="local processes (default: one per core)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    oracle_option(parser)
 
 
 def main(args) -> None:
@@ -51,7 +53,7 @@ def main(args) -> None:
     chosen = tune(args.task, args.scale, args.optimizers.split(","), names, args.points,
                   args.budget, args.out, args.record, args.workers, data_dir(args),
                   progress=not args.quiet, seeds=args.seeds, per_decade=args.per_decade,
-                  ranges=parse_ranges(args.range))
+                  ranges=parse_ranges(args.range), oracle=args.oracle)
     for (task, name), entry in sorted(chosen.items()):
         values = ", ".join(f"{k}={v:g}" for k, v in entry["params"].items() if k in names)
         edge = "; ".join(f"{k} blew up at {v['value']:g} ({v['ratio']:.3g}×)" if v["value"] is not None
