@@ -28,6 +28,8 @@ from cryobench.data.datasets import (Dataset, dataset_size, default_data_dir,
 from cryobench.data.initial import power_scale, spheres
 from cryobench.data.mrc import read_volume, write_volume
 from cryobench.data.realdata import CONTRAST_Z
+from cryobench.data.refinement import cached_optimum, initial_map, is_refinement
+from cryobench.data.refinement import parts as refinement_parts
 from cryobench.data.star import read_particles
 from cryobench.data.prepared import prepared_spectra
 from cryobench.data.spec import TASKS_DIR, Scale, TaskSpec, check_splits, load_spec
@@ -58,6 +60,7 @@ class Task:
     batch_size: int
     budget: int
     _stream_cache: dict = field(default_factory=dict, repr=False)
+    _optimum: list = field(default_factory=list, repr=False)
 
     @property
     def name(self) -> str:
@@ -110,6 +113,24 @@ class Task:
         if _is_simulated(self.spec):
             return _simulation_recipe(self.spec, self.scale, self.init.dtype)
         return self.content_hash
+
+    def optimum(self, progress: bool = True) -> np.ndarray:
+        """A refinement task's exact minimiser V* of the training objective (CG, cached beside
+        the derived files; :func:`cryobench.data.refinement.cached_optimum`)."""
+        if not self._optimum:
+            self._optimum.append(cached_optimum(
+                self.likelihood, self.spectra, self.splits["train"], self.prior.alpha,
+                self.derived_dir, self.dataset.pixel_size, progress)[0])
+        return self._optimum[0]
+
+    def train_objective(self, volume: np.ndarray) -> float:
+        """F(V)/K = mean over all training images of −log p + prior/K (not counted)."""
+        return float(self.nll(volume, self.splits["train"]).mean()
+                     + self.prior.value(volume) / self.n_train)
+
+    def suboptimality(self, volume: np.ndarray) -> float:
+        """(F(V) − F(V*))/K on the full training set, for a refinement task."""
+        return self.train_objective(volume) - self.train_objective(self.optimum())
 
     def oracle(self, budget: int | None = None, stream: int = 0):
         """A fresh counted oracle on training stream ``stream`` (see :mod:`cryobench.oracle`)."""
@@ -195,15 +216,19 @@ def load_task(name_or_path, scale: str | None = None, data_dir=None, progress: b
     data = load_dataset(spec, sc, data_dir, progress)
     box = data.images.shape[-1]
     objective, protocol, init_spec = (spec.section(s) for s in ("objective", "protocol", "init"))
-    lik = likelihood_for(spec, sc, box, data.pixel_size, dtype)
-    prior = Prior(objective.get("prior_lambda_pos", 1e-4), objective.get("prior_lambda_neg", 1e-4),
-                  objective.get("prior_beta", 1.0))
     splits = make_splits(spec.name, spec.seed, len(data.images), sizes["test"],
                          sizes["validation"])
     thash = _task_hash(spec, sc, data.files_hash, dtype)
     derived = data_dir / spec.name / f"{sc.name}-derived-{thash[:12]}"
-    spectra = prepared_spectra(lik, data.images, data.ctf, data.sigma, derived)
-    init = _initial_density(spec, sc, data, lik, splits, init_spec, derived)
+    if is_refinement(spec):                       # known poses: data/refinement.py
+        lik, prior, spectra = refinement_parts(spec, sc, data, dtype)
+        init = initial_map(spec, data, box)
+    else:
+        lik = likelihood_for(spec, sc, box, data.pixel_size, dtype)
+        prior = Prior(objective.get("prior_lambda_pos", 1e-4),
+                      objective.get("prior_lambda_neg", 1e-4), objective.get("prior_beta", 1.0))
+        spectra = prepared_spectra(lik, data.images, data.ctf, data.sigma, derived)
+        init = _initial_density(spec, sc, data, lik, splits, init_spec, derived)
     batch = int(protocol.get("batch_size", 100))
     budget = int(protocol.get("budget_epochs", 10) * len(splits["train"]))
     return Task(spec, sc, data, lik, prior, spectra, splits, init.astype(dtype), thash, derived,
