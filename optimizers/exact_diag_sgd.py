@@ -4,7 +4,7 @@ import numpy as np
 from cryobench.optim import GradientMethod, Hyper, method
 
 
-@method(lr=Hyper(1.0, 1e-3, 1e2), alpha=Hyper(1e-3, 1e-8, 1.0),
+@method(lr=Hyper(0.2, 1e-3, 1e2), alpha=Hyper(0.01, 1e-8, 1e1),
         batch_size=Hyper(100, 10, 1000, integer=True))
 def exact_diag_sgd(lr, alpha, batch_size):
     """SGD with the diagonal preconditioner of Toader, Brubaker & Lederman ("Efficient
@@ -18,17 +18,19 @@ def exact_diag_sgd(lr, alpha, batch_size):
         V_{t+1} = V_t − η F⁻¹[F(∇f_{B_t}(V_t)) / max(W̄_t, α)]
 
     η = ``lr`` (fixed, as their default), α = ``alpha`` their floor (the prior's own curvature
-    α_prior / K is not in W). Cost: |B| gradient evaluations per step (W comes with the gradient).
+    α_prior / K is not in W). W̄ is kept in real space (F⁻¹W̄ is real: W is even), so the
+    state has the iterate's shape and dtype. Cost: |B| gradient evaluations per step (W comes with the gradient).
     """
     def init(x0, *, budget, rng):
-        return {"x": x0.copy(), "w": None, "t": 0}
+        return {"x": x0.copy(), "w": np.zeros_like(x0), "t": 0}
 
     def step(state, oracle):
         x, t = state["x"], state["t"] + 1
         _, g, w, _ = oracle.value_grad_weights(x, oracle.next_batch(batch_size))
-        w = w.astype(np.float64)
-        w_bar = w if state["w"] is None else state["w"] * (t - 1) / t + w / t
+        w_bar = oracle.to_fourier(state["w"]).real * (t - 1) / t + w / t
         direction = oracle.from_fourier(oracle.to_fourier(g) / np.maximum(w_bar, alpha))
-        return {"x": (x - lr * direction).astype(x.dtype), "w": w_bar, "t": t}
+        return {"x": (x - lr * direction).astype(x.dtype),
+                "w": oracle.from_fourier(w_bar.astype(np.result_type(w_bar, np.complex64))),
+                "t": t}
 
     return GradientMethod(init, step)

@@ -9,8 +9,10 @@ def hermitian_rademacher(rng, shape):
     """Real ±1 entries on the rfft half grid (kz, ky, kx), made Hermitian in the planes kx = 0
     and kx = D/2 (z(−k) = z(k) there), so that ``from_fourier`` keeps every entry: then
     E[z(k) (F H Fᴴ z)(k)] is the diagonal entry h(k) (plus h(k, −k), non-zero only within one
-    voxel of the origin)."""
+    voxel of the origin). Any other shape of basis gets plain ±1 entries."""
     z = rng.choice(np.array([-1.0, 1.0]), size=shape)
+    if len(shape) != 3 or shape[2] != shape[0] // 2 + 1:      # not an rfft grid: plain ±1
+        return z
     d = shape[0]
     idx = np.arange(d)
     kz, ky = np.meshgrid(idx, idx, indexing="ij")
@@ -22,8 +24,8 @@ def hermitian_rademacher(rng, shape):
     return z
 
 
-@method(lr=Hyper(1.0, 1e-3, 1e2), beta=Hyper(0.9, 0.0, 0.999, log=False),
-        alpha=Hyper(1e-3, 1e-8, 1.0), armijo=Hyper(0, 0, 1, integer=True),
+@method(lr=Hyper(0.2, 1e-3, 1e2), beta=Hyper(0.9, 0.0, 0.999, log=False),
+        alpha=Hyper(0.1, 1e-8, 1e1), armijo=Hyper(0, 0, 1, integer=True),
         batch_size=Hyper(100, 10, 1000, integer=True))
 def precond_sgd_fourier(lr, beta, alpha, armijo, batch_size):
     """Preconditioned SGD with Hutchinson's diagonal estimator in the Fourier basis (Toader,
@@ -52,12 +54,14 @@ def precond_sgd_fourier(lr, beta, alpha, armijo, batch_size):
     ±1 in every entry of a full complex Fourier volume); α's default (the issue reads the paper
     as α = 1 / (points in the largest shell); not checked against the paper's text here); H_B z
     by the oracle's finite-difference ``hvp`` (theirs: forward-mode autodiff; exact for this
-    quadratic up to rounding). Cost per step: |B| gradient + |B| Hessian-vector evaluations,
+    quadratic up to rounding). D and D̄ are kept in real space (``from_fourier``; they are
+    real and even, so the round trip only averages the estimates at k and −k where the half
+    grid holds both), so the state has the iterate's shape and dtype. Cost per step: |B| gradient + |B| Hessian-vector evaluations,
     plus |B| value evaluations per Armijo trial.
     """
     def init(x0, *, budget, rng):
-        return {"x": x0.copy(), "d": None, "d_bar": None, "k": 0, "t": 0, "lr": float(lr),
-                "rng": rng}
+        return {"x": x0.copy(), "d": np.zeros_like(x0), "d_bar": np.zeros_like(x0), "k": 0,
+                "t": 0, "lr": float(lr), "rng": rng}
 
     def step(state, oracle):
         x, k = state["x"], state["k"] + 1
@@ -67,8 +71,8 @@ def precond_sgd_fourier(lr, beta, alpha, armijo, batch_size):
         z = hermitian_rademacher(state["rng"], gf.shape)
         hz = oracle.hvp(x, oracle.from_fourier(z.astype(gf.dtype)), batch, grad=g)
         sample = (z * oracle.to_fourier(hz)).real
-        d_bar = sample if state["d_bar"] is None else state["d_bar"] * (k - 1) / k + sample / k
-        d = d_bar if state["d"] is None else beta * state["d"] + (1 - beta) * d_bar
+        d_bar = oracle.to_fourier(state["d_bar"]).real * (k - 1) / k + sample / k
+        d = d_bar if k == 1 else beta * oracle.to_fourier(state["d"]).real + (1 - beta) * d_bar
         d_hat = np.maximum(np.abs(d), alpha)
         direction = oracle.from_fourier(gf / d_hat)
         eta = state["lr"]
@@ -83,7 +87,8 @@ def precond_sgd_fourier(lr, beta, alpha, armijo, batch_size):
                     break
                 eta /= 2
         x1 = (x - eta * direction).astype(x.dtype)
-        return {"x": x1, "d": d, "d_bar": d_bar, "k": k, "t": state["t"] + 1, "lr": eta,
-                "rng": state["rng"]}
+        keep = lambda a: oracle.from_fourier(a.astype(gf.dtype))  # noqa: E731  (real, even)
+        return {"x": x1, "d": keep(d), "d_bar": keep(d_bar), "k": k, "t": state["t"] + 1,
+                "lr": eta, "rng": state["rng"]}
 
     return GradientMethod(init, step)
