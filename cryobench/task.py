@@ -369,9 +369,21 @@ def describe(name_or_path, scale_name: str | None, data_dir) -> dict:
         real = _star_lines(spec, data)
     protocol = spec.section("protocol")
     sizes = check_splits(spec, scale, n_images)
+    n_train = sizes["train"]
+    if is_refinement(spec):
+        rmax = scale.rmax_px(box)
+        return {"task": spec.name, "scale": scale.name, "kind": "refinement (known poses)",
+                "images": n_images,
+                "splits (train / validation / test)": f"{n_train} / {sizes['validation']} / "
+                                                      f"{sizes['test']}",
+                "box": f"{box} px, {pixel:.4g} Å/px",
+                "r_max": f"{rmax:.4g} px = 1/{box * pixel / rmax:.4g} Å "
+                         f"({100 * rmax / (box / 2):.3g} % of Nyquist)",
+                "prior": f"Gaussian, alpha = {spec.section('objective')['prior_alpha']:g}",
+                "init": f"ground truth low-passed to {spec.section('init')['lowpass_resolution']:g} Å",
+                "minibatch": protocol.get("batch_size", 100), "data": cached}
     lik = likelihood_for(spec, scale, box, pixel)
     quad, rmax = lik.quadrature, lik.rmax
-    n_train = sizes["train"]
     return {
         "task": spec.name, "scale": scale.name, "images": n_images,
         "splits (train / validation / test)": f"{n_train} / {sizes['validation']} / {sizes['test']}",
