@@ -28,7 +28,7 @@ from cryobench.data.datasets import (Dataset, dataset_size, default_data_dir,
 from cryobench.data.initial import power_scale, spheres
 from cryobench.data.mrc import read_volume, write_volume
 from cryobench.data.realdata import CONTRAST_Z
-from cryobench.data.refinement import cached_optimum, initial_map, is_refinement
+from cryobench.data.refinement import SUBOPT_IMAGES, cached_optimum, initial_map, is_refinement
 from cryobench.data.refinement import parts as refinement_parts
 from cryobench.data.star import read_particles
 from cryobench.data.prepared import prepared_spectra
@@ -61,6 +61,7 @@ class Task:
     budget: int
     _stream_cache: dict = field(default_factory=dict, repr=False)
     _optimum: list = field(default_factory=list, repr=False)
+    is_refinement: bool = False           # [objective] kind = "refinement" (data/refinement.py)
 
     @property
     def name(self) -> str:
@@ -117,20 +118,20 @@ class Task:
     def optimum(self, progress: bool = True) -> np.ndarray:
         """A refinement task's exact minimiser V* of the training objective (CG, cached beside
         the derived files; :func:`cryobench.data.refinement.cached_optimum`)."""
-        if not self._optimum:
+        if not self._optimum:                         # [V*, F_S(V*)/|S|]
             self._optimum.append(cached_optimum(
                 self.likelihood, self.spectra, self.splits["train"], self.prior.alpha,
                 self.derived_dir, self.dataset.pixel_size, progress)[0])
         return self._optimum[0]
 
-    def train_objective(self, volume: np.ndarray) -> float:
-        """F(V)/K = mean over all training images of −log p + prior/K (not counted)."""
-        return float(self.nll(volume, self.splits["train"]).mean()
-                     + self.prior.value(volume) / self.n_train)
-
     def suboptimality(self, volume: np.ndarray) -> float:
-        """(F(V) − F(V*))/K on the full training set, for a refinement task."""
-        return self.train_objective(volume) - self.train_objective(self.optimum())
+        """(F_S(V) − F_S(V*))/|S| of a refinement task: S the first SUBOPT_IMAGES training images
+        (all of them at ci and small scale), F_S = Σ_S −log p + (|S|/K) ½α‖V‖²."""
+        index = self.splits["train"][:SUBOPT_IMAGES]
+        f = lambda v: float(self.nll(v, index).mean() + self.prior.value(v) / self.n_train)  # noqa
+        if len(self._optimum) < 2:
+            self._optimum[1:] = [f(self.optimum(progress=False))]
+        return f(volume) - self._optimum[1]
 
     def oracle(self, budget: int | None = None, stream: int = 0):
         """A fresh counted oracle on training stream ``stream`` (see :mod:`cryobench.oracle`)."""
@@ -232,7 +233,7 @@ def load_task(name_or_path, scale: str | None = None, data_dir=None, progress: b
     batch = int(protocol.get("batch_size", 100))
     budget = int(protocol.get("budget_epochs", 10) * len(splits["train"]))
     return Task(spec, sc, data, lik, prior, spectra, splits, init.astype(dtype), thash, derived,
-                batch, budget)
+                batch, budget, is_refinement=is_refinement(spec))
 
 
 def _task_hash(spec: TaskSpec, scale: Scale, files_hash: str, dtype) -> str:

@@ -30,12 +30,15 @@ from cryobench.data.phantoms import Phantom, make_phantom
 from cryobench.data.render import band_limited_volume
 from cryobench.data.simulate import read_poses
 from cryobench.errors import InputError
+from cryobench.model.fsc import fsc
 from cryobench.model.prior import GaussianPrior
 from cryobench.model.refinement import PosedSpectra, RefinementLikelihood
 
 KINDS = ("ab-initio", "refinement")
 CG_RTOL = 1e-6          # relative residual ‖b − A V‖ / ‖b‖ of the cached optimum
 CG_BATCH = 500          # images per pass of the operator
+SUBOPT_IMAGES = 5000    # training images the suboptimality is measured on (all at ci, small)
+OUTER_SHELLS = 0.2      # the outer 20 % of shells up to r_max (their "high frequencies")
 LOWPASS_HALF = math.sqrt(math.log(2.0) / (2.0 * math.pi ** 2))   # σ_f / resolution
 
 
@@ -188,3 +191,21 @@ def cached_optimum(lik, spectra, index, alpha: float, derived: Path, pixel_size:
     tmp.write_text(json.dumps(facts, indent=1, sort_keys=True))
     os.replace(tmp, record)
     return vol, facts
+
+
+def outer_fsc(volume: np.ndarray, optimum: np.ndarray, rmax: float) -> float:
+    """The lowest FSC between ``volume`` and V* over the shells (1 voxel wide) in the outer
+    :data:`OUTER_SHELLS` of (0, r_max]: reaching a threshold there means every high shell has."""
+    curve = fsc(volume, optimum)[1]
+    shells = np.arange(len(curve))
+    outer = (shells > (1 - OUTER_SHELLS) * rmax) & (shells <= rmax)
+    return float(curve[outer].min())
+
+
+def checkpoint_scores(task, volume: np.ndarray) -> dict:
+    """The trace columns of a refinement task's checkpoint: ``subopt`` (Task.suboptimality,
+    per image) and ``fsc_opt_outer`` (:func:`outer_fsc` against the cached optimum)."""
+    if not np.all(np.isfinite(volume)):
+        return {"subopt": float("nan"), "fsc_opt_outer": float("nan")}
+    return {"subopt": task.suboptimality(volume),
+            "fsc_opt_outer": outer_fsc(volume, task.optimum(progress=False), task.likelihood.rmax)}

@@ -39,6 +39,7 @@ from cryobench.errors import AccountingError, HarnessFault
 from cryobench.harness.limits import StepClock, TimeLimitReached
 from cryobench.harness.record import (SNAPSHOTS, CellRecord, RunOutput, RunSpec, TaskFacts,
                                       score_column)
+from cryobench.data.refinement import checkpoint_scores
 from cryobench.model.fsc import aligned_fsc, transform
 from cryobench.model.views import lowpass, projections
 from cryobench.oracle import BudgetExhausted
@@ -145,6 +146,10 @@ def execute(spec: RunSpec, task, method, progress=None, stuck_grace: float | Non
         test, train = score(x)
         rows.append({"evals": oracle.evaluations, **{f"{k}_evals": v for k, v in oracle.counts.items()},
                      "wall_s": clock.elapsed, score_column(spec.score): test, "train_obj": train})
+        if getattr(task, "is_refinement", False):       # refinement: also vs the CG optimum
+            start = time.perf_counter()
+            rows[-1].update(checkpoint_scores(task, x))
+            score.seconds += time.perf_counter() - start
         return train
 
     x = task.init
