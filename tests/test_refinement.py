@@ -231,3 +231,42 @@ def test_a_refinement_task_loads_with_a_low_passed_init_and_its_optimum(tmp_path
     _, g, w, _ = oracle.value_grad_weights(opt, task.splits["train"][:20])
     assert w.min() >= 0 and np.abs(g).max() < 0.05 * np.abs(oracle.value_and_grad(
         init, task.splits["train"][:20])[1]).max()
+
+
+def test_a_star_file_with_poses_is_the_same_refinement_task(tmp_path, data_dir):
+    """The simulated task's own STAR file (poses as RELION angles, origins in Å) read as a STAR
+    refinement task gives the same rotations and, once the origins re-centre the images, the
+    same shift-corrected spectra (up to the per-image σ the STAR path estimates)."""
+    sim = load_task(write_task(tmp_path), "ci", data_dir=data_dir, progress=False)
+    folder = sim.dataset.directory
+    toml = tmp_path / "star.toml"
+    toml.write_text(f'''name = "refine-star"
+seed = 1
+[dataset]
+kind = "star"
+star = "{folder / 'particles.star'}"
+particle_radius = 40.0
+reference = "{folder / 'ground_truth.mrc'}"
+[objective]
+kind = "refinement"
+prior_alpha = 1.0
+[protocol]
+n_test = 20
+[init]
+lowpass_resolution = 15.0
+[scales.ci]
+rmax = 12.0
+n_validation = 20
+''')
+    star = load_task(toml, "ci", data_dir=data_dir, progress=False)
+    assert np.abs(star.spectra.rotations - sim.spectra.rotations).max() < 1e-9
+    y = star.spectra.y / star.spectra.inv_sigma[:, None]
+    assert np.abs(y - sim.spectra.y).max() < 1e-5 * np.abs(sim.spectra.y).max()
+    no_poses = tmp_path / "no_poses.toml"
+    write_particles(tmp_path / "p.star", tmp_path / "p.mrcs",
+                    np.asarray(sim.dataset.images[:60]), sim.dataset.ctf.subset(np.arange(60)),
+                    sim.dataset.pixel_size)
+    no_poses.write_text(toml.read_text().replace(str(folder / "particles.star"),
+                                                 str(tmp_path / "p.star")))
+    with pytest.raises(InputError, match="has no pose column rlnAngleRot"):
+        load_task(no_poses, "ci", data_dir=data_dir, progress=False)
