@@ -181,6 +181,8 @@ def test_pseudo_atoms_and_their_simulation_are_deterministic(tmp_path):
     a, b = pseudo_atoms(11), pseudo_atoms(11)
     assert np.array_equal(a.centres, b.centres) and np.array_equal(a.sigmas, b.sigmas)
     assert not np.array_equal(a.centres[:5], pseudo_atoms(12).centres[:5])
+    assert 1000 <= len(a) <= 4000 and 0.5 <= a.sigmas.min() and a.sigmas.max() <= 0.7
+    assert 15 < a.radius < 40 and np.abs(a.centres.mean(0)).max() < 10
     params = SimulationParams("pseudo-atoms", 6, 16, 8.0, 0.1, 300.0, 2.7, 0.1, 5000.0, 25000.0,
                               300.0, 3.0, 2.0, 0.0, 30.0, 99)
     files = ("particles.star", "particles.mrcs", "ground_truth.mrc", "poses.csv")

@@ -191,7 +191,8 @@ class RefinementLikelihood:
 
     def weights(self, data: PosedSpectra, stencil=None, ctf=None) -> np.ndarray:
         """W: the exact diagonal of the summed data term's Hessian in the oracle's orthonormal
-        Fourier basis (module docstring), float64 on the half grid."""
+        Fourier basis (module docstring), float64 on the half grid. ``ctf`` (n, Np) replaces
+        C/σ (e.g. 1/σ: the diagonal without CTF)."""
         stencil = self.stencils(data.rotations) if stencil is None else stencil
         ctf = self.ctf_values(data) if ctf is None else ctf
         index, weight, flip = stencil
