@@ -17,6 +17,9 @@ from cryobench.data.render import band_limited_volume, clean_images
 from cryobench.data.simulate import SimulationParams, read_poses, simulate
 from cryobench.data.star import write_particles
 from cryobench.errors import InputError
+from cryobench.harness.record import RunSpec
+from cryobench.harness.registry import resolve
+from cryobench.harness.run import execute
 from cryobench.model.ctf import CTFParams
 from cryobench.model.fourier import centered_dft2
 from cryobench.model.refinement import RefinementLikelihood
@@ -195,13 +198,13 @@ def test_pseudo_atoms_and_their_simulation_are_deterministic(tmp_path):
                        rot, atol=1e-9)
 
 
-def write_task(tmp_path, old=None, new=None) -> Path:
+def write_task(tmp_path, old=None, new=None, n_images=160) -> Path:
     text = TASK.read_text()
     if old is not None:
         assert old in text
         text = text.replace(old, new)
     path = tmp_path / "refine.toml"
-    path.write_text(text.replace('n_images = 400', 'n_images = 160'))
+    path.write_text(text.replace('n_images = 400', f'n_images = {n_images}'))
     return path
 
 
@@ -272,3 +275,16 @@ n_validation = 20
                                                  str(tmp_path / "p.star")))
     with pytest.raises(InputError, match="has no pose column rlnAngleRot"):
         load_task(no_poses, "ci", data_dir=data_dir, progress=False)
+
+
+def test_a_refinement_run_records_suboptimality_and_outer_fsc(tmp_path, data_dir):
+    """trace.csv of a refinement run gains subopt and fsc_opt_outer (0 and 1 at the optimum's
+    own values are covered above); sgd lowers the first and raises the second."""
+    task = load_task(write_task(tmp_path, n_images=400), "ci", data_dir=data_dir, progress=False)
+    spec = RunSpec("refinement-atoms", "ci", "sgd", {"lr": 0.5}, seed=0, budget=5 * task.n_train)
+    trace = execute(spec, task, resolve("sgd"), compare=False).trace
+    assert list(trace.columns[-3:]) == ["train_obj", "subopt", "fsc_opt_outer"]
+    first, last = trace.iloc[0], trace.iloc[-1]
+    assert first["subopt"] == pytest.approx(task.suboptimality(task.init))
+    assert last["subopt"] < 0.5 * first["subopt"] and last["fsc_opt_outer"] > first["fsc_opt_outer"]
+    assert (trace["subopt"] >= 0).all()
