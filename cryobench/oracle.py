@@ -259,7 +259,7 @@ class Oracle(CountedOracle):
                              f"{getattr(x, 'shape', type(x).__name__)}")
         self._work(len(batch))
         if exact:
-            self._terms += len(batch) * int(self._task.likelihood.quadrature.size)
+            self._terms += len(batch) * self._task.likelihood.terms_per_image()
 
     @contextmanager
     def _kernel(self):

@@ -28,6 +28,8 @@ from cryobench.data.datasets import (Dataset, checked_sizes, default_data_dir,
 from cryobench.data.initial import power_scale, spheres
 from cryobench.data.mrc import read_volume, write_volume
 from cryobench.data.realdata import CONTRAST_Z
+from cryobench.data.refinement import SUBOPT_IMAGES, cached_optimum, initial_map, is_refinement
+from cryobench.data.refinement import parts as refinement_parts
 from cryobench.data.star import read_particles
 from cryobench.data.prepared import prepared_spectra
 from cryobench.data.sizes import check_sizes
@@ -61,6 +63,8 @@ class Task:
     batch_size: int
     budget: int
     _stream_cache: dict = field(default_factory=dict, repr=False)
+    _optimum: list = field(default_factory=list, repr=False)
+    is_refinement: bool = False           # [objective] kind = "refinement" (data/refinement.py)
 
     @property
     def name(self) -> str:
@@ -114,6 +118,24 @@ class Task:
             return _simulation_recipe(self.spec, self.scale, self.init.dtype)
         return self.content_hash
 
+    def optimum(self, progress: bool = True) -> np.ndarray:
+        """A refinement task's exact minimiser V* of the training objective (CG, cached beside
+        the derived files; :func:`cryobench.data.refinement.cached_optimum`)."""
+        if not self._optimum:                         # [V*, F_S(V*)/|S|]
+            self._optimum.append(cached_optimum(
+                self.likelihood, self.spectra, self.splits["train"], self.prior.alpha,
+                self.derived_dir, self.dataset.pixel_size, progress)[0])
+        return self._optimum[0]
+
+    def suboptimality(self, volume: np.ndarray) -> float:
+        """(F_S(V) − F_S(V*))/|S| of a refinement task: S the first SUBOPT_IMAGES training images
+        (all of them at ci and small scale), F_S = Σ_S −log p + (|S|/K) ½α‖V‖²."""
+        index = self.splits["train"][:SUBOPT_IMAGES]
+        f = lambda v: float(self.nll(v, index).mean() + self.prior.value(v) / self.n_train)  # noqa
+        if len(self._optimum) < 2:
+            self._optimum[1:] = [f(self.optimum(progress=False))]
+        return f(volume) - self._optimum[1]
+
     def oracle(self, budget: int | None = None, stream: int = 0, kind=None, optimizer: str = ""):
         """A fresh counted oracle on training stream ``stream`` (see :mod:`cryobench.oracle`):
         the exact one, or with ``kind`` (see :func:`cryobench.model.importance.oracle_settings`)
@@ -123,6 +145,9 @@ class Task:
         settings = oracle_settings(kind)
         if settings is None:
             return Oracle(self, budget, stream)
+        if self.is_refinement:
+            raise InputError(f"{self.name}: the importance-sampled oracle samples poses; a "
+                             "refinement task's poses are known (use the exact oracle)")
         return ImportanceOracle(self, budget, stream, settings, optimizer)
 
     def write_density(self, volume: np.ndarray, path) -> None:
@@ -206,19 +231,23 @@ def load_task(name_or_path, scale: str | None = None, data_dir=None, progress: b
     box = data.images.shape[-1]
     check_sizes(spec, sc, box, data.pixel_size)                  # a STAR task's own box
     objective, protocol, init_spec = (spec.section(s) for s in ("objective", "protocol", "init"))
-    lik = likelihood_for(spec, sc, box, data.pixel_size, dtype)
-    prior = Prior(objective.get("prior_lambda_pos", 1e-4), objective.get("prior_lambda_neg", 1e-4),
-                  objective.get("prior_beta", 1.0))
     splits = make_splits(spec.name, spec.seed, len(data.images), sizes["test"],
                          sizes["validation"])
     thash = _task_hash(spec, sc, data.files_hash, dtype)
     derived = data_dir / spec.name / f"{sc.name}-derived-{thash[:12]}"
-    spectra = prepared_spectra(lik, data.images, data.ctf, data.sigma, derived)
-    init = _initial_density(spec, sc, data, lik, splits, init_spec, derived)
+    if is_refinement(spec):                       # known poses: data/refinement.py
+        lik, prior, spectra = refinement_parts(spec, sc, data, dtype)
+        init = initial_map(spec, data, box)
+    else:
+        lik = likelihood_for(spec, sc, box, data.pixel_size, dtype)
+        prior = Prior(objective.get("prior_lambda_pos", 1e-4),
+                      objective.get("prior_lambda_neg", 1e-4), objective.get("prior_beta", 1.0))
+        spectra = prepared_spectra(lik, data.images, data.ctf, data.sigma, derived)
+        init = _initial_density(spec, sc, data, lik, splits, init_spec, derived)
     batch = int(protocol.get("batch_size", 100))
     budget = int(protocol.get("budget_epochs", 10) * len(splits["train"]))
     return Task(spec, sc, data, lik, prior, spectra, splits, init.astype(dtype), thash, derived,
-                batch, budget)
+                batch, budget, is_refinement=is_refinement(spec))
 
 
 def _task_hash(spec: TaskSpec, scale: Scale, files_hash: str, dtype) -> str:
@@ -354,9 +383,21 @@ def describe(name_or_path, scale_name: str | None, data_dir) -> dict:
     protocol = spec.section("protocol")
     sizes = check_splits(spec, scale, n_images)
     check_sizes(spec, scale, box, pixel)
+    n_train = sizes["train"]
+    if is_refinement(spec):
+        rmax = scale.rmax_px(box)
+        return {"task": spec.name, "scale": scale.name, "kind": "refinement (known poses)",
+                "images": n_images,
+                "splits (train / validation / test)": f"{n_train} / {sizes['validation']} / "
+                                                      f"{sizes['test']}",
+                "box": f"{box} px, {pixel:.4g} Å/px",
+                "r_max": f"{rmax:.4g} px = 1/{box * pixel / rmax:.4g} Å "
+                         f"({100 * rmax / (box / 2):.3g} % of Nyquist)",
+                "prior": f"Gaussian, alpha = {spec.section('objective')['prior_alpha']:g}",
+                "init": f"ground truth low-passed to {spec.section('init')['lowpass_resolution']:g} Å",
+                "minibatch": protocol.get("batch_size", 100), "data": cached}
     lik = likelihood_for(spec, scale, box, pixel)
     quad, rmax = lik.quadrature, lik.rmax
-    n_train = sizes["train"]
     return {
         "task": spec.name, "scale": scale.name, "images": n_images,
         "splits (train / validation / test)": f"{n_train} / {sizes['validation']} / {sizes['test']}",

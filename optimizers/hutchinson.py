@@ -1,4 +1,6 @@
-"""SGD with a diagonal preconditioner from Hutchinson's estimator (Toader, Brubaker & Lederman)."""
+"""SGD with a diagonal preconditioner from Hutchinson's estimator in the real-space voxel basis
+(after Toader, Brubaker & Lederman, whose estimator is in the Fourier basis: see
+``precond_sgd_fourier``). The name ``hutchinson`` is kept for the committed results."""
 import numpy as np
 
 from cryobench.optim import GradientMethod, Hyper, method
@@ -9,7 +11,9 @@ from cryobench.schedules import annealed_lr
         precond_every=Hyper(10, 1, 100, integer=True), beta=Hyper(0.9, 0.0, 0.999, log=False),
         floor=Hyper(0.1, 1e-3, 1.0), batch_size=Hyper(100, 10, 1000, integer=True))
 def hutchinson(lr, decay, precond_every, beta, floor, batch_size):
-    """Preconditioned SGD with Hutchinson's diagonal estimator (Toader, Brubaker & Lederman,
+    """The real-space voxel variant: preconditioned SGD with Hutchinson's diagonal estimator of
+    the Hessian in the voxel basis, where a known-pose Hessian is a convolution, not near-diagonal
+    (their method, diagonal in the Fourier basis, is ``precond_sgd_fourier``) (Toader, Brubaker & Lederman,
     "Efficient high-resolution refinement in cryo-EM with stochastic gradient descent"; the
     estimator: Hutchinson 1989, Bekas, Kokiopoulou & Saad 2007; averaging as in OASIS,
     Jahani et al. 2021):

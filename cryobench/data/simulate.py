@@ -18,7 +18,8 @@ module. The random draws come from NumPy's generators (the rotations through Sci
 exp/log in the normal sampler's rare rejection tests, where an ulp could flip a comparison
 about once in 10¹⁶ draws.
 
-Files written by :func:`simulate`: ``particles.star`` (RELION 3.1, CTFs only, no poses),
+Files written by :func:`simulate`: ``particles.star`` (RELION 3.1, CTFs; poses too for the seeded
+phantoms of refinement tasks, :mod:`cryobench.data.euler`),
 ``particles.mrcs``, ``ground_truth.mrc``, ``meta.json`` and ``poses.csv`` with the true poses:
 ``r00 … r22`` is R row-major (R maps image coordinates (x, y, z) to map coordinates, as above),
 ``shift_x, shift_y`` is t in pixels (RELION's rlnOriginX/YAngst would be −t·pixel_size), and
@@ -38,8 +39,10 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from cryobench.data.mrc import write_volume
-from cryobench.data.phantoms import PHANTOMS, junk_particle
-from cryobench.data.render import clean_images, masked_variance, particle_mask, scaled
+from cryobench.data.euler import angles_from_rotations
+from cryobench.data.phantoms import PHANTOMS, SEEDED, junk_particle, make_phantom
+from cryobench.data.render import (band_limited_volume, clean_images, masked_variance,
+                                   particle_mask, scaled)
 from cryobench.data.star import write_particles
 from cryobench.model.ctf import CTFParams
 
@@ -162,7 +165,7 @@ def simulate(params: SimulationParams, out_dir, progress: bool = True,
     p, out = params, Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)        # meta.json is written last: "complete"
-    phantom = PHANTOMS[p.phantom]()
+    phantom = make_phantom(p.phantom, p.seed)
     rot, ctf, shifts, outlier, junk, noise_rng = _draw(p)
     mask = particle_mask(phantom, p.box, p.pixel_size)
     variance = lambda im: masked_variance(im, mask)  # noqa: E731  per image
@@ -184,10 +187,16 @@ def simulate(params: SimulationParams, out_dir, progress: bool = True,
         var[idx] = variance(clean)
         images[idx] = clean + noise_rng.standard_normal(clean.shape, dtype=np.float32)
 
-    write_particles(out / "particles.star", out / "particles.mrcs", images, ctf, p.pixel_size)
+    # seeded (refinement) phantoms also write the true poses into the STAR file; the others keep
+    # the files they always had (their content hashes name committed results)
+    star_poses = ((angles_from_rotations(rot), -shifts * p.pixel_size)
+                  if p.phantom in SEEDED else None)
+    write_particles(out / "particles.star", out / "particles.mrcs", images, ctf, p.pixel_size,
+                    star_poses)
     del images
-    write_volume(out / "ground_truth.mrc", phantom.scaled(scale).to_volume(p.box, p.pixel_size),
-                 p.pixel_size)
+    truth = (band_limited_volume(phantom.scaled(scale), p.box, p.pixel_size)
+             if p.phantom in SEEDED else phantom.scaled(scale).to_volume(p.box, p.pixel_size))
+    write_volume(out / "ground_truth.mrc", truth, p.pixel_size)
     poses = pd.DataFrame(rot.reshape(-1, 9), columns=POSE_COLUMNS)
     poses.insert(0, "index", np.arange(p.n_images))
     poses["shift_x"], poses["shift_y"] = shifts[:, 0], shifts[:, 1]

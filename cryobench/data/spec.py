@@ -68,11 +68,12 @@ _SECTIONS = {
                 "astigmatism": _NONNEG, "shift_sigma": _NONNEG, "shift_truncation": _POS,
                 "outlier_fraction": Rule("number", 0, 1, open_high=True), "bfactor": _NUM,
                 "star": _STR, "particle_radius": _POS, "invert_sign": _BOOL, "reference": _STR},
-    "objective": {"prior_lambda_pos": _NONNEG, "prior_lambda_neg": _NONNEG, "prior_beta": _POS,
+    "objective": {"kind": _STR, "prior_alpha": _POS, "prior_lambda_pos": _NONNEG, "prior_lambda_neg": _NONNEG, "prior_beta": _POS,
                   "oversampling": _INT1, "shift_sigma": _NONNEG, "shift_truncation": _POS},
     "protocol": {"batch_size": _INT1, "n_test": _INT1, "n_validation": _INT1,
                  "budget_epochs": _POS},
-    "init": {"n_spheres": _INT1, "radius_min": _POS, "radius_max": _POS},
+    "init": {"n_spheres": _INT1, "radius_min": _POS, "radius_max": _POS,
+             "lowpass_resolution": _POS},
 }
 _SCALE_KEYS = {"n_images": _INT1, "box": Rule("int", 8), "pixel_size": _POS, "rmax": _POS,
                "rmax_fraction": _FRACTION, "n_validation": _INT1}

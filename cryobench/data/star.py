@@ -42,10 +42,13 @@ STAR_FLOAT_FORMAT = "%.12g"  # 12 significant digits: CTF values round-trip to ~
 
 
 def write_particles(star_path, stack_path, images: np.ndarray, ctf: CTFParams,
-                    pixel_size: float) -> None:
+                    pixel_size: float, poses: tuple | None = None) -> None:
     """Write a RELION 3.1 particle STAR file and its ``.mrcs`` stack (both atomically).
 
-    One optics group is written per distinct (voltage, Cs, amplitude contrast).
+    One optics group is written per distinct (voltage, Cs, amplitude contrast). ``poses`` =
+    (angles (n, 3) as RELION's rot, tilt, psi in degrees, origins (n, 2) in Å) adds the columns
+    rlnAngleRot/Tilt/Psi and rlnOriginX/YAngst (:mod:`cryobench.data.euler`); without it the
+    file has no pose columns (as every dataset simulated before refinement tasks).
     """
     star_path, stack_path = Path(star_path), Path(stack_path)
     n, d, d2 = images.shape
@@ -75,6 +78,11 @@ def write_particles(star_path, stack_path, images: np.ndarray, ctf: CTFParams,
         **{col: getattr(ctf, attr) for col, attr in PARTICLE_COLUMNS.items()},
         "rlnOpticsGroup": group.reshape(-1) + 1,
     })
+    if poses is not None:
+        angles, origins = (np.asarray(a, float) for a in poses)
+        for j, col in enumerate(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
+            particles[col] = angles[:, j]
+        particles["rlnOriginXAngst"], particles["rlnOriginYAngst"] = origins[:, 0], origins[:, 1]
     tmp = atomic_target(star_path)
     starfile.write({"optics": optics, "particles": particles}, tmp, overwrite=True,
                    float_format=STAR_FLOAT_FORMAT)

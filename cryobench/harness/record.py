@@ -6,8 +6,10 @@ written and read.
 * ``trace.csv`` — tidy, one row per checkpoint (:func:`trace_columns`): the cell's identity
   (task, scale, optimizer, label, seed, cell), the checkpoint, the evaluation counts (``evals``
   and per kind), the likelihood ``terms`` computed (absent in older traces), the optimizer's ``wall_s``, the score on the held-out split (``test_nll``, or
-  ``validation_nll`` for tuning runs) and the training objective ``train_obj``; numbers with 17
-  significant digits, so they read back exactly;
+  ``validation_nll`` for tuning runs) and the training objective ``train_obj``, then for
+  refinement tasks only ``subopt`` and ``fsc_opt_outer`` (:data:`REFINEMENT_COLUMNS`, see
+  :func:`cryobench.data.refinement.checkpoint_scores`); numbers with 17 significant digits, so
+  they read back exactly;
 * ``meta.json`` — a :class:`CellRecord`: the run's specification (:class:`RunSpec`), status and
   message, evaluation counts, the task's content hash and recipe, the facts about the task the
   run knew (:class:`TaskFacts`: K, box, voxel size, r_max), provenance, identity, snapshots
@@ -45,8 +47,9 @@ SNAPSHOTS = (5_000, 50_000)
 ID_COLUMNS = ("task", "scale", "optimizer", "label", "seed", "cell")
 COUNT_COLUMNS = ("grad_evals", "value_evals", "hvp_evals")
 SCORED_SPLITS = ("test", "validation")
-NUMBER_COLUMNS = ("checkpoint", "evals", *COUNT_COLUMNS, "terms", "wall_s", "test_nll",
-                  "validation_nll", "train_obj")
+REFINEMENT_COLUMNS = ("subopt", "fsc_opt_outer")   # refinement tasks only, after train_obj
+NUMBER_COLUMNS = ("checkpoint", "evals", *COUNT_COLUMNS, "terms", "wall_s", "test_nll", "validation_nll",
+                  "train_obj", *REFINEMENT_COLUMNS)
 
 
 def score_column(split: str) -> str:

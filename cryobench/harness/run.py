@@ -41,6 +41,7 @@ from cryobench.harness.isolation import OptimizerProcess, OptimizerFailed
 from cryobench.harness.limits import TimeLimitReached
 from cryobench.harness.record import (SNAPSHOTS, CellRecord, RunOutput, RunSpec, TaskFacts,
                                       score_column)
+from cryobench.data.refinement import checkpoint_scores
 from cryobench.model.fsc import aligned_fsc, transform
 from cryobench.model.views import lowpass, projections
 from cryobench.oracle import BudgetExhausted
@@ -147,6 +148,10 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
         test, train = score(x)
         rows.append({"evals": oracle.evaluations, **{f"{k}_evals": v for k, v in oracle.counts.items()},
                      "terms": oracle.terms, "wall_s": proc.elapsed, score_column(spec.score): test, "train_obj": train})
+        if getattr(task, "is_refinement", False):       # refinement: also vs the CG optimum
+            start = time.perf_counter()
+            rows[-1].update(checkpoint_scores(task, x))
+            score.seconds += time.perf_counter() - start
         return train
 
     x = task.init

@@ -66,3 +66,26 @@ class Prior:
             return out.reshape(v.shape)
         neg = -self.lambda_neg * self.beta * np.abs(v) ** (self.beta - 1.0)
         return np.where(v >= 0, self.lambda_pos, neg).astype(v.dtype)
+
+
+@dataclass(frozen=True)
+class GaussianPrior:
+    """The Gaussian (Tikhonov) prior of refinement tasks: −log p(V) = ½ α ‖V‖² over the voxels
+    (Toader, Brubaker & Lederman 2025, their "alpha"; constant dropped). In the oracle's
+    orthonormal Fourier basis it adds α to every diagonal entry of the Hessian."""
+
+    alpha: float
+
+    def __post_init__(self):
+        if not self.alpha > 0:
+            raise ValueError(f"the Gaussian prior needs α > 0, got {self.alpha}")
+
+    def value(self, volume: np.ndarray) -> float:
+        """½ α Σ_v v² (float64)."""
+        v = np.asarray(volume, np.float64).reshape(-1)
+        return float(0.5 * self.alpha * (v * v).sum())
+
+    def grad(self, volume: np.ndarray) -> np.ndarray:
+        """α V."""
+        v = np.asarray(volume)
+        return (self.alpha * v).astype(v.dtype)
