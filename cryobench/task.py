@@ -28,11 +28,12 @@ from cryobench.data.datasets import (Dataset, checked_sizes, default_data_dir,
 from cryobench.data.initial import power_scale, spheres
 from cryobench.data.mrc import read_volume, write_volume
 from cryobench.data.realdata import CONTRAST_Z
-from cryobench.data.refinement import SUBOPT_IMAGES, cached_optimum, initial_map, is_refinement
+from cryobench.data.refinement import (SUBOPT_IMAGES, cached_optimum, initial_map, is_refinement,
+                                       refinement_lines)
 from cryobench.data.refinement import parts as refinement_parts
 from cryobench.data.star import read_particles
 from cryobench.data.prepared import prepared_spectra
-from cryobench.data.sizes import check_sizes
+from cryobench.data.sizes import check_sizes, rmax_line
 from cryobench.data.spec import TASKS_DIR, Scale, TaskSpec, check_splits, load_spec
 from cryobench.errors import InputError
 from cryobench.model.ctf import evaluate_ctf
@@ -379,39 +380,30 @@ def describe(name_or_path, scale_name: str | None, data_dir) -> dict:
         data = load_dataset(spec, scale, data_dir, progress=False)
         box, pixel, n_images = data.images.shape[-1], data.pixel_size, len(data.images)
         cached = str(spec.path.parent / spec.section("dataset")["star"])
-        real = _star_lines(spec, data)
     protocol = spec.section("protocol")
     sizes = check_splits(spec, scale, n_images)
     check_sizes(spec, scale, box, pixel)
-    n_train = sizes["train"]
+    head = {"task": spec.name, "scale": scale.name, "images": n_images,
+            "splits (train / validation / test)": f"{sizes['train']} / {sizes['validation']} / "
+                                                  f"{sizes['test']}",
+            "box": f"{box} px, {pixel:.4g} Å/px"}
+    minibatch = protocol.get("batch_size", 100)
     if is_refinement(spec):
-        rmax = scale.rmax_px(box)
-        return {"task": spec.name, "scale": scale.name, "kind": "refinement (known poses)",
-                "images": n_images,
-                "splits (train / validation / test)": f"{n_train} / {sizes['validation']} / "
-                                                      f"{sizes['test']}",
-                "box": f"{box} px, {pixel:.4g} Å/px",
-                "r_max": f"{rmax:.4g} px = 1/{box * pixel / rmax:.4g} Å "
-                         f"({100 * rmax / (box / 2):.3g} % of Nyquist)",
-                "prior": f"Gaussian, alpha = {spec.section('objective')['prior_alpha']:g}",
-                "init": f"ground truth low-passed to {spec.section('init')['lowpass_resolution']:g} Å",
-                "minibatch": protocol.get("batch_size", 100), "data": cached}
+        return {**head, **refinement_lines(spec, scale.rmax_px(box), box, pixel),
+                "minibatch": minibatch, "data": cached}
     lik = likelihood_for(spec, scale, box, pixel)
     quad, rmax = lik.quadrature, lik.rmax
+    epochs = protocol.get("budget_epochs", 10)
     return {
-        "task": spec.name, "scale": scale.name, "images": n_images,
-        "splits (train / validation / test)": f"{n_train} / {sizes['validation']} / {sizes['test']}",
-        "box": f"{box} px, {pixel:.4g} Å/px", "r_max": f"{rmax:.4g} px = 1/{box * pixel / rmax:.4g} Å"
-        f" ({100 * rmax / (box / 2):.3g} % of Nyquist)",
+        **head, "r_max": rmax_line(rmax, box, pixel),
         "Fourier coefficients (half disk)": len(lik.points),
         "quadrature": f"{len(quad.directions)} directions × {len(quad.inplane_angles)} in-plane × "
                       f"{len(quad.shifts)} shifts = {quad.size:,} points",
         "flops per gradient evaluation": f"{lik.flops_per_image() / 1e6:.4g} MFLOP",
-        "minibatch": protocol.get("batch_size", 100),
-        "budget": f"{protocol.get('budget_epochs', 10)} epochs = "
-                  f"{int(protocol.get('budget_epochs', 10) * n_train):,} gradient evaluations",
+        "minibatch": minibatch,
+        "budget": f"{epochs} epochs = {int(epochs * sizes['train']):,} gradient evaluations",
         "data": cached,
-        **(real if kind != "simulated" else {}),
+        **(_star_lines(spec, data) if kind != "simulated" else {}),
     }
 
 

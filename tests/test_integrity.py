@@ -2,7 +2,7 @@
 oracle's accounting cannot be bent, zero work is refused, a cell's identity covers the thread
 count and its configuration, and bad values get one line."""
 import os
-import resource
+import shlex
 import signal
 import subprocess
 import sys
@@ -253,18 +253,22 @@ def test_harness_fault_in_a_cell_is_not_cached(tmp_path, data_dir, cylinder):
 
 
 def test_failing_write_is_not_a_result_and_a_retry_succeeds(tmp_path, data_dir):
-    """A full disk (here: a file-size limit, which fails writes the same way) interrupts the
-    cells; once writes work again, the same command computes them."""
+    """A full disk (a 40 kB tmpfs on the results folder, mounted in a mount namespace of the
+    grid's own) interrupts the cells; once writes work again, the same command computes them.
+    (A file-size limit would fail the optimizer's shared-memory channel before any cell.)"""
     grid = grid_file(tmp_path / "grid.toml", ["sgd", "nesterov"], budget=200)
     env = dict(os.environ, CRYOBENCH_DATA=str(data_dir))
     command = [sys.executable, "-m", "cryobench.cli", "grid", str(grid), "--workers", "2", "--quiet"]
-
-    def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # writes fail with EFBIG instead
-    full = subprocess.run(command, env=env, capture_output=True, text=True, preexec_fn=small_files)
-    assert full.returncode == 1 and "File too large" in full.stderr
-    assert not list(tmp_path.glob("cells/*/meta.json")) and not list(tmp_path.glob("cells/.*tmp-*"))
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    inside = (f"mount -t tmpfs -o size=40k tmpfs {cells} || exit 99; {shlex.join(command)}; "
+              f"echo rc=$?; ls -a {cells}")
+    full = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", inside],
+                          env=env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr                # the namespace and its tmpfs worked
+    assert "rc=1\n" in full.stdout and "No space left on device" in full.stderr
+    assert full.stdout.split("rc=1\n")[1].split() == [".", ".."]      # no result, no temporary
+    assert not list(cells.iterdir())                        # the tmpfs is gone with its namespace
     again = subprocess.run(command, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert set(load_results(tmp_path).cells["status"]) == {"ok"}

@@ -62,10 +62,15 @@ def simulate_in_fresh_process(spec: TaskSpec, scale: Scale, folder: Path, progre
                            f"{lines[-1] if lines else f'exit status {done.returncode}'}")
 
 
+def home_data_dir() -> Path:
+    """The dataset cache when ``$CRYOBENCH_DATA`` is not set: ``~/.cache/cryobench``."""
+    return Path.home() / ".cache" / "cryobench"
+
+
 def default_data_dir() -> Path:
-    """``$CRYOBENCH_DATA`` if set, else ``~/.cache/cryobench``."""
+    """``$CRYOBENCH_DATA`` if set, else :func:`home_data_dir`."""
     env = os.environ.get("CRYOBENCH_DATA")
-    return Path(env) if env else Path.home() / ".cache" / "cryobench"
+    return Path(env) if env else home_data_dir()
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from cryobench.data.mrc import read_volume, write_volume
 from cryobench.data.phantoms import Phantom, make_phantom
 from cryobench.data.render import band_limited_volume
 from cryobench.data.simulate import read_poses
+from cryobench.data.sizes import rmax_line
 from cryobench.errors import InputError
 from cryobench.model.fsc import fsc
 from cryobench.model.prior import GaussianPrior
@@ -72,6 +73,14 @@ def poses(spec, scale, data) -> tuple[np.ndarray, np.ndarray]:
         return rot[:n], shifts[:n]
     star = (spec.path.parent / spec.section("dataset")["star"]).resolve()
     return rotations_from_angles(star_angles(star, n)), np.zeros((n, 2))
+
+
+def refinement_lines(spec, rmax: float, box: int, pixel: float) -> dict:
+    """What ``cryobench info`` says of a refinement task beyond its sizes: kind, r_max, prior,
+    initial density."""
+    return {"kind": "refinement (known poses)", "r_max": rmax_line(rmax, box, pixel),
+            "prior": f"Gaussian, alpha = {spec.section('objective')['prior_alpha']:g}",
+            "init": f"ground truth low-passed to {spec.section('init')['lowpass_resolution']:g} Å"}
 
 
 def lowpass_sigma(resolution: float) -> float:

@@ -99,3 +99,9 @@ def check_sizes(spec: TaskSpec, scale: Scale, box: int | None = None,
         raise InputError(f"{spec.path}: {radius}{shifts}: the quadrature has {nd:,} directions × {na:,} "
                          f"in-plane angles × {ns:,} shifts, so a minibatch of {batch} images "
                          f"needs about {_gib(kernel)} of memory; this machine has {_gib(memory)}")
+
+
+def rmax_line(rmax: float, box: int, pixel: float) -> str:
+    """r_max as ``cryobench info`` says it: in pixels, as a resolution and as a share of Nyquist."""
+    return (f"{rmax:.4g} px = 1/{box * pixel / rmax:.4g} Å "
+            f"({100 * rmax / (box / 2):.3g} % of Nyquist)")

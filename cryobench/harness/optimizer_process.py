@@ -157,7 +157,13 @@ def serve(channel: _Channel, controller: ThreadpoolController) -> None:
 
 def private_tmp() -> bool:
     """Mount a tmpfs of its own on ``/tmp`` in a new mount namespace (a user namespace too when
-    not root): the optimizer's temporary files vanish with its process, killed or not."""
+    not root): the optimizer's temporary files vanish with its process, killed or not. Not
+    where Python, a folder of its path or cryobench lies under ``/tmp`` (a virtual environment
+    made there): the tmpfs would hide them from the imports still to come."""
+    tmp = os.path.realpath("/tmp")
+    needed = [sys.prefix, sys.base_prefix, os.path.dirname(__file__), *sys.path]
+    if any(os.path.realpath(p or ".").startswith(tmp + os.sep) for p in needed):
+        return False
     libc = ctypes.CDLL(None, use_errno=True)
     uid, gid = os.getuid(), os.getgid()
     flags = CLONE_NEWNS | (0 if uid == 0 else CLONE_NEWUSER)

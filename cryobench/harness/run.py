@@ -36,7 +36,7 @@ from cryobench.base.provenance import git_commit
 from cryobench.base.seeding import rng_for
 from cryobench.base.threads import thread_info
 from cryobench.errors import AccountingError, HarnessFault
-from cryobench.data.datasets import default_data_dir
+from cryobench.data.datasets import default_data_dir, home_data_dir
 from cryobench.harness.isolation import OptimizerProcess, OptimizerFailed
 from cryobench.harness.limits import TimeLimitReached
 from cryobench.harness.record import (SNAPSHOTS, CellRecord, RunOutput, RunSpec, TaskFacts,
@@ -236,10 +236,11 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
 
 
 def hidden_folders(task) -> list:
-    """The folders an optimizer's process must not read: the dataset cache, the task's folder
-    in it (prepared spectra, initial density) and the dataset's own folder."""
+    """The folders an optimizer's process must not read: the dataset cache (``$CRYOBENCH_DATA``
+    and the one in the home folder, which may hold the same task's data), the task's folder in it
+    (prepared spectra, initial density) and the dataset's own folder."""
     derived = task.derived_dir
-    folders = [default_data_dir(), derived.parent if derived.parent.name == task.name else derived]
+    folders = [default_data_dir(), home_data_dir(), derived.parent if derived.parent.name == task.name else derived]
     if task.dataset.directory is not None:
         folders.append(task.dataset.directory)
     return [str(f) for f in folders]
