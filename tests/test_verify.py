@@ -289,3 +289,56 @@ def test_an_optimizer_file_shipped_in_the_folder_is_listed_and_run(tmp_path, res
     assert cli(["verify", str(copy)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"verify runs the optimizer file {copy / 'my_sgd.py'}, shipped in the results folder")
+
+
+PATCHER = '''
+import numpy as np
+import cryobench.harness.run as _run
+import cryobench.schedules as _schedules
+_run._Scorer.__call__ = lambda self, x: (1.0, 1.0)          # at import, in the harness's process
+_schedules.annealed_lr.__code__ = (lambda *a, **k: 1e9).__code__
+from cryobench.optim import GradientMethod, Hyper, method
+
+
+def _init(x0, *, budget, rng):
+    return {"x": x0.copy()}
+
+
+def _step(state, oracle):
+    _, g = oracle.value_and_grad(state["x"], oracle.next_batch(100))
+    return {"x": state["x"] - np.float32(0.5) * g}
+
+
+@method(lr=Hyper(0.5, 0.01, 10))
+def patcher(lr):
+    """SGD whose module patches the scorer and the step schedule when it is imported."""
+    return GradientMethod(_init, _step)
+'''
+
+
+def test_a_cell_that_patches_the_harness_cannot_change_another_cells_verdict(tmp_path, data_dir,
+                                                                            capsys):
+    """Each cell is recomputed in a process of its own: an optimizer module shipped in the folder
+    that patches the scorer and annealed_lr at import does not touch the honest cells verified
+    after it (in one process they were MISMATCH by 10^17)."""
+    root = tmp_path / "set"
+    root.mkdir()
+    (root / "patcher.py").write_text(PATCHER)
+    env = dict(os.environ, CRYOBENCH_DATA=str(data_dir))
+    for optimizer in (f"{root}/patcher.py:patcher", "sgd"):    # two grids: the patcher's module
+        grid = tmp_path / "grid.toml"                            # runs in the grid's process too
+        grid.write_text(f'tasks = ["synthetic-cylinder"]\nscales = ["ci"]\nseeds = 3\n'
+                        f'optimizers = ["{optimizer}"]\nbudget = 200\ntuned = ""\n')
+        done = subprocess.run([sys.executable, "-m", "cryobench.cli", "grid", str(grid), "--out",
+                               str(root), "--quiet"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    import cryobench.harness.run as run
+    import cryobench.schedules as schedules
+    code = schedules.annealed_lr.__code__, run._Scorer.__call__
+    try:
+        assert cli(["verify", str(root)]) == 0
+    finally:
+        assert (schedules.annealed_lr.__code__, run._Scorer.__call__) == code, "patched verify"
+    out = capsys.readouterr().out
+    sgd = [line for line in out.splitlines() if " sgd seed " in line]
+    assert len(sgd) == 3 and all(line.startswith("ok") for line in sgd), out

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -13,18 +16,59 @@ import numpy as np
 from cryobench.errors import InputError
 
 
+#: what a temporary written beside ``<name>`` is called: ``.<name>.cryobench.tmp-<pid>-<host>-…``
+MARK = ".cryobench.tmp-"
+
+
+def temporary_prefix(path) -> str:
+    """The name a temporary for ``path`` starts with: the target, cryobench's mark, this process's
+    pid and host (so a later process can tell a killed writer's leftover from a live one's)."""
+    return f".{Path(path).name}{MARK}{os.getpid()}-{socket.gethostname()}-"
+
+
+def writer_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (another user's live process counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temporaries_of(path) -> list[Path]:
+    """Delete the temporaries cryobench's writers of ``path`` left when they were killed
+    (``.<name>.cryobench.tmp-<pid>-<host>-…`` beside it, whose writer on this host no longer runs);
+    nothing else is touched: not another file's, not another host's, not a live writer's."""
+    path, host, removed = Path(path), socket.gethostname(), []
+    for name in glob.glob(glob.escape(f".{path.name}{MARK}") + "*", root_dir=path.parent):
+        pid, _, rest = name[len(f".{path.name}{MARK}"):].partition("-")
+        if not pid.isdigit() or not rest.startswith(f"{host}-") or writer_alive(int(pid)):
+            continue
+        tmp = path.parent / name
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def atomic_write(path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename; a
     path that exists and is not a regular file (a folder, a device) is refused, never replaced.
     A symbolic link is followed (its target is written, the link stays); a write that fails
-    (a full disk) removes its temporary and leaves ``path`` as it was."""
+    (a full disk) removes its temporary and leaves ``path`` as it was; a temporary of ``path``
+    left by a killed writer is removed first (:func:`remove_dead_temporaries_of`)."""
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()
     if path.exists() and not path.is_file():
         raise InputError(f"{path}: not a regular file; cryobench writes files only over files")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    remove_dead_temporaries_of(path)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)

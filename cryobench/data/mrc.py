@@ -1,18 +1,22 @@
 """MRC maps: writing (atomically) and reading a density with its pixel size."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 
+from cryobench.base.files import remove_dead_temporaries_of, temporary_prefix
 from cryobench.errors import InputError
 
 
 def atomic_target(path: Path) -> Path:
-    """A temporary name beside ``path`` (written, then renamed onto it)."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """A temporary name beside ``path`` (written, then renamed onto it), carrying this process's
+    pid and host; a killed writer's temporary of ``path`` is removed first."""
+    remove_dead_temporaries_of(path)
+    return path.with_name(temporary_prefix(path) + "w")
 
 
 def fixed_label(mrc) -> None:
@@ -34,6 +38,18 @@ def write_volume(path, volume: np.ndarray, pixel_size: float) -> None:
     except BaseException:           # a full disk, an interrupt: no half-written temporary stays
         tmp.unlink(missing_ok=True)
         raise
+
+
+def volume_bytes(volume: np.ndarray, pixel_size: float) -> bytes:
+    """The bytes :func:`write_volume` would write, made in anonymous memory (a memfd): no file
+    name exists for a kill to leave behind."""
+    fd = os.memfd_create("cryobench-volume", os.MFD_CLOEXEC)
+    with io.open(fd, "rb") as fh:
+        with mrcfile.new(f"/proc/self/fd/{fd}", overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
+            mrc.voxel_size = float(pixel_size)
+            fixed_label(mrc)
+        return fh.read()
 
 
 def read_volume(path) -> tuple[np.ndarray, float]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy.sparse.linalg import LinearOperator, cg
 
+from cryobench.base.files import atomic_write
 from cryobench.data.cache import file_sha256
 from cryobench.data.euler import rotations_from_angles, star_angles
 from cryobench.data.mrc import read_volume, write_volume
@@ -196,9 +196,7 @@ def cached_optimum(lik, spectra, index, alpha: float, derived: Path, pixel_size:
     Path(derived).mkdir(parents=True, exist_ok=True)
     write_volume(path, vol, pixel_size)
     facts["sha256"] = file_sha256(path)
-    tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(facts, indent=1, sort_keys=True))
-    os.replace(tmp, record)
+    atomic_write(record, json.dumps(facts, indent=1, sort_keys=True))
     return vol, facts
 
 

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from cryobench.base.files import to_json
+from cryobench.base.files import remove_dead_temporaries_of, temporary_prefix, to_json
 from cryobench.errors import HarnessFault, InputError
 from cryobench.harness.identity import grid_identity
 from cryobench.harness.plan import RunPlan
@@ -49,7 +49,7 @@ def check_output_folder(cells_dir: Path) -> None:
             break
     try:
         cells_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=cells_dir, prefix=".write-probe-")
+        probe = tempfile.TemporaryFile(dir=cells_dir)  # O_TMPFILE: no name a kill could leave
         probe.write(b"x" * 4096)
         probe.flush()
         probe.close()
@@ -157,9 +157,13 @@ def _raise_interrupt(signum, frame):
 
 def compute_isolated(cell_dict: dict, data_dir) -> dict[str, bytes]:
     """On a Dask worker: run the cell in a process of its own and return its folder's files;
-    raise :class:`~cryobench.errors.HarnessFault` when it was interrupted."""
+    raise :class:`~cryobench.errors.HarnessFault` when it was interrupted. The cell writes into
+    ``$TMPDIR/.cryobench-worker.cryobench.tmp-<pid>-<host>-…``; the folder a killed worker left
+    is removed by the next cell computed on that host."""
     cell = RunPlan.from_dict(cell_dict)
-    with tempfile.TemporaryDirectory(prefix="cryobench-worker-") as tmp:
+    spool = Path(tempfile.gettempdir()) / "cryobench-worker"
+    remove_dead_temporaries_of(spool)               # a killed worker's folder (kill -9)
+    with tempfile.TemporaryDirectory(prefix=temporary_prefix(spool), dir=spool.parent) as tmp:
         folder = Path(tmp) / cell.cell
         p = CellProcess(cell, folder, data_dir)
         try:

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from cryobench.base.files import to_json
-from cryobench.data.mrc import write_volume
+from cryobench.data.mrc import volume_bytes
 from cryobench.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -324,11 +324,8 @@ def cell_files(out: RunOutput, cell: str, pixel_size: float) -> dict[str, bytes]
         buf = io.BytesIO()
         np.savez_compressed(buf, **{k: v.astype(np.float32) for k, v in out.views.items()})
         files["views.npz"] = buf.getvalue()
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, vol in out.densities.items():
-            path = Path(tmp) / f"density_{label}.mrc"
-            write_volume(path, vol, pixel_size)
-            files[path.name] = path.read_bytes()
+    for label, vol in out.densities.items():       # in memory: a killed cell leaves no file
+        files[f"density_{label}.mrc"] = volume_bytes(vol, pixel_size)
     return files
 
 

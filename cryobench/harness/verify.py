@@ -1,7 +1,8 @@
 """``cryobench verify``: recompute stored cells (or their trace prefixes) and compare.
 
 For each chosen cell the run is rebuilt from its ``meta.json`` (task, optimizer, every
-hyper-parameter, seed, checkpoints, thread count) and computed again in this process, with the
+hyper-parameter, seed, checkpoints, thread count) and computed again in a fresh process of its
+own (:func:`_recompute`: a cell's optimizer module never runs in verify's process), with the
 budget cut to ``prefix`` evaluations if asked (the longest stored checkpoint within it: the
 first evaluations of a run do not depend on its budget, since the shipped optimizers never read
 it — a method whose ``init`` uses its budget must be verified in full). The rows of both traces
@@ -33,7 +34,10 @@ One line per cell, a summary, exit status 1 on any mismatch.
 """
 from __future__ import annotations
 
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -129,6 +133,23 @@ def _cached_task(task_cache: dict, task: str, scale: str):
     return task_cache[task, scale]
 
 
+def _recompute_here(spec, cell: str, task_hash: str, threads):
+    """In the recomputation's own process: the optimizer resolved (a file shipped in a results
+    folder is imported here, never in verify's process), its identity and the run."""
+    set_threads(spec.threads)
+    task = load_task(spec.task, spec.scale, progress=False)
+    method = resolve(spec.optimizer)
+    return identity(cell, task_hash, threads, method), execute(spec, task, method, compare=False)
+
+
+def _recompute(spec, cell: str, task_hash: str, threads):
+    """(identity, RunOutput) of ``spec`` computed in a fresh interpreter of its own: whatever a
+    cell's optimizer module patches at import or while it runs dies with that process, so it
+    cannot change verify's accounting or another cell's recomputation."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_recompute_here, spec, cell, task_hash, threads).result()
+
+
 def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     """Recompute one cell (see module doc) and compare it with what is stored."""
     stored_record = results.records[row.cell]
@@ -149,8 +170,11 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
         return Verdict(row.cell, what, False, False, 0, np.inf,
                        f"task content hash {task.content_hash[:12]} here, "
                        f"{stored_record.task_hash[:12]} stored: the data or the task definition changed")
-    method = resolve(spec.optimizer)
-    mine = identity(row.cell, stored_record.task_hash, stored_record.run.threads, method)
+    try:
+        mine, out = _recompute(spec, row.cell, stored_record.task_hash, stored_record.run.threads)
+    except BrokenProcessPool:
+        return Verdict(row.cell, what, False, False, 0, np.inf, "the recomputation's process ended "
+                       "before it returned (the optimizer's module or the run ended it)")
     theirs = stored_record.identity or {}
     exact = (mine["platform"] == theirs.get("platform") and mine["threads"] == theirs.get("threads")
              and not rendered)
@@ -158,7 +182,6 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     moved = (f" ({version(mine)} here, {version(theirs)} stored)"
              if version(mine) != version(theirs) else "")
     stale = exact and mine["numerics"] != theirs.get("numerics")
-    out = execute(spec, task, method, compare=False)
     now = out.trace.sort_values("evals")
     common = np.intersect1d(stored["evals"].to_numpy(), now["evals"].to_numpy())
     a = stored.set_index("evals").loc[common]
