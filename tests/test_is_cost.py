@@ -1,0 +1,76 @@
+"""Honest cost accounting for the oracles (issue 27 item 2): the flops column, the
+exact-equivalent evaluations of the report, and tuned values kept per oracle."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cryobench.harness.record import RunSpec
+from cryobench.harness.registry import resolve
+from cryobench.harness.run import execute
+from cryobench.importance import sampled_flops
+from cryobench.model.likelihood import Likelihood
+from cryobench.model.quadrature import quadrature_for
+
+D, PIXEL, RMAX = 16, 4.0, 3.0
+
+
+def gemm_flops(lik, batch, value_only=False):
+    """2 m k n summed over the kernel's matrix products (value only: those of G, "AB^T")."""
+    return sum(2 * m * k * n for layout, m, k, n in lik.gemm_shapes(batch)
+               if not value_only or layout == "AB^T")
+
+
+def test_a_full_draw_costs_exactly_the_exact_kernels_flops():
+    """The sampled pass over every point counts the multiply-adds of the exact products."""
+    for shifts in (1.5, 0.0):                       # several shifts, and one shift
+        quad = quadrature_for(RMAX, D, shift_sigma_px=shifts)
+        lik = Likelihood(D, PIXEL, RMAX, quad, 2, np.float64)
+        na, ns, nd = lik._log_w.shape
+        full = tuple((np.arange(n), np.zeros(n), np.zeros(n)) for n in (na, ns, nd))
+        assert sampled_flops(full, len(lik.points), True) == gemm_flops(lik, 1)
+        assert sampled_flops(full, len(lik.points), False) == gemm_flops(lik, 1, True)
+        half = tuple((np.arange(max(1, n // 2)), np.zeros(1), np.zeros(1)) for n in (na, ns, nd))
+        # by hand: na'·ns'·nd'·2Np + na'·nd'·Np multiply-adds, 2 flops each, twice with the gradient
+        a, s, d = (max(1, n // 2) for n in (na, ns, nd))
+        n_p = len(lik.points)
+        assert sampled_flops(half, n_p, True) == 4 * (a * s * d * 2 * n_p + a * d * n_p)
+
+
+def test_the_exact_oracle_counts_the_flops_of_what_it_evaluated(cylinder):
+    lik = cylinder.likelihood
+    oracle = cylinder.oracle(10**6, 0)
+    x = cylinder.init.copy()
+    batch = oracle.next_batch(30)
+    oracle.value_and_grad(x, batch)
+    assert oracle.flops == gemm_flops(lik, 30)
+    oracle.value(x, batch)
+    assert oracle.flops == gemm_flops(lik, 30) + gemm_flops(lik, 30, True)
+    oracle.hvp(x, x, batch, grad=np.zeros_like(x))                # one more gradient pass
+    assert oracle.flops == 2 * gemm_flops(lik, 30) + gemm_flops(lik, 30, True)
+
+
+def test_the_importance_oracle_counts_its_sampled_and_exact_flops(cylinder):
+    lik = cylinder.likelihood
+    oracle = cylinder.oracle(10**6, 0, "importance", "sgd")
+    x = cylinder.init.copy()
+    for _ in range(cylinder.n_train // 100):                      # first visits: exact
+        oracle.value_and_grad(x, oracle.next_batch(100))
+    assert oracle.flops == oracle.evaluations * lik.flops_per_image()
+    before = oracle.flops
+    batch = oracle.next_batch(100)
+    oracle.value_and_grad(x, batch)
+    draws = [oracle.sampler.last[int(i)] for i in batch]
+    want = sum(lik.flops_per_image() if d is None else
+               4 * (len(d[0][0]) * len(d[1][0]) * len(d[2][0]) * 2 * len(lik.points)
+                    + len(d[0][0]) * len(d[2][0]) * len(lik.points)) for d in draws)
+    assert any(d is not None for d in draws)
+    assert oracle.flops - before == want < 100 * lik.flops_per_image()
+
+
+def test_flops_column_of_a_run(cylinder):
+    spec = RunSpec("synthetic-cylinder", "ci", "sgd", {"lr": 1.0, "decay": 0.01,
+                                                       "batch_size": 100}, 0, 300)
+    trace = execute(spec, cylinder, resolve("sgd"), compare=False).trace
+    assert "flops" in trace.columns
+    assert (trace["flops"] == trace["evals"] * cylinder.likelihood.flops_per_image()).all()
