@@ -2,15 +2,23 @@
 exact-equivalent evaluations of the report, and tuned values kept per oracle."""
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+import json
+import logging
 
+import numpy as np
+
+from cryobench.harness.plan import Planner, resolve_params
 from cryobench.harness.record import RunSpec
 from cryobench.harness.registry import resolve
+from cryobench.harness.results import load_results
 from cryobench.harness.run import execute
+from cryobench.harness.tuned import DEFAULT_TUNED, load_tuned
+from cryobench.harness.tuning import tune
 from cryobench.importance import sampled_flops
+from cryobench.model.importance import ImportanceSettings, oracle_settings
 from cryobench.model.likelihood import Likelihood
 from cryobench.model.quadrature import quadrature_for
+from cryobench.task import task_recipe
 
 D, PIXEL, RMAX = 16, 4.0, 3.0
 
@@ -74,3 +82,68 @@ def test_flops_column_of_a_run(cylinder):
     trace = execute(spec, cylinder, resolve("sgd"), compare=False).trace
     assert "flops" in trace.columns
     assert (trace["flops"] == trace["evals"] * cylinder.likelihood.flops_per_image()).all()
+
+
+# ------------------------------------------------------------------ tuned values per oracle
+def tuned_table(recipe, **entries):
+    """{"synthetic-cylinder": {"ci": {key: entry}}} with lr values, matched on ``recipe``."""
+    return {"synthetic-cylinder": {"ci": {k: {"params": {"lr": v}, "task_recipe": recipe}
+                                          for k, v in entries.items()}}}
+
+
+def test_each_oracle_gets_the_values_tuned_under_it(tmp_path, caplog):
+    empty = tmp_path / "no-data"
+    ref = Planner(empty).task("synthetic-cylinder", "ci")
+    recipe = task_recipe("synthetic-cylinder", "ci", empty)
+    sgd = resolve("sgd")
+    both = tuned_table(recipe, **{"sgd": 0.25, "sgd [IS]": 0.0625})
+    assert resolve_params(sgd, {}, both, ref)[0]["lr"] == 0.25                      # exact
+    params, source = resolve_params(sgd, {}, both, ref, oracle_settings("importance"))
+    assert params["lr"] == 0.0625 and source["lr"] == "tuned"
+    # an exact run never takes values tuned under another oracle
+    only_is = tuned_table(recipe, **{"sgd [IS]": 0.0625})
+    params, source = resolve_params(sgd, {}, only_is, ref)
+    assert source["lr"] == "default" and params["lr"] == sgd.hypers["lr"].default
+    # other importance settings, tuned under none: the exact values, with a note naming them
+    with caplog.at_level(logging.WARNING, logger="cryobench"):
+        params, source = resolve_params(sgd, {}, both, ref,
+                                        oracle_settings("importance:ess_scale=5"))
+    assert params["lr"] == 0.25 and source["lr"] == "tuned"
+    assert "no tuned values of sgd under the IS ess_scale=5 oracle" in caplog.text
+    assert "using those tuned with the exact oracle" in caplog.text
+    # and nothing recorded at all: the defaults, without a note
+    params, source = resolve_params(sgd, {}, tuned_table(recipe), ref,
+                                    oracle_settings("importance"))
+    assert source["lr"] == "default"
+
+
+def test_committed_exact_values_serve_an_importance_run_with_a_note(caplog):
+    committed = load_tuned(DEFAULT_TUNED)
+    lr = committed["synthetic-cylinder"]["small"]["sgd"]["params"]["lr"]
+    planner = Planner()
+    ref = planner.task("synthetic-cylinder", "small")
+    assert planner.plan(ref, "sgd").spec.params["lr"] == lr
+    with caplog.at_level(logging.WARNING, logger="cryobench"):
+        plan = planner.plan(ref, "sgd", oracle="importance")
+    assert plan.spec.params["lr"] == lr and plan.sources["lr"] == "tuned"
+    assert "under the IS oracle" in caplog.text
+
+
+def test_tune_under_the_importance_oracle_records_under_it(tmp_path, data_dir):
+    record = tmp_path / "tuned.json"
+    exact = {"params": {"lr": 0.125}, "task_recipe": "kept as it was"}
+    record.write_text(json.dumps({"synthetic-cylinder": {"ci": {"sgd": exact}}}))
+    chosen = tune(["synthetic-cylinder"], "ci", ["sgd"], ["lr"], points=2, budget=200,
+                  out=tmp_path / "tune", record_to=record, workers=1, data_dir=data_dir,
+                  progress=False, oracle="importance")
+    table = load_tuned(record)["synthetic-cylinder"]["ci"]
+    assert table["sgd"] == exact                                     # the exact entry untouched
+    entry = table["sgd [IS]"]
+    assert entry["oracle"] == ImportanceSettings().to_dict()
+    assert entry["params"] == chosen["synthetic-cylinder", "sgd"]["params"]
+    planner = Planner(data_dir, tuned=record)
+    ref = planner.task("synthetic-cylinder", "ci")
+    plan = planner.plan(ref, "sgd", oracle="importance")
+    assert plan.spec.params == entry["params"] and plan.sources["lr"] == "tuned"
+    cells = load_results(tmp_path / "tune").cells
+    assert (cells["label"].str.endswith("[IS]")).all()               # tuned with the IS oracle
