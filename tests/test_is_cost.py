@@ -6,9 +6,11 @@ import json
 import logging
 
 import numpy as np
+import pandas as pd
+import pytest
 
 from cryobench.harness.plan import Planner, resolve_params
-from cryobench.harness.record import RunSpec
+from cryobench.harness.record import SCHEMA_VERSION, RunSpec
 from cryobench.harness.registry import resolve
 from cryobench.harness.results import load_results
 from cryobench.harness.run import execute
@@ -18,6 +20,10 @@ from cryobench.importance import sampled_flops
 from cryobench.model.importance import ImportanceSettings, oracle_settings
 from cryobench.model.likelihood import Likelihood
 from cryobench.model.quadrature import quadrature_for
+from cryobench.report.cost import (exact_equivalent, exact_terms_per_image, importance_cells,
+                                   on_cost_axis)
+from cryobench.report.figures import cost_figure, write_report
+from cryobench.report.tables import COST_COLUMN, checkpoint_table, table_markdown
 from cryobench.task import task_recipe
 
 D, PIXEL, RMAX = 16, 4.0, 3.0
@@ -147,3 +153,107 @@ def test_tune_under_the_importance_oracle_records_under_it(tmp_path, data_dir):
     assert plan.spec.params == entry["params"] and plan.sources["lr"] == "tuned"
     cells = load_results(tmp_path / "tune").cells
     assert (cells["label"].str.endswith("[IS]")).all()               # tuned with the IS oracle
+
+
+# ------------------------------------------------------------------ exact-equivalent evaluations
+T = 1000                                        # terms of one exact evaluation (made up)
+EVALS = np.array([0, 100, 1000, 3000, 6000])
+
+
+def _is_terms(evals):
+    """The IS runs' terms: exact up to 1,000 evaluations, then a tenth of the terms."""
+    return np.where(evals <= 1000, evals * T, 1000 * T + (evals - 1000) * T // 10)
+
+
+def write_cell(root, label, seed, oracle=None, terms=True, task="task-a", facts=None):
+    """A cell folder as the harness writes it: trace (with or without terms) and meta.json."""
+    cell = f"{task}-{label.replace(' ', '_')}-{seed}"
+    folder = root / "cells" / cell
+    folder.mkdir(parents=True)
+    nll = 1000.0 - (10 + seed) * np.log1p(EVALS)
+    trace = pd.DataFrame({"task": task, "scale": "ci", "optimizer": "sgd", "label": label,
+                          "seed": seed, "cell": cell, "checkpoint": np.arange(len(EVALS)),
+                          "evals": EVALS, "grad_evals": EVALS, "value_evals": 0, "hvp_evals": 0,
+                          "wall_s": EVALS / 1000.0, "test_nll": nll, "train_obj": nll / 100})
+    if terms:
+        trace.insert(10, "terms", _is_terms(EVALS) if oracle else EVALS * T)
+    trace.to_csv(folder / "trace.csv", index=False)
+    run = {"task": task, "scale": "ci", "optimizer": "sgd", "label": label, "seed": seed,
+           "params": {}}
+    if oracle:
+        run["oracle"] = ImportanceSettings().to_dict()
+    meta = {"schema_version": SCHEMA_VERSION, "cell": cell, "optimizer_name": "sgd", "run": run,
+            "status": "ok", "message": "", "budget": int(EVALS[-1]),
+            "evaluations": int(EVALS[-1]), "wall_s": 1.0, "task_hash": f"hash-{task}",
+            "provenance": {"cryobench": "0.1.0"}, "snapshots": [],
+            "task_facts": facts or {"n_train": 1000, "batch_size": 100, "box": 12,
+                                    "pixel_size": 10.0, "rmax_px": 3.0}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture()
+def mixed(tmp_path):
+    """Exact sgd and sgd [IS], two seeds each."""
+    for seed in (0, 1):
+        write_cell(tmp_path / "mixed", "sgd", seed)
+        write_cell(tmp_path / "mixed", "sgd [IS]", seed, oracle=True)
+    return load_results(tmp_path / "mixed")
+
+
+def test_exact_equivalent_evaluations_by_hand(mixed):
+    assert importance_cells(mixed) == {"task-a-sgd_[IS]-0", "task-a-sgd_[IS]-1"}
+    assert exact_terms_per_image(mixed) == {("task-a", "ci"): T}
+    e = exact_equivalent(mixed)
+    is_rows = mixed.trace["label"] == "sgd [IS]"
+    assert (e[~is_rows] == mixed.trace.loc[~is_rows, "evals"]).all()          # exact: E = evals
+    assert list(e[is_rows & (mixed.trace["seed"] == 0)]) == [0, 100, 1000, 1200, 1500]
+    table = checkpoint_table(mixed).set_index("label")
+    assert table.loc["sgd", COST_COLUMN] == 6000 and table.loc["sgd [IS]", COST_COLUMN] == 1500
+    assert COST_COLUMN in table_markdown(checkpoint_table(mixed))
+
+
+def test_the_cost_figure_puts_is_runs_at_their_exact_equivalent_evaluations(mixed):
+    fig = cost_figure(mixed)
+    lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+    assert list(lines["sgd [IS]"].get_xdata()) == [100, 1000, 1200, 1500]
+    assert list(lines["sgd"].get_xdata()) == [100, 1000, 3000, 6000]
+    assert fig.axes[1].get_xlabel() == "exact-equivalent evaluations"
+
+
+def test_report_adds_the_cost_figure_and_column_only_with_is_runs(mixed, tmp_path):
+    names = {p.name for p in write_report(mixed, tmp_path / "with")}
+    assert {"convergence-cost.png", "convergence-cost.svg"} <= names
+    assert COST_COLUMN in (tmp_path / "with" / "table.csv").read_text()
+    exact_only = tmp_path / "exact"
+    for seed in (0, 1):
+        write_cell(exact_only, "sgd", seed)
+    names = {p.name for p in write_report(load_results(exact_only), tmp_path / "without")}
+    assert not any("cost" in n for n in names)
+    assert COST_COLUMN not in (tmp_path / "without" / "table.csv").read_text()
+
+
+def test_old_traces_without_terms_have_no_cost(tmp_path):
+    root = tmp_path / "old"
+    write_cell(root, "sgd", 0, terms=False)                          # written before terms
+    write_cell(root, "sgd", 1)
+    write_cell(root, "sgd [IS]", 0, oracle=True)
+    results = load_results(root)
+    old = results.trace["cell"] == "task-a-sgd-0"
+    e = exact_equivalent(results)
+    assert e[old].isna().all() and e[~old].notna().all()
+    assert set(on_cost_axis(results).cells["cell"]) == {"task-a-sgd-1", "task-a-sgd_[IS]-0"}
+    # no exact run with terms and no task file to compute T from: no cost at all
+    alone = tmp_path / "alone"
+    write_cell(alone, "sgd [IS]", 0, oracle=True)
+    assert exact_equivalent(load_results(alone)).isna().all()
+
+
+def test_terms_per_exact_evaluation_from_the_task_file_without_exact_runs(tmp_path, cylinder):
+    lik = cylinder.likelihood
+    facts = {"n_train": cylinder.n_train, "batch_size": 100, "box": lik.box,
+             "pixel_size": lik.pixel_size, "rmax_px": lik.rmax}
+    write_cell(tmp_path / "only-is", "sgd [IS]", 0, oracle=True, task="synthetic-cylinder",
+               facts=facts)
+    results = load_results(tmp_path / "only-is")
+    assert exact_terms_per_image(results) == {("synthetic-cylinder", "ci"):
+                                              lik.terms_per_image()}
