@@ -242,18 +242,7 @@ def test_old_traces_without_terms_have_no_cost(tmp_path):
     e = exact_equivalent(results)
     assert e[old].isna().all() and e[~old].notna().all()
     assert set(on_cost_axis(results).cells["cell"]) == {"task-a-sgd-1", "task-a-sgd_[IS]-0"}
-    # no exact run with terms and no task file to compute T from: no cost at all
+    # no exact run with terms to read T from: no cost at all
     alone = tmp_path / "alone"
     write_cell(alone, "sgd [IS]", 0, oracle=True)
     assert exact_equivalent(load_results(alone)).isna().all()
-
-
-def test_terms_per_exact_evaluation_from_the_task_file_without_exact_runs(tmp_path, cylinder):
-    lik = cylinder.likelihood
-    facts = {"n_train": cylinder.n_train, "batch_size": 100, "box": lik.box,
-             "pixel_size": lik.pixel_size, "rmax_px": lik.rmax}
-    write_cell(tmp_path / "only-is", "sgd [IS]", 0, oracle=True, task="synthetic-cylinder",
-               facts=facts)
-    results = load_results(tmp_path / "only-is")
-    assert exact_terms_per_image(results) == {("synthetic-cylinder", "ci"):
-                                              lik.terms_per_image()}

@@ -8,39 +8,21 @@ terms it computed (the trace column ``terms``). The exact-equivalent evaluations
 
 so an exact run's E equals its evaluations and an importance-sampled run's is what the same
 terms would have bought exactly. T is read from the exact-oracle runs of the same task and
-scale in the results (their terms / evaluations), else computed from the task file and the
-sizes the runs recorded (box, voxel size, r_max); rows without ``terms`` (traces written
-before it existed) or without a T have no E.
+scale in the results (their terms / evaluations); rows without ``terms`` (traces written
+before it existed) or without such an exact run have no E (the report layer does not load
+task files).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from cryobench.data.spec import load_spec
-from cryobench.errors import InputError
 from cryobench.harness.results import Results
-from cryobench.model.quadrature import quadrature_for
 
 
 def importance_cells(results: Results) -> set[str]:
     """The cells run on a non-exact oracle (their record's ``run.oracle`` is set)."""
     return {c for c, rec in results.records.items() if getattr(rec.run, "oracle", None)}
-
-
-def _from_task_file(results: Results, task: str, scale: str) -> float:
-    """T from the task file and the recorded sizes (NaN if either is unavailable)."""
-    facts = results.task_facts(task, scale)
-    if facts is None:
-        return np.nan
-    try:
-        objective = load_spec(task).section("objective")
-    except (InputError, OSError, ValueError):
-        return np.nan
-    quad = quadrature_for(facts.rmax_px, facts.box,
-                          objective.get("shift_sigma", 0.0) / facts.pixel_size,
-                          objective.get("shift_truncation", 2.0))
-    return float(quad.size)
 
 
 def exact_terms_per_image(results: Results) -> dict[tuple[str, str], float]:
@@ -51,7 +33,7 @@ def exact_terms_per_image(results: Results) -> dict[tuple[str, str], float]:
         exact = trace[trace["cell"].isin(set(cells["cell"]) - sampled) & (trace["evals"] > 0)]
         ratio = (exact["terms"] / exact["evals"]).dropna() if "terms" in exact else pd.Series()
         out[task, scale] = (float(ratio.median()) if len(ratio)
-                            else _from_task_file(results, task, scale))
+                            else np.nan)
     return out
 
 
