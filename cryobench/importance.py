@@ -21,7 +21,20 @@ from scipy import fft as sfft
 from cryobench.model.importance import (ImportanceSettings, PoseSampler, exact_triples,
                                         run_seed, sampled_nll)
 from cryobench.model.weights import FourierGridding
-from cryobench.oracle import Oracle
+from cryobench.oracle import Oracle, exact_flops
+
+
+def sampled_flops(draw, n_points: int, gradient: bool) -> int:
+    """Flops of the sampled pass (:func:`cryobench.model.sampled.sampled_terms`) for one image
+    whose draw has na angles, ns shifts, nd directions, counted as 2 per multiply-add the way
+    :meth:`Likelihood.flops_per_image` counts the exact kernel's products: G takes
+    na·ns·nd·2Np (the cross terms) + na·nd·Np (the −½ Q|S|² terms) multiply-adds, and the
+    gradient's accumulation of pa, pq as many again (an upper bound: it skips zero
+    responsibilities). The rows' gather, the slices and the adjoint are not counted, as for
+    the exact kernel."""
+    na, ns, nd = (len(part[0]) for part in draw)
+    macs = na * ns * nd * 2 * n_points + na * nd * n_points
+    return 2 * macs * (2 if gradient else 1)
 
 
 class ImportanceOracle(Oracle):
@@ -63,6 +76,8 @@ class ImportanceOracle(Oracle):
         per_image = lik.terms_per_image()
         self._terms += int(exact.sum()) * per_image + sum(
             len(d[0][0]) * len(d[1][0]) * len(d[2][0]) for d in draws if d is not None)
+        self._add_flops(int(exact.sum()) * exact_flops(lik, gradient) + sum(
+            sampled_flops(d, len(lik.points), gradient) for d in draws if d is not None))
         nll = np.empty(len(batch))
         pq = pa = None
         triples = [None] * len(batch)

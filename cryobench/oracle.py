@@ -217,6 +217,14 @@ def _view_of(oracle: CountedOracle) -> OracleView:
     return type("OracleView", (OracleView,), members)()
 
 
+def exact_flops(lik, gradient: bool) -> int:
+    """Flops per image of the exact kernel's matrix products: value and gradient
+    (:meth:`Likelihood.flops_per_image`), or the value's products alone (half of them: G's,
+    :meth:`Likelihood.gemm_shapes`)."""
+    full = int(lik.flops_per_image())
+    return full if gradient else full // 2
+
+
 class Oracle(CountedOracle):
     """Minibatches of a task's shared training stream and counted evaluations on them."""
 
@@ -224,6 +232,8 @@ class Oracle(CountedOracle):
         super().__init__(budget)
         self._task, self.stream = task, int(stream)
         self._terms = 0
+        lik = task.likelihood
+        self._flops = 0 if callable(getattr(lik, "flops_per_image", None)) else None
         self._train_mask = np.zeros(len(task.spectra), bool)
         self._train_mask[task.splits["train"]] = True
 
@@ -250,9 +260,23 @@ class Oracle(CountedOracle):
         per image), over every kind of evaluation."""
         return self._terms
 
-    def _start(self, x, batch, exact: bool = True):
+    @property
+    def flops(self) -> int | None:
+        """Flops of the likelihood's matrix products (or the sampled pass's multiply-adds) so
+        far: an exact value and gradient costs :meth:`Likelihood.flops_per_image` per image, a
+        value alone half of it (G without the gradient's products). Only those products are
+        counted, not the slicing, the rows' gather or the adjoint. None for a likelihood that
+        does not count its flops (the known-pose refinement task)."""
+        return self._flops
+
+    def _add_flops(self, n: int) -> None:
+        """Tally ``n`` flops (nothing when this oracle's likelihood does not count them)."""
+        if self._flops is not None:
+            self._flops += int(n)
+
+    def _start(self, x, batch, exact: bool = True, gradient: bool = True):
         """Refuse an iterate that is not a density of the task's shape; tally the batch's work
-        (and, for an exact evaluation, its terms)."""
+        (and, for an exact evaluation, its terms and flops)."""
         shape = self._task.init.shape
         if not isinstance(x, np.ndarray) or x.shape != shape:
             raise ValueError(f"the oracle evaluates densities of shape {shape}, got "
@@ -260,6 +284,8 @@ class Oracle(CountedOracle):
         self._work(len(batch))
         if exact:
             self._terms += len(batch) * self._task.likelihood.terms_per_image()
+            if self._flops is not None:
+                self._add_flops(len(batch) * exact_flops(self._task.likelihood, gradient))
 
     @contextmanager
     def _kernel(self):
@@ -275,7 +301,7 @@ class Oracle(CountedOracle):
 
     def _evaluate(self, x, batch, gradient: bool):
         task = self._task
-        self._start(x, batch)
+        self._start(x, batch, gradient=gradient)
         with self._kernel():
             data = task.likelihood.subset(task.spectra, batch)
             k = task.n_train

@@ -85,7 +85,8 @@ def is_check(task_name: str, scale: str, checkpoints=(1, 2, 4), draws: int = 8,
     ``params``: sgd's hyper-parameters given explicitly (else tuned, else defaults)."""
     task = load_task(task_name, scale, data_dir, progress=False)
     planner = Planner(data_dir)
-    plan = planner.plan(planner.task(task_name, scale), "sgd", dict(params or {}), 0, None)
+    plan = planner.plan(planner.task(task_name, scale), "sgd", dict(params or {}), 0, None,
+                        oracle=oracle)
     k = task.n_train
     budget = int(max(checkpoints) * k + 2 * MINIBATCH)
     counted = task.oracle(budget, 0, oracle, plan.method.name)

@@ -135,8 +135,9 @@ def _probe(bits: _Bits) -> None:
              dot64(task.init, task.init * 3))
     out = execute(RunSpec("fingerprint", "probe", "probe-sgd", {"lr": 0.5}, seed=1, budget=400,
                           snapshots=()), task, _probe_sgd())
-    # wall_s is the clock; terms is the oracle's accounting (a count, not a computed number)
-    bits.add(out.trace.drop(columns=["wall_s", "terms"]).to_numpy(float), out.record.status,
+    # wall_s is the clock; terms and flops are the oracle's accounting (counts, not computed
+    # numbers)
+    bits.add(out.trace.drop(columns=["wall_s", "terms", "flops"]).to_numpy(float), out.record.status,
              out.record.evaluations, *[out.densities[k] for k in sorted(out.densities)],
              out.fsc.to_numpy(object).astype(str), *[out.views[k] for k in sorted(out.views)])
 

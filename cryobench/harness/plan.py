@@ -108,16 +108,18 @@ def config_label(method, params: dict) -> str:
                                      if v != method.hypers[k].default])
 
 
-def resolve_params(method, explicit: dict, tuned: dict, task: TaskRef) -> tuple[dict, dict]:
+def resolve_params(method, explicit: dict, tuned: dict, task: TaskRef,
+                   oracle=None) -> tuple[dict, dict]:
     """Full hyper-parameters, each checked once: explicit values, else the tuned ones recorded for
-    ``task`` in the table ``tuned`` (:func:`cryobench.harness.tuned.tuned_entry`), else what the
+    ``task`` in the table ``tuned`` under ``oracle`` (None: exact, else the importance oracle's
+    settings; :func:`cryobench.harness.tuned.tuned_entry`), else what the
     task sets (``batch_size``: :func:`task_minibatch`), else the defaults; and where each came
     from."""
     unknown = sorted(set(explicit) - set(method.hypers))
     if unknown:
         raise ValueError(f"optimizer {method.name!r} has no hyper-parameter {unknown[0]!r}; "
                          f"known: {', '.join(method.hypers) or 'none'}")
-    chosen, note = tuned_entry(tuned, task, method.name) if tuned else ({}, "")
+    chosen, note = tuned_entry(tuned, task, method.name, oracle) if tuned else ({}, "")
     if note and set(method.hypers) - set(explicit):
         warn_once(note)
     by_task = task_minibatch(method, task.batch_size)
@@ -197,7 +199,8 @@ class Planner:
         method = method or resolve(optimizer)
         table = self.tuned_table(task) if tuned else {}
         try:
-            params, sources = resolve_params(method, dict(explicit or {}), table, task)
+            params, sources = resolve_params(method, dict(explicit or {}), table, task,
+                                             settings)
         except ValueError as exc:
             raise HyperParameterError(str(exc)) from None
         label = config_label(method, params)

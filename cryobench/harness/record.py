@@ -5,7 +5,8 @@ written and read.
 
 * ``trace.csv`` — tidy, one row per checkpoint (:func:`trace_columns`): the cell's identity
   (task, scale, optimizer, label, seed, cell), the checkpoint, the evaluation counts (``evals``
-  and per kind), the likelihood ``terms`` computed (absent in older traces), the optimizer's ``wall_s``, the score on the held-out split (``test_nll``, or
+  and per kind), the likelihood ``terms`` computed and the ``flops`` spent on them (both absent in
+  older traces; ``flops`` empty for a likelihood that does not count them), the optimizer's ``wall_s``, the score on the held-out split (``test_nll``, or
   ``validation_nll`` for tuning runs) and the training objective ``train_obj``, then for
   refinement tasks only ``subopt`` and ``fsc_opt_outer`` (:data:`REFINEMENT_COLUMNS`, see
   :func:`cryobench.data.refinement.checkpoint_scores`); numbers with 17 significant digits, so
@@ -48,7 +49,7 @@ ID_COLUMNS = ("task", "scale", "optimizer", "label", "seed", "cell")
 COUNT_COLUMNS = ("grad_evals", "value_evals", "hvp_evals")
 SCORED_SPLITS = ("test", "validation")
 REFINEMENT_COLUMNS = ("subopt", "fsc_opt_outer")   # refinement tasks only, after train_obj
-NUMBER_COLUMNS = ("checkpoint", "evals", *COUNT_COLUMNS, "terms", "wall_s", "test_nll", "validation_nll",
+NUMBER_COLUMNS = ("checkpoint", "evals", *COUNT_COLUMNS, "terms", "flops", "wall_s", "test_nll", "validation_nll",
                   "train_obj", *REFINEMENT_COLUMNS)
 
 
@@ -61,9 +62,10 @@ def score_column(split: str) -> str:
 
 def trace_columns(split: str = "test") -> tuple[str, ...]:
     """The columns of ``trace.csv``, in order, for runs scored on ``split``. ``terms`` (the
-    likelihood terms the oracle computed) is absent from traces written before it existed:
+    likelihood terms the oracle computed) and ``flops`` (the flops of its products, empty where
+    the likelihood does not count them) are absent from traces written before they existed:
     readers treat it as missing there."""
-    return (*ID_COLUMNS, "checkpoint", "evals", *COUNT_COLUMNS, "terms", "wall_s",
+    return (*ID_COLUMNS, "checkpoint", "evals", *COUNT_COLUMNS, "terms", "flops", "wall_s",
             score_column(split), "train_obj")
 
 

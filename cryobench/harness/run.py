@@ -147,7 +147,7 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
     def record(x):
         test, train = score(x)
         rows.append({"evals": oracle.evaluations, **{f"{k}_evals": v for k, v in oracle.counts.items()},
-                     "terms": oracle.terms, "wall_s": proc.elapsed, score_column(spec.score): test, "train_obj": train})
+                     "terms": oracle.terms, "flops": np.nan if oracle.flops is None else oracle.flops, "wall_s": proc.elapsed, score_column(spec.score): test, "train_obj": train})
         if getattr(task, "is_refinement", False):       # refinement: also vs the CG optimum
             start = time.perf_counter()
             rows[-1].update(checkpoint_scores(task, x))

@@ -12,6 +12,12 @@ matched because it is known without simulating (since simulator format 2 both na
 bytes on every machine). Entries with neither (those committed before hashes were recorded) are used for the
 shipped tasks only.
 
+Values are kept per oracle: ``tune --oracle importance`` records under ``sgd [IS]`` (the
+optimizer's name and the oracle's label, :func:`oracle_key`) beside the exact oracle's ``sgd``
+(every entry without an oracle is the exact oracle's). A run under the importance oracle uses
+the values tuned under the same oracle settings, and when there are none the exact oracle's,
+with a one-line note; an exact run never uses values tuned under another oracle.
+
 In a wheel install the shipped file is read-only (inside the package, see
 :mod:`cryobench.base.paths`): ``tune`` on a shipped task then needs ``--record FILE``, and
 ``run``/``grid`` use the recorded values with ``--tuned FILE``.
@@ -24,6 +30,7 @@ from pathlib import Path
 from cryobench.base.paths import TUNED_FILE
 from cryobench.data.spec import TASKS_DIR, load_spec
 from cryobench.errors import InputError
+from cryobench.model.importance import oracle_label
 
 DEFAULT_TUNED = TUNED_FILE
 
@@ -40,13 +47,32 @@ def default_tuned_file(task) -> Path:
     return DEFAULT_TUNED if is_shipped(spec) else spec.path.with_suffix(".tuned.json")
 
 
-def tuned_entry(tuned: dict, task, optimizer: str) -> tuple[dict, str]:
+def oracle_key(optimizer: str, oracle=None) -> str:
+    """The key of ``optimizer``'s tuned entry under ``oracle`` (None: the exact oracle, else
+    :class:`~cryobench.model.importance.ImportanceSettings`): the optimizer's name for the
+    exact oracle (every entry recorded before oracles were told apart), else the name and the
+    oracle's label, as in a run's label (``sgd [IS]``, ``sgd [IS ess_scale=5]``)."""
+    return optimizer if oracle is None else f"{optimizer} [{oracle_label(oracle)}]"
+
+
+def tuned_entry(tuned: dict, task, optimizer: str, oracle=None) -> tuple[dict, str]:
     """(tuned hyper-parameters, note) of ``optimizer`` on ``task`` (a
-    :class:`~cryobench.harness.plan.TaskRef`): ({}, "") when none are recorded; ({}, a
-    one-line note) when they were recorded for another task. An entry with a recipe is matched
-    on the task's recipe (known without simulating), an older one on its content hash."""
+    :class:`~cryobench.harness.plan.TaskRef`) under ``oracle`` (None: exact, else the
+    importance oracle's settings): ({}, "") when none are recorded; ({}, a one-line note) when
+    they were recorded for another task. An entry with a recipe is matched on the task's recipe
+    (known without simulating), an older one on its content hash. Under the importance oracle,
+    the values tuned with the same oracle settings (:func:`oracle_key`); when there are none,
+    the exact oracle's, with a one-line note naming them."""
     spec, scale = task.spec, task.scale.name
-    entry = tuned.get(spec.name, {}).get(scale, {}).get(optimizer)
+    recorded = tuned.get(spec.name, {}).get(scale, {})
+    if oracle is not None and not recorded.get(oracle_key(optimizer, oracle)):
+        params, note = tuned_entry(tuned, task, optimizer)
+        if params:
+            note = (f"cryobench: note: no tuned values of {optimizer} under the "
+                    f"{oracle_label(oracle)} oracle for {spec.name} ({scale}); using those tuned "
+                    f"with the exact oracle (run cryobench tune --oracle to tune under it)")
+        return params, note
+    entry = recorded.get(oracle_key(optimizer, oracle))
     if not entry:
         return {}, ""
     recorded = entry.get("task_hash")

@@ -36,7 +36,8 @@ from cryobench.harness.grid import run_grid
 from cryobench.harness.plan import Planner
 from cryobench.harness.registry import resolve
 from cryobench.harness.results import load_results
-from cryobench.harness.tuned import default_tuned_file, is_shipped, load_tuned
+from cryobench.harness.tuned import default_tuned_file, is_shipped, load_tuned, oracle_key
+from cryobench.model.importance import oracle_settings
 
 
 def candidates(method, names, points: int, ranges: dict | None = None) -> list[dict]:
@@ -103,11 +104,13 @@ def nearest_blow_up(table: pd.DataFrame, chosen: dict, names) -> dict:
 
 def record(path, task, scale: str, optimizer: str, table: pd.DataFrame, budget: int,
            task_hash: str | None = None, names=("lr",), ranges: dict | None = None,
-           task_recipe: str | None = None) -> dict:
+           task_recipe: str | None = None, oracle=None) -> dict:
     """Add the best accepted candidate of ``table`` (from :func:`select`) to the tuned-values
     file, under the task's name (``task``: a name, path or parsed specification), with its
     content hash, every candidate, the distance of the choice to the nearest diverging value,
-    and the ranges given in place of the declared ones."""
+    and the ranges given in place of the declared ones. ``oracle`` (None: exact, else the
+    importance oracle's settings): the entry is recorded under
+    :func:`~cryobench.harness.tuned.oracle_key` with the oracle's settings."""
     name = load_spec(task).name
     if table.empty or table["rejected"].iloc[0]:
         raise ValueError(f"{optimizer} on {name} ({scale}): every candidate was rejected "
@@ -126,11 +129,13 @@ def record(path, task, scale: str, optimizer: str, table: pd.DataFrame, budget: 
         best["task_hash"] = task_hash
     if task_recipe is not None:
         best["task_recipe"] = task_recipe
+    if oracle is not None:
+        best["oracle"] = oracle.to_dict()
     if ranges:
         best["searched_ranges"] = {k: list(v) for k, v in sorted(ranges.items()) if k in params}
     with locked(path):                  # another tune may be recording into the same file
         tuned = load_tuned(path)
-        tuned.setdefault(name, {}).setdefault(scale, {})[optimizer] = best
+        tuned.setdefault(name, {}).setdefault(scale, {})[oracle_key(optimizer, oracle)] = best
         atomic_write(path, to_json(tuned))
     return best
 
@@ -219,7 +224,8 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
         table = select(res.cells[res.cells["cell"].isin(ids)], res.trace)
         try:
             entry = record(target, ref.spec, ref.scale.name, name, table, task_budget,
-                           ref.content_hash, names, ranges, ref.recipe)
+                           ref.content_hash, names, ranges, ref.recipe,
+                           oracle_settings(oracle))
         except ValueError as exc:          # the others are still recorded
             unchosen.append(str(exc))
             continue

@@ -23,6 +23,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from cryobench.base.files import atomic_write
 from cryobench.harness.results import Results, combine, load_results
+from cryobench.report.cost import importance_cells, on_cost_axis
 from cryobench.report.densities import _lowest_seed_cells, density_figure  # noqa: F401
 from cryobench.report.findings import findings_markdown, findings_table
 from cryobench.report.html import inline, page_html, section_html, table_html
@@ -123,14 +124,15 @@ def _plain_tick(v: float, _) -> str:
     return f"{v:,.0f}" if any(np.isclose(mantissa, m) for m in (1, 2, 5)) else ""
 
 
-def convergence_figure(results: Results) -> Figure:
+def convergence_figure(results: Results, xlabel: str = "gradient evaluations") -> Figure:
     """Figure 3: per dataset (columns) test NLL vs gradient evaluations (top, log x) and a zoom on
     the last decade of evaluations (bottom, y fitted there); median over seeds, min–max band over
     seeds (``seed_curves``: a failed seed counts as +inf after its end, so the median curve ends,
     with ×, where at least half the seeds have failed). The top y-range runs from the best value
     (or the ground truth's, dotted, when the results have a reference) to the initial NLL (the
     0-evaluation point itself is off the log axis; worse values are cut off). Interrupted runs
-    are left out."""
+    are left out. ``xlabel``: what the trace's ``evals`` hold (:func:`cost_figure` puts the
+    exact-equivalent evaluations there)."""
     results = comparable(results)
     styles, datasets = line_styles(results.cells["label"]), _datasets(results)
     with _style():
@@ -161,7 +163,7 @@ def convergence_figure(results: Results) -> Figure:
             top.set(xscale=log_scale(top.xaxis), ylabel="test NLL")
             top.set_title(title, parse_math=False)
             _set_ylim(top, lowest, f0, pad=0.03)
-            zoom.set(xscale=log_scale(zoom.xaxis), xlabel="gradient evaluations", ylabel="test NLL",
+            zoom.set(xscale=log_scale(zoom.xaxis), xlabel=xlabel, ylabel="test NLL",
                      title=f"last decade (≥ {start:,.0f})" if start > 0 else "last decade")
             if start > 0:
                 zoom.set_xlim(start, 10 * start)
@@ -171,6 +173,13 @@ def convergence_figure(results: Results) -> Figure:
             _set_ylim(zoom, w["lo"].min(), w["hi"].max())
         _legend(fig, "method\n(median over seeds;\nband: min–max)")
     return fig
+
+
+def cost_figure(results: Results) -> Figure:
+    """Figure 3 on the cost axis: test NLL vs exact-equivalent evaluations, terms computed /
+    terms of one exact evaluation (:mod:`cryobench.report.cost`); exact runs as in Figure 3,
+    importance-sampled runs moved left by the terms they did not compute."""
+    return convergence_figure(on_cost_axis(comparable(results)), "exact-equivalent evaluations")
 
 
 def fsc_figure(results: Results) -> Figure:
@@ -255,6 +264,9 @@ def _figures(results: Results, folder: Path, prefix: str = "") -> dict[str, tupl
         return {}
     figs = [("convergence", f"Test NLL vs gradient evaluations (Figure 3): {BAND}",
              convergence_figure, ())]
+    figs += [("convergence-cost", "Test NLL vs exact-equivalent evaluations (likelihood terms "
+              "computed / terms of one exact evaluation; the importance-sampled runs' cost): "
+              f"{BAND}", cost_figure, ())] * bool(importance_cells(results))
     figs += [(_file_name(f"densities-{t}-{s}"), f"Densities at 5K / 50K / final: {md_text(t)} "
               f"({md_text(s)}) (Figure 4)", density_figure, (t, s))
              for t, s, _ in _datasets(results)]

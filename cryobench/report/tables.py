@@ -18,11 +18,13 @@ from scipy.stats import permutation_test
 
 from cryobench.errors import InputError
 from cryobench.harness.results import Results
+from cryobench.report.cost import final_exact_equivalent, importance_cells
 
 ALPHA = 0.05                               # level of the marks: cannot be told apart from the best
 EXACT_MAX = 20                             # exact sign-flip enumeration up to 2**20 patterns
 SNAPSHOTS = {"5K": 5_000, "50K": 50_000}
 COLUMNS = [*SNAPSHOTS, "Final"]
+COST_COLUMN = "Final exact-equiv."          # with importance-sampled runs only (report/cost.py)
 NOT_RESULTS = {"interrupted"}              # not a result of the method: never compared
 IDENTITY = {"task", "scale", "label", "seed", "params", "optimizer"}
 NUMERIC = ["checkpoint", "evals", "grad_evals", "value_evals", "hvp_evals", "wall_s", "test_nll",
@@ -248,6 +250,11 @@ def checkpoint_table(results: Results, alpha: float = ALPHA) -> pd.DataFrame:
                   for suffix in ("", " range", " best", " gap", " p", " pairs", " ≈best")]
     table = pd.DataFrame(rows, columns=["task", "scale", "label", "Seeds", *per_column,
                                         "Final evals", "Resolution (Å)", "Status"])
+    if importance_cells(results):          # the cost beside the evaluations (issue 27)
+        cost = final_exact_equivalent(results)
+        table.insert(table.columns.get_loc("Final evals") + 1, COST_COLUMN,
+                     [cost.get(k, np.nan) for k in zip(table["task"], table["scale"],
+                                                        table["label"])])
     table.attrs["alpha"] = alpha
     table.attrs["references"] = dict(results.references)
     return table
@@ -282,7 +289,10 @@ def table_note(table: pd.DataFrame) -> str:
             f"limit) before a column counts as +∞ in medians and gaps, and a method that failed "
             f"on a seed where the best reached the column is told apart there without the test; "
             f"interrupted runs are not results and are left out. Resolution: FSC = 0.5 after "
-            f"alignment.")
+            f"alignment." + (f" {COST_COLUMN}: the likelihood terms computed over the run / the "
+                             f"terms of one exact evaluation (median over seeds), the cost of "
+                             f"an importance-sampled run in exact evaluations."
+                             if COST_COLUMN in table else ""))
 
 
 def table_blocks(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
@@ -318,6 +328,8 @@ def table_blocks(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame, pd.DataFr
                                 for g, b in zip(t["Final gap"], t["Final best"])]
         shown["p"] = t["Final p"].map(lambda v: num(v, ".3f"))
         shown["Final evals"] = t["Final evals"].map(lambda v: num(v, ",.0f"))
+        if COST_COLUMN in t:
+            shown[COST_COLUMN] = t[COST_COLUMN].map(lambda v: num(v, ",.0f"))
         shown["Resolution (Å)"] = t["Resolution (Å)"].map(lambda v: num(v, ".1f"))
         shown["Status"] = t["Status"].map(md_text)
         blocks.append((line, shown, t))

@@ -1,0 +1,67 @@
+"""Cost in exact-equivalent evaluations: the x-axis on which an importance-sampled run and an
+exact run are compared on the work done as well as on the evaluations counted (issue 27).
+
+An evaluation counts one image whatever the oracle; the oracle also tallies the likelihood
+terms it computed (the trace column ``terms``). The exact-equivalent evaluations of a run are
+
+    E = terms / T,    T = the terms of one exact evaluation (the quadrature's size per image),
+
+so an exact run's E equals its evaluations and an importance-sampled run's is what the same
+terms would have bought exactly. T is read from the exact-oracle runs of the same task and
+scale in the results (their terms / evaluations); rows without ``terms`` (traces written
+before it existed) or without such an exact run have no E (the report layer does not load
+task files).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cryobench.harness.results import Results
+
+
+def importance_cells(results: Results) -> set[str]:
+    """The cells run on a non-exact oracle (their record's ``run.oracle`` is set)."""
+    return {c for c, rec in results.records.items() if getattr(rec.run, "oracle", None)}
+
+
+def exact_terms_per_image(results: Results) -> dict[tuple[str, str], float]:
+    """(task, scale) → T, the terms of one exact evaluation (module doc); NaN if unknown."""
+    trace, sampled = results.trace, importance_cells(results)
+    out = {}
+    for (task, scale), cells in results.cells.groupby(["task", "scale"], sort=True):
+        exact = trace[trace["cell"].isin(set(cells["cell"]) - sampled) & (trace["evals"] > 0)]
+        ratio = (exact["terms"] / exact["evals"]).dropna() if "terms" in exact else pd.Series()
+        out[task, scale] = (float(ratio.median()) if len(ratio)
+                            else np.nan)
+    return out
+
+
+def exact_equivalent(results: Results) -> pd.Series:
+    """E = terms / T for every row of ``results.trace`` (NaN where terms or T is unknown)."""
+    trace = results.trace
+    if "terms" not in trace or trace.empty:
+        return pd.Series(np.nan, index=trace.index, dtype=float)
+    per = exact_terms_per_image(results)
+    t = pd.Series([per.get(k, np.nan) for k in zip(trace["task"], trace["scale"])],
+                  index=trace.index, dtype=float)
+    return trace["terms"].astype(float) / t
+
+
+def on_cost_axis(results: Results) -> Results:
+    """The results with each trace row's ``evals`` replaced by its exact-equivalent
+    evaluations; cells with a row whose E is unknown are left out (their cost is not known)."""
+    e = exact_equivalent(results)
+    unknown = set(results.trace.loc[e.isna(), "cell"])
+    keep = ~results.trace["cell"].isin(unknown)
+    trace = results.trace[keep].assign(evals=e[keep])
+    cells = results.cells[~results.cells["cell"].isin(unknown)]
+    return Results(trace, cells, results.fsc, results.folders, results.references,
+                   results.records)
+
+
+def final_exact_equivalent(results: Results) -> pd.Series:
+    """(task, scale, label) → the median over seeds of E at each run's last checkpoint."""
+    e = exact_equivalent(results)
+    last = results.trace.assign(E=e).sort_values("checkpoint").groupby("cell").tail(1)
+    return last.groupby(["task", "scale", "label"])["E"].median()
