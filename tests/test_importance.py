@@ -12,7 +12,7 @@ from cryobench.harness.run import execute
 from cryobench.importance import ImportanceOracle
 from cryobench.model.ctf import CTFParams
 from cryobench.model.importance import (ImportanceSettings, PoseSampler, draw_factor,
-                                        oracle_settings, sampled_nll, schedule)
+                                        exact_triples, oracle_settings, sampled_nll, schedule)
 from cryobench.model.likelihood import Likelihood
 from cryobench.model.quadrature import quadrature_for
 
@@ -277,7 +277,6 @@ def test_uniform_proposal_is_unbiased_in_expectation(tiny):
     sampler = PoseSampler(lik.quadrature, 5, ImportanceSettings(uniform=1.0), 7,
                           lik.box / (4.0 * lik.rmax))
     sampler.draws(np.arange(5), True)
-    from cryobench.model.importance import exact_triples
     sampler.record(np.arange(5), exact_triples(margins))
     assert all(d is None for d in sampler.draws(np.arange(5), True))   # exact at u = 1
     # fixed-size uniform samples (one draw per point on average): p̂ = exp(−nll̂) is unbiased,
@@ -308,7 +307,6 @@ def test_uniform_proposal_is_unbiased_in_expectation(tiny):
 def test_annealed_first_sampled_visit_is_exact_and_later_ones_sample(tiny):
     lik, data, vol = tiny
     *_, margins = lik.nll_grad_marginals(vol, data)
-    from cryobench.model.importance import exact_triples
     s = ImportanceSettings(anneal=3.0, exact_above=1.0)
     sampler = PoseSampler(lik.quadrature, 5, s, 7, lik.box / (4.0 * lik.rmax))
     images = np.arange(5)

@@ -23,14 +23,19 @@ The terms computed are the product set of the three draws (the code's evaluation
 sampled directions × in-plane angles × shifts, ``objectives/likelihood.py``), see
 :mod:`cryobench.model.sampled`. The stored marginal of a sampled factor is the posterior mass
 of each drawn point divided by its ω, normalised (the code's ``record_update``), optionally
-tempered (``is_temperature``; we keep 1). An image never seen before is evaluated exactly (the
-code's ``get_image_priorprob`` = 1 for an unseen image: a uniform proposal, which it then
-evaluates in full).
+tempered (``is_temperature``: T₀ = 1, or the schedule's). An image never seen before is
+evaluated exactly (the code's ``get_image_priorprob`` = 1 for an unseen image: a uniform
+proposal, which it then evaluates in full).
 
-Ours, not the code's (guesses): the code anneals u from 1 to 0.05 and the temperature from
-2^15 to 1 over its optimizer's iterations, and mixes a global direction distribution into the
-prior part (``is_global_prob_R`` = 0.9); we keep u and the temperature constant and have no
-global distribution. An image whose draw would compute more than ``exact_above`` of the exact
+Annealing (``anneal`` = A > 0; :func:`schedule`): the code's schedule
+(``exp/shared/importance_sampler.params``): ``is_prior_prob`` = max(0.05, 2^(−0.005 k)) and
+``is_temperature`` = max(1, 2^(750 / k)), k = the optimizer's ``iteration`` − 50 (the first
+50 iterations are uniform, un-sampled). Ours (guesses): the clock is the image's own visits
+(k = earlier visits of the image), rescaled so that u reaches its floor at k = A instead of
+k ≈ 864; the code reads u from the parameters stored with the image's previous update
+(``get_image_priorprob``), we from the visit count at the draw. Ours, not the code's: no
+global direction distribution mixed into the prior part (``is_global_prob_R`` = 0.9; we have no
+global distribution). An image whose draw would compute more than ``exact_above`` of the exact
 terms is evaluated exactly instead (the exact kernel's matrix products compute all terms
 faster than the sampled pass computes a large fraction of them).
 """
