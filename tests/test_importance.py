@@ -11,8 +11,8 @@ from cryobench.harness.registry import resolve
 from cryobench.harness.run import execute
 from cryobench.importance import ImportanceOracle
 from cryobench.model.ctf import CTFParams
-from cryobench.model.importance import (ImportanceSettings, draw_factor, oracle_settings,
-                                        sampled_nll)
+from cryobench.model.importance import (ImportanceSettings, PoseSampler, draw_factor,
+                                        exact_triples, oracle_settings, sampled_nll, schedule)
 from cryobench.model.likelihood import Likelihood
 from cryobench.model.quadrature import quadrature_for
 
@@ -185,8 +185,8 @@ def test_terms_column_of_the_exact_oracle(cylinder):
     assert trace["terms"].iloc[-1] == 300 * cylinder.likelihood.terms_per_image()
 
 
-def run_epochs(task, optimizer, epochs=2):
-    oracle = task.oracle(10**6, 0, "importance", optimizer)
+def run_epochs(task, optimizer, epochs=2, settings="importance"):
+    oracle = task.oracle(10**6, 0, settings, optimizer)
     x = task.init.copy()
     out = []
     for _ in range(epochs * (task.n_train // 100)):
@@ -198,7 +198,9 @@ def run_epochs(task, optimizer, epochs=2):
 
 
 def test_first_visit_is_exact_later_ones_are_sampled_and_draws_are_seeded(cylinder):
-    a, first = run_epochs(cylinder, "sgd")
+    # without annealing, so that the second visit samples (annealed, at ci scale the second
+    # visit's proposal is too broad to save terms: test_annealing_delays_the_saving)
+    a, first = run_epochs(cylinder, "sgd", settings="importance:anneal=0")
     exact = cylinder.oracle(10**6, 0)
     x = cylinder.init.copy()
     v0, g0 = exact.value_and_grad(x, cylinder.stream(0, 100))
@@ -206,10 +208,10 @@ def test_first_visit_is_exact_later_ones_are_sampled_and_draws_are_seeded(cylind
     assert isinstance(a, ImportanceOracle)
     per_exact = cylinder.likelihood.terms_per_image()
     assert a.terms < a.evaluations * per_exact                       # later visits: sampled
-    b, again = run_epochs(cylinder, "sgd")
+    b, again = run_epochs(cylinder, "sgd", settings="importance:anneal=0")
     assert b.terms == a.terms
     assert all(u[0] == v[0] and np.array_equal(u[1], v[1]) for u, v in zip(first, again))
-    c, other = run_epochs(cylinder, "adam")
+    c, other = run_epochs(cylinder, "adam", settings="importance:anneal=0")
     assert any(u[0] != v[0] for u, v in zip(first, other))           # another run's draws
 
 
@@ -235,3 +237,95 @@ def test_em_weights_under_importance_sampling(cylinder):
     for _ in range(cylinder.n_train // 50 + 1):
         value, grad, w, b = oracle.value_grad_weights(x, oracle.next_batch(50))
     assert np.all(np.isfinite(w)) and np.all(w >= 0) and np.all(np.isfinite(b))
+
+
+def test_schedule_values_by_hand():
+    s = ImportanceSettings(uniform=0.05, anneal=4.0)
+    u, t = schedule(s, [0, 1, 2, 4, 8])
+    # u = max(0.05, 0.05^(k/4)); T = max(1, 2^(c · 4 / k)), c = 750 / (log2(20) / 0.005)
+    c = 750.0 / (np.log2(20.0) / 0.005)
+    assert u == pytest.approx([1.0, 0.05**0.25, 0.05**0.5, 0.05, 0.05])
+    assert u[1] == pytest.approx(0.472871, abs=1e-6) and u[2] == pytest.approx(0.223607, abs=1e-6)
+    assert t[0] == np.inf
+    assert t[1:] == pytest.approx([2**(4 * c), 2**(2 * c), 2**c, 2**(c / 2)])
+    assert t[2] == pytest.approx(3.329572, abs=1e-5) and t[4] == pytest.approx(1.350819, abs=1e-5)
+    # off: the constants at every visit
+    u, t = schedule(ImportanceSettings(uniform=0.1, temperature=2.0, anneal=0), [0, 1, 50])
+    assert list(u) == [0.1] * 3 and list(t) == [2.0] * 3
+
+
+def test_schedule_with_the_codes_horizon_is_the_codes_formula():
+    """exp/shared/importance_sampler.params with k = iteration − 50."""
+    s = ImportanceSettings(anneal=np.log2(20.0) / 0.005)
+    k = np.array([1, 10, 100, 500, 749, 751, 863, 865, 2000])
+    u, t = schedule(s, k)
+    assert u == pytest.approx(np.maximum(0.05, 2 ** (-0.005 * k)))
+    assert t == pytest.approx(np.maximum(1.0, 2 ** (750.0 / k)))
+
+
+def test_anneal_option_parses_and_labels():
+    s = oracle_settings("importance:anneal=4")
+    assert s.anneal == 4.0 and s.uniform == 0.05 and ImportanceSettings().anneal == 2.0
+    assert oracle_settings("importance:anneal=0").anneal == 0.0
+    with pytest.raises(InputError, match="anneal"):
+        oracle_settings("importance:anneal=-1")
+
+
+def test_uniform_proposal_is_unbiased_in_expectation(tiny):
+    """u = 1: the sampler evaluates every point (the code: a uniform proposal saves nothing);
+    a fixed-size uniform sample's gradient averages to the exact one over many draws."""
+    lik, data, vol = tiny
+    nll, grad, _, _, margins = lik.nll_grad_marginals(vol, data)
+    sampler = PoseSampler(lik.quadrature, 5, ImportanceSettings(uniform=1.0, anneal=0), 7,
+                          lik.box / (4.0 * lik.rmax))
+    sampler.draws(np.arange(5), True)
+    sampler.record(np.arange(5), exact_triples(margins))
+    assert all(d is None for d in sampler.draws(np.arange(5), True))   # exact at u = 1
+    # fixed-size uniform samples (one draw per point on average): p̂ = exp(−nll̂) is unbiased,
+    # E p̂ / p = 1 (within 4 standard errors of the mean of 200 draws); the gradient of −log p̂
+    # is a ratio (self-normalised) and only consistent: its mean is nearer the exact gradient
+    # than one draw is, and nearer with larger samples
+    flat = [np.ones_like(m) for m in margins]
+    na, ns, nd = lik._log_w.shape
+    errors = []
+    for size in (1, 2):
+        rng = np.random.default_rng(11)
+        ratios, grads = [], []
+        for _ in range(200):
+            draws = drawn(lik, flat, rng, (size * na, size * ns, size * nd), uniform=1.0)
+            est, (g, *_rest) = sampled_nll(lik, vol, data, draws, True)
+            ratios.append(np.exp(nll - est))
+            grads.append(g)
+        ratios, grads = np.array(ratios), np.array(grads)
+        se = ratios.std(0) / np.sqrt(len(ratios))
+        assert np.all(np.abs(ratios.mean(0) - 1) < 4 * se) and np.all(se < 0.15)
+        one = np.mean([np.linalg.norm(g - grad) for g in grads]) / np.linalg.norm(grad)
+        mean = np.linalg.norm(grads.mean(0) - grad) / np.linalg.norm(grad)
+        assert mean < one / 2
+        errors.append(mean)
+    assert errors[1] < errors[0]
+
+
+def test_annealed_first_sampled_visit_is_exact_and_later_ones_sample(tiny):
+    lik, data, vol = tiny
+    *_, margins = lik.nll_grad_marginals(vol, data)
+    s = ImportanceSettings(anneal=3.0, exact_above=1.0)
+    sampler = PoseSampler(lik.quadrature, 5, s, 7, lik.box / (4.0 * lik.rmax))
+    images = np.arange(5)
+    assert all(d is None for d in sampler.draws(images, True))          # unseen: exact
+    sampler.record(images, exact_triples(margins))                      # T(1) = 2^(0.868·3)
+    q = sampler.proposals(2, images)
+    u = schedule(s, 1)[0]
+    assert np.all(q >= u / q.shape[1] - 1e-12)
+    a = PoseSampler(lik.quadrature, 5, s, 7, lik.box / (4.0 * lik.rmax))
+    a.draws(images, True)
+    a.record(images, exact_triples(margins))
+    assert [str(x) for x in a.draws(images, True)] == [str(x) for x in sampler.draws(images, True)]
+
+
+def test_annealing_delays_the_saving(cylinder):
+    """Annealed (A = 2): the second visit (u = 0.05^½, T = 2^1.74) computes more terms than
+    without annealing (here, at ci scale from the initial density, every one: exact)."""
+    off, _ = run_epochs(cylinder, "sgd", settings="importance:anneal=0")
+    on, _ = run_epochs(cylinder, "sgd")
+    assert on.terms > off.terms

@@ -23,14 +23,19 @@ The terms computed are the product set of the three draws (the code's evaluation
 sampled directions × in-plane angles × shifts, ``objectives/likelihood.py``), see
 :mod:`cryobench.model.sampled`. The stored marginal of a sampled factor is the posterior mass
 of each drawn point divided by its ω, normalised (the code's ``record_update``), optionally
-tempered (``is_temperature``; we keep 1). An image never seen before is evaluated exactly (the
-code's ``get_image_priorprob`` = 1 for an unseen image: a uniform proposal, which it then
-evaluates in full).
+tempered (``is_temperature``: T₀ = 1, or the schedule's). An image never seen before is
+evaluated exactly (the code's ``get_image_priorprob`` = 1 for an unseen image: a uniform
+proposal, which it then evaluates in full).
 
-Ours, not the code's (guesses): the code anneals u from 1 to 0.05 and the temperature from
-2^15 to 1 over its optimizer's iterations, and mixes a global direction distribution into the
-prior part (``is_global_prob_R`` = 0.9); we keep u and the temperature constant and have no
-global distribution. An image whose draw would compute more than ``exact_above`` of the exact
+Annealing (``anneal`` = A > 0; :func:`schedule`): the code's schedule
+(``exp/shared/importance_sampler.params``): ``is_prior_prob`` = max(0.05, 2^(−0.005 k)) and
+``is_temperature`` = max(1, 2^(750 / k)), k = the optimizer's ``iteration`` − 50 (the first
+50 iterations are uniform, un-sampled). Ours (guesses): the clock is the image's own visits
+(k = earlier visits of the image), rescaled so that u reaches its floor at k = A instead of
+k ≈ 864; the code reads u from the parameters stored with the image's previous update
+(``get_image_priorprob``), we from the visit count at the draw. Ours, not the code's: no
+global direction distribution mixed into the prior part (``is_global_prob_R`` = 0.9; we have no
+global distribution). An image whose draw would compute more than ``exact_above`` of the exact
 terms is evaluated exactly instead (the exact kernel's matrix products compute all terms
 faster than the sampled pass computes a large fraction of them).
 """
@@ -61,9 +66,14 @@ class ImportanceSettings:
     ess_scale: float = 10.0          # ν: samples = ν × ESS (is_ess_scale)
     temperature: float = 1.0         # stored log-posterior divided by this (is_temperature)
     exact_above: float = 0.25        # a draw computing more of the terms is evaluated exactly
+    anneal: float = 2.0              # A: visits over which u anneals from 1 to ``uniform`` and
+                                     # the temperature from 2^(0.868 A) to ``temperature``; 0 off
+                                     # (ours: 2 had the best cost/accuracy measured at small
+                                     # scale, docs/importance-sampling.md)
 
     RULES = {"uniform": (0.0, 1.0, "in (0, 1]"), "ess_scale": (0.0, None, "> 0"),
-             "temperature": (0.0, None, "> 0"), "exact_above": (0.0, 1.0, "in (0, 1]")}
+             "temperature": (0.0, None, "> 0"), "exact_above": (0.0, 1.0, "in (0, 1]"),
+             "anneal": (-np.finfo(float).tiny, None, ">= 0")}
 
     def to_dict(self) -> dict:
         return {"kind": "importance", **asdict(self)}
@@ -117,6 +127,33 @@ def oracle_label(settings: ImportanceSettings) -> str:
     default = ImportanceSettings()
     return " ".join(["IS"] + [f"{k}={v:g}" for k, v in asdict(settings).items()
                               if v != getattr(default, k)])
+
+
+# The code's schedule (exp/shared/importance_sampler.params), k = iteration − 50:
+#   is_prior_prob  = max(0.05, 2^(−0.005 k))   reaches 0.05 at k = log2(20) / 0.005 ≈ 864
+#   is_temperature = max(1, 2^(750 / k))        reaches 1 at k = 750 = 0.868 × 864
+CODE_U_HORIZON = np.log2(20.0) / 0.005
+CODE_T_RATIO = 750.0 / CODE_U_HORIZON
+
+
+def schedule(settings: ImportanceSettings, k) -> tuple[np.ndarray, np.ndarray]:
+    """(u, T) after k ≥ 0 earlier visits of an image, the code's schedule with its clock
+    (iterations − 50, horizon 864) rescaled so that u reaches ``uniform`` at k = A = ``anneal``:
+
+        u(k) = max(u₀, u₀^(k / A)),   T(k) = max(T₀, 2^(0.868 A / k))   (T(0) = ∞)
+
+    with u₀ = ``uniform``, T₀ = ``temperature`` (the code: u₀ = 0.05, T₀ = 1, 20^(−k/864) =
+    2^(−0.005 k)). Without annealing (A = 0), (u₀, T₀) at every k. Our clock is the image's
+    visits, not the optimizer's iterations (a guess: the stored posterior of an image changes only
+    when it is visited, and visits per image do not depend on the batch size or the data size)."""
+    k = np.asarray(k, float)
+    u0, t0, a = settings.uniform, settings.temperature, settings.anneal
+    if a <= 0:
+        return np.full(k.shape, u0), np.full(k.shape, t0)
+    u = np.maximum(u0, u0 ** (k / a))
+    with np.errstate(divide="ignore", over="ignore"):
+        t = np.maximum(t0, np.exp2(CODE_T_RATIO * a / k))
+    return u, t
 
 
 def fisher_kernel(points: np.ndarray, dim: int, cutoff: float = 1e-12) -> sparse.csr_matrix:
@@ -214,7 +251,8 @@ class PoseSampler:
     def proposals(self, factor: int, images: np.ndarray) -> np.ndarray:
         """q = (1 − u) K π / Σ + u / N of factor 0 (angles), 1 (shifts) or 2 (directions) for
         each of ``images`` (rows): one matrix product with the (symmetric) kernel."""
-        n, u = self.sizes[factor], self.settings.uniform
+        n = self.sizes[factor]
+        u = schedule(self.settings, self.visits[images])[0][:, None]
         kernel = self.kernels[factor]
         smooth = np.maximum(self.posterior[factor][images] @ kernel, 0.0)
         smooth = smooth.astype(float)
@@ -225,16 +263,19 @@ class PoseSampler:
 
     def record(self, images, marginals: list) -> None:
         """Store each image's posterior marginals: per image a triple of (idx, mass / ω) over
-        angles, shifts, directions (the code's ``record_update``), tempered and normalised."""
-        t = self.settings.temperature
+        angles, shifts, directions (the code's ``record_update``), tempered by T(visits) of
+        :func:`schedule` (the code's ``is_temperature`` at the update) and normalised."""
         for i, triple in zip(images, marginals):
             i = int(i)
+            t = float(schedule(self.settings, self.visits[i])[1])
             self.seen[i] = True
             for f, (idx, values) in enumerate(triple):
                 row = self.posterior[f][i]
                 row[:] = 0.0
                 v = np.maximum(np.asarray(values, float), 0.0)
-                if t != 1.0:
+                if not np.isfinite(t):
+                    v = (v > 0).astype(float)
+                elif t != 1.0:
                     v = v ** (1.0 / t)
                 if v.sum() > 0:
                     v = v / v.sum()
