@@ -29,6 +29,7 @@ from cryobench.data.mrc import read_volume, write_volume
 from cryobench.data.phantoms import Phantom, make_phantom
 from cryobench.data.render import band_limited_volume
 from cryobench.data.simulate import read_poses
+from cryobench.data.local_refinement import has_local_search, local_likelihood
 from cryobench.errors import InputError
 from cryobench.model.fsc import fsc
 from cryobench.model.prior import GaussianPrior
@@ -108,7 +109,10 @@ def parts(spec, scale, data, dtype):
     box = data.images.shape[-1]
     check_refinement(spec, scale, box)
     rot, shifts = poses(spec, scale, data)
-    lik = RefinementLikelihood(box, data.pixel_size, scale.rmax_px(box), rot, shifts, dtype)
+    if has_local_search(spec):                    # approximately known poses: a local search
+        lik = local_likelihood(spec, rot, shifts, box, data.pixel_size, scale.rmax_px(box), dtype)
+    else:
+        lik = RefinementLikelihood(box, data.pixel_size, scale.rmax_px(box), rot, shifts, dtype)
     prior = GaussianPrior(float(spec.section("objective")["prior_alpha"]))
     return lik, prior, lik.prepare(data.images, data.ctf, data.sigma)
 
@@ -205,6 +209,8 @@ def outer_fsc(volume: np.ndarray, optimum: np.ndarray, rmax: float) -> float:
 def checkpoint_scores(task, volume: np.ndarray) -> dict:
     """The trace columns of a refinement task's checkpoint: ``subopt`` (Task.suboptimality,
     per image) and ``fsc_opt_outer`` (:func:`outer_fsc` against the cached optimum)."""
+    if has_local_search(task.spec):               # not convex: no CG optimum, no subopt
+        return {}
     if not np.all(np.isfinite(volume)):
         return {"subopt": float("nan"), "fsc_opt_outer": float("nan")}
     return {"subopt": task.suboptimality(volume),
