@@ -1,15 +1,22 @@
 """Refinement with approximately known poses (local search): derivatives against finite
 differences, the one-point grid equal to the known-pose likelihood, the marginal against a
 brute-force sum of known-pose likelihoods over the grid, and what bad local-search keys get."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from cryobench.base.seeding import rng_for
+from cryobench.data.local_refinement import local_settings, perturb_poses
+from cryobench.data.spec import load_spec
+from cryobench.errors import InputError
 from cryobench.model.ctf import CTFParams
 from cryobench.model.local_refinement import LocalSearchLikelihood, grid_log_weights
 from cryobench.model.refinement import RefinementLikelihood
 
 D = 12
+TASK = Path(__file__).resolve().parent.parent / "tasks" / "refinement-local.toml"
 GRID = dict(rotation_deg=2.0, rotation_steps=4, shift_A=1.5, shift_steps=4)
 
 
@@ -71,3 +78,43 @@ def test_marginal_equals_brute_force_sum_over_the_grid():
 def test_bad_local_search_keys_are_refused(bad):
     with pytest.raises(ValueError, match="local_search"):
         make(LocalSearchLikelihood, **bad)
+
+
+# ------------------------------------------------------------------- the task file's keys
+
+
+def test_pose_perturbation_is_deterministic_and_of_the_stated_size():
+    rot = Rotation.random(2000, random_state=3).as_matrix()
+    shifts = np.zeros((2000, 2))
+    a = perturb_poses(rot, shifts, 2.0, 0.5, rng_for("t", 1, "pose-error"))
+    b = perturb_poses(rot, shifts, 2.0, 0.5, rng_for("t", 1, "pose-error"))
+    c = perturb_poses(rot, shifts, 2.0, 0.5, rng_for("t", 2, "pose-error"))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.allclose(a[0], c[0])
+    angle = np.rad2deg(Rotation.from_matrix(np.transpose(rot, (0, 2, 1)) @ a[0]).magnitude())
+    assert np.sqrt((angle ** 2).mean()) == pytest.approx(2.0, rel=0.1)
+    assert a[1].std() == pytest.approx(0.5, rel=0.1)
+
+
+@pytest.mark.parametrize("line, word", [
+    ("rotation_deg = 2.0, rotation_steps = -1, shift_A = 1.0, shift_steps = 4", "rotation_steps"),
+    ("rotation_deg = 2.0, rotation_steps = 6, shift_A = 1.0", "missing"),
+    ("rotation_deg = 2.0, rotation_steps = 6, shift_A = 1.0, shift_steps = 4, x = 1", "unknown"),
+    ("rotation_deg = 0.0, rotation_steps = 6, shift_A = 1.0, shift_steps = 4", "rotation_deg"),
+])
+def test_bad_task_local_search_is_one_input_error(tmp_path, line, word):
+    text = TASK.read_text().replace(
+        "{rotation_deg = 2.0, rotation_steps = 6, shift_A = 1.0, shift_steps = 4}", "{" + line + "}")
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=word) as err:
+        local_settings(load_spec(path))
+    assert "\n" not in str(err.value) and "bad.toml" in str(err.value)
+
+
+def test_negative_pose_error_is_refused_by_the_task_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(TASK.read_text().replace("pose_error_deg = 2.0", "pose_error_deg = -1.0"))
+    with pytest.raises(InputError, match="pose_error_deg"):
+        local_settings(load_spec(path))
