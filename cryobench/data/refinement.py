@@ -29,6 +29,7 @@ from cryobench.data.mrc import read_volume, write_volume
 from cryobench.data.phantoms import Phantom, make_phantom
 from cryobench.data.render import band_limited_volume
 from cryobench.data.simulate import read_poses
+from cryobench.data.local_refinement import has_local_search, local_likelihood
 from cryobench.data.sizes import rmax_line
 from cryobench.errors import InputError
 from cryobench.model.fsc import fsc
@@ -78,7 +79,13 @@ def poses(spec, scale, data) -> tuple[np.ndarray, np.ndarray]:
 def refinement_lines(spec, rmax: float, box: int, pixel: float) -> dict:
     """What ``cryobench info`` says of a refinement task beyond its sizes: kind, r_max, prior,
     initial density."""
-    return {"kind": "refinement (known poses)", "r_max": rmax_line(rmax, box, pixel),
+    obj = spec.section("objective")
+    grid = obj.get("local_search", {})
+    kind = (f"refinement (poses known to ~{obj['pose_error_deg']:g}°, ~{obj['pose_error_A']:g} Å; "
+            f"local search: {grid['rotation_steps']} rotations by {grid['rotation_deg']:g}° × "
+            f"{grid['shift_steps']} shifts of {grid['shift_A']:g} Å about each)"
+            if has_local_search(spec) else "refinement (known poses)")
+    return {"kind": kind, "r_max": rmax_line(rmax, box, pixel),
             "prior": f"Gaussian, alpha = {spec.section('objective')['prior_alpha']:g}",
             "init": f"ground truth low-passed to {spec.section('init')['lowpass_resolution']:g} Å"}
 
@@ -117,7 +124,10 @@ def parts(spec, scale, data, dtype):
     box = data.images.shape[-1]
     check_refinement(spec, scale, box)
     rot, shifts = poses(spec, scale, data)
-    lik = RefinementLikelihood(box, data.pixel_size, scale.rmax_px(box), rot, shifts, dtype)
+    if has_local_search(spec):                    # approximately known poses: a local search
+        lik = local_likelihood(spec, rot, shifts, box, data.pixel_size, scale.rmax_px(box), dtype)
+    else:
+        lik = RefinementLikelihood(box, data.pixel_size, scale.rmax_px(box), rot, shifts, dtype)
     prior = GaussianPrior(float(spec.section("objective")["prior_alpha"]))
     return lik, prior, lik.prepare(data.images, data.ctf, data.sigma)
 
@@ -212,6 +222,8 @@ def outer_fsc(volume: np.ndarray, optimum: np.ndarray, rmax: float) -> float:
 def checkpoint_scores(task, volume: np.ndarray) -> dict:
     """The trace columns of a refinement task's checkpoint: ``subopt`` (Task.suboptimality,
     per image) and ``fsc_opt_outer`` (:func:`outer_fsc` against the cached optimum)."""
+    if has_local_search(task.spec):               # not convex: no CG optimum, no subopt
+        return {}
     if not np.all(np.isfinite(volume)):
         return {"subopt": float("nan"), "fsc_opt_outer": float("nan")}
     return {"subopt": task.suboptimality(volume),

@@ -33,7 +33,7 @@ class Rule:
     def problem(self, value) -> str | None:
         """None if ``value`` obeys the rule, else what it must be ("must be an integer ≥ 1")."""
         want = {"int": "an integer", "number": "a number", "bool": "true or false",
-                "str": "a string"}[self.kind]
+                "str": "a string", "table": "a table"}[self.kind]
         bounds = []
         if self.low is not None and self.high is not None:
             bounds.append(f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}"
@@ -45,7 +45,8 @@ class Rule:
         must = f"must be {want}{' ' + bounds[0] if bounds else ''}"
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         ok = {"int": isinstance(value, int) and not isinstance(value, bool), "number": numeric,
-              "bool": isinstance(value, bool), "str": isinstance(value, str)}[self.kind]
+              "bool": isinstance(value, bool), "str": isinstance(value, str),
+              "table": isinstance(value, dict)}[self.kind]
         if not ok or (numeric and not math.isfinite(value)):
             return must
         if numeric and ((self.low is not None and (value < self.low or
@@ -69,7 +70,9 @@ _SECTIONS = {
                 "outlier_fraction": Rule("number", 0, 1, open_high=True), "bfactor": _NUM,
                 "star": _STR, "particle_radius": _POS, "invert_sign": _BOOL, "reference": _STR},
     "objective": {"kind": _STR, "prior_alpha": _POS, "prior_lambda_pos": _NONNEG, "prior_lambda_neg": _NONNEG, "prior_beta": _POS,
-                  "oversampling": _INT1, "shift_sigma": _NONNEG, "shift_truncation": _POS},
+                  "oversampling": _INT1, "shift_sigma": _NONNEG, "shift_truncation": _POS,
+                  "pose_error_deg": _NONNEG, "pose_error_A": _NONNEG,      # data/local_refinement.py
+                  "local_search": Rule("table")},
     "protocol": {"batch_size": _INT1, "n_test": _INT1, "n_validation": _INT1,
                  "budget_epochs": _POS},
     "init": {"n_spheres": _INT1, "radius_min": _POS, "radius_max": _POS,
