@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+import cryobench
 from cryobench.base.seeding import rng_for
 from cryobench.data.local_refinement import local_settings, perturb_poses
 from cryobench.data.spec import load_spec
@@ -14,6 +15,7 @@ from cryobench.errors import InputError
 from cryobench.model.ctf import CTFParams
 from cryobench.model.local_refinement import LocalSearchLikelihood, grid_log_weights
 from cryobench.model.refinement import RefinementLikelihood
+from cryobench.task import describe
 
 D = 12
 TASK = Path(__file__).resolve().parent.parent / "tasks" / "refinement-local.toml"
@@ -118,3 +120,13 @@ def test_negative_pose_error_is_refused_by_the_task_file(tmp_path):
     path.write_text(TASK.read_text().replace("pose_error_deg = 2.0", "pose_error_deg = -1.0"))
     with pytest.raises(InputError, match="pose_error_deg"):
         local_settings(load_spec(path))
+
+
+def test_the_local_task_has_no_exact_optimum_and_says_what_it_is(data_dir):
+    """Its objective is marginalised over local poses, not quadratic: asking for V* is one
+    InputError, not a CG solve of another objective; ``info`` names the pose error and grid."""
+    task = cryobench.load_task("refinement-local", scale="ci", data_dir=data_dir, progress=False)
+    with pytest.raises(InputError, match="local-search refinement task has no exact optimum"):
+        task.optimum()
+    kind = describe("refinement-local", "ci", data_dir)["kind"]
+    assert kind.startswith("refinement (poses known to ~2°, ~1 Å; local search: 6 rotations")

@@ -83,5 +83,6 @@ def report_interrupted(status: dict, out: Path) -> int:
 def oracle_option(parser) -> None:
     """``--oracle``: exact (the default) or importance[:NAME=VALUE,…] (docs/model.md)."""
     parser.add_argument("--oracle", help="the oracle the optimizer sees: exact (default) or "
-                        "importance[:ess_scale=10,uniform=0.05,temperature=1,exact_above=0.25] "
-                        "(importance sampling over poses; part of the run's identity and label)")
+                        "importance[:ess_scale=10,uniform=0.05,temperature=1,exact_above=0.25,"
+                        "anneal=2] (importance sampling over poses, annealed over each image's "
+                        "first A visits, anneal=0 off; part of the run's identity and label)")

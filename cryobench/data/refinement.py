@@ -33,6 +33,7 @@ from cryobench.data.local_refinement import has_local_search, local_likelihood
 from cryobench.data.sizes import rmax_line
 from cryobench.errors import InputError
 from cryobench.model.fsc import fsc
+from cryobench.model.local_refinement import LocalSearchLikelihood
 from cryobench.model.prior import GaussianPrior
 from cryobench.model.refinement import PosedSpectra, RefinementLikelihood
 
@@ -191,7 +192,11 @@ def solve_optimum(lik, spectra, index, alpha: float, rtol: float = CG_RTOL,
 def cached_optimum(lik, spectra, index, alpha: float, derived: Path, pixel_size: float,
                    progress: bool = True) -> tuple[np.ndarray, dict]:
     """``derived/optimum.mrc`` if it matches the SHA-256 in ``optimum.json``, else solved (one
-    line on stderr) and written. ``derived`` is keyed by the task's content hash."""
+    line on stderr) and written. ``derived`` is keyed by the task's content hash. A local
+    search's objective is not quadratic: it has no CG optimum (InputError)."""
+    if isinstance(lik, LocalSearchLikelihood):
+        raise InputError("a local-search refinement task has no exact optimum (its objective, "
+                         "marginalised over local poses, is not quadratic): no suboptimality")
     path, record = Path(derived) / "optimum.mrc", Path(derived) / "optimum.json"
     try:
         facts = json.loads(record.read_text())
