@@ -33,7 +33,7 @@ FINDINGS = {
                           "AdaGrad on every seed"),
     "quasi-newton": ("oLBFGS and HF are not worth their extra evaluations (§4, both sets).",
                      "at 50K evaluations and at the end, neither oLBFGS nor HF is ahead of SGD "
-                     "by the paired test (sign-flip p < 0.05 on the seeds both reached, or SGD's "
+                     "by the paired test (sign-flip p below 0.05 on the seeds both reached, or SGD's "
                      "median seed failed where theirs did not)"),
     "thermus-order": ("Thermus: SGD, AdaGrad and TONGA converge faster than oLBFGS or the momentum "
                       "methods (§4).",
