@@ -210,6 +210,43 @@ def test_off_platform_a_seed_that_failed_there_is_judged_with_its_configuration(
     assert "differ beyond chance" in capsys.readouterr().out
 
 
+def _move_rows(folder: Path, shift: int, forge_seed=None) -> None:
+    """Store every row but the first at ``shift`` evaluations later (as a method whose
+    checkpoints follow its own steps, HF's CG, lands elsewhere on another platform); with
+    ``forge_seed``, that seed's rows after the first also claim a test NLL 500 nats lower."""
+    for trace in folder.glob("cells/*/trace.csv"):
+        seed = json.loads((trace.parent / "meta.json").read_text())["run"]["seed"]
+        lines = trace.read_text().splitlines()
+        head = lines[0].split(",")
+        ev, nll = head.index("evals"), head.index("test_nll")
+        out = lines[:2]
+        for line in lines[2:]:
+            row = line.split(",")
+            row[ev] = str(int(row[ev]) + shift)
+            if seed == forge_seed or forge_seed == "all":
+                row[nll] = str(float(row[nll]) - 500.0)
+            out.append(",".join(row))
+        trace.write_text("\n".join(out) + "\n")
+
+
+def test_off_platform_rows_at_other_evaluation_counts_are_judged_as_of_them(
+        tmp_path, five_seeds, capsys):
+    """Rows the recomputation does not produce (its checkpoints land elsewhere on another
+    platform) are compared as of their evaluation count, not refused; forged numbers at such
+    rows on every seed are still a mismatch."""
+    copy = tmp_path / "moved"
+    shutil.copytree(five_seeds, copy)
+    _move_rows(copy, 7)
+    assert cli(["verify", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 1 agree; 0 mismatch" in out and "does not produce" not in out
+    copy = tmp_path / "forged"
+    shutil.copytree(five_seeds, copy)
+    _move_rows(copy, 7, forge_seed="all")
+    assert cli(["verify", str(copy)]) == 1
+    assert "median test NLL over seeds off by" in capsys.readouterr().out
+
+
 def test_off_platform_a_weakened_method_fails(tmp_path, five_seeds, data_dir):
     """The same configuration recomputed by an SGD whose step is ten times smaller: every seed
     is a valid run, but the median over seeds leaves the seed spread."""

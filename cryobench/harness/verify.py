@@ -192,8 +192,10 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
                        f"status {now_record.status} now, {stored_record.status} stored "
                        f"({now_record.message or stored_record.message})")
     timed_out = "budget" in (now_record.status, stored_record.status)
-    # a prefix run checkpoints on its own log grid: only a whole run must produce every stored row
-    whole = spec.budget == stored_record.budget
+    # a prefix run checkpoints on its own log grid: only a whole run must produce every stored row;
+    # on another platform a trajectory whose checkpoints follow its own steps (HF's CG) lands
+    # elsewhere: there every stored row is judged as of its evaluation count (judge_configuration)
+    whole = spec.budget == stored_record.budget and exact
     unproduced = np.setdiff1d(stored["evals"].to_numpy(), now["evals"].to_numpy()) if whole else []
     if not len(common) or (len(unproduced) and not timed_out):
         where = (f"stored rows at {', '.join(f'{int(e):,}' for e in unproduced[:3])} evaluations "
@@ -228,31 +230,47 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
                    stored_record.status in FAILED and reached <= (spec.budget or reached))
 
 
-def _medians(traces: list[pd.Series], evals: np.ndarray) -> np.ndarray:
-    """Median over seeds of the test NLL at ``evals``; a seed without the checkpoint (it failed
-    before) counts as +inf, as in the reports' tables."""
-    table = np.array([t.reindex(evals).to_numpy(float) for t in traces])
-    table = np.where(np.isnan(table), np.inf, table)
-    return np.median(table, axis=0)
+def as_of(trace: pd.Series, evals: np.ndarray, failed: bool) -> np.ndarray:
+    """The test NLL of a run as of each of ``evals``: its last checkpoint at or before it; NaN
+    before its first, and after its last when the run failed there (an ended run keeps its
+    final value)."""
+    trace = trace.sort_index()
+    at = np.asarray(trace.index, float)
+    i = np.searchsorted(at, evals, side="right") - 1
+    values = np.where(i >= 0, trace.to_numpy(float)[np.maximum(i, 0)], np.nan)
+    if failed and len(at):
+        values = np.where(evals > at[-1], np.nan, values)
+    return values
+
+
+def _medians(table: np.ndarray) -> np.ndarray:
+    """Median over seeds (rows) of the test NLL; a seed without a value (it failed before)
+    counts as +inf, as in the reports' tables."""
+    return np.median(np.where(np.isnan(table), np.inf, table), axis=0)
 
 
 def judge_configuration(results, key: tuple, verdicts: list) -> Verdict:
     """Off-platform verdict on one configuration (task, scale, label) from the recomputed runs of
     all its seeds (``verdicts``): what another platform must reproduce is the distribution over
-    seeds, not each chaotic curve. It fails when, at a checkpoint both have, the median over
+    seeds, not each chaotic curve. It fails when, at a stored row's evaluation count (each run
+    taken :func:`as_of` it, as far as the recomputation went), the median over
     seeds now differs from the stored one by more than :data:`SPREAD_FACTOR` × the seed spread of
     the recomputation (+ :data:`REL_FLOOR` relative), or when the failures over seeds differ beyond chance
     (:data:`FAILURE_ALPHA`). The line gives the failures with the seeds that failed."""
     task, scale, label = key
-    cells = {v.cell: v for v in verdicts}
+    cells = {v.cell: v for v in sorted(verdicts, key=lambda v: v.cell)}
     stored = results.trace[results.trace["cell"].isin(cells)]
-    traces_then = [g.set_index("evals")["test_nll"] for _, g in stored.groupby("cell", sort=True)]
-    traces_now = [cells[c].now for c in sorted(cells)]
-    evals = np.array(sorted(set.intersection(*(set(t.index) for t in traces_now))
-                            & set(stored["evals"])), dtype=float)
-    then, now = _medians(traces_then, evals), _medians(traces_now, evals)
+    then_by_cell = {c: g.set_index("evals")["test_nll"] for c, g in stored.groupby("cell")}
+    # every stored row's evaluation count, each run taken as of it (checkpoints that follow a
+    # chaotic run's own steps land elsewhere on another platform), up to where the recomputation
+    # went (a prefix run stops early)
+    reach = max((float(v.now.index.max()) for v in cells.values() if len(v.now)), default=0.0)
+    evals = np.array(sorted(e for e in set(stored["evals"]) if e <= reach), dtype=float)
+    table_then = np.array([as_of(then_by_cell[c], evals, v.stored_failed) if c in then_by_cell
+                           else np.full(len(evals), np.nan) for c, v in cells.items()])
+    table = np.array([as_of(v.now, evals, v.now_failed) for v in cells.values()])
+    then, now = _medians(table_then), _medians(table)
     # the spread of this machine's own recomputation, never of what the folder says about itself
-    table = np.array([t.reindex(evals).to_numpy(float) for t in traces_now])
     finite = np.where(np.isfinite(table), table, np.nan)
     spread = np.nan_to_num(np.nanmax(finite, axis=0) - np.nanmin(finite, axis=0)) if len(evals) else evals
     tol = SPREAD_FACTOR * spread + REL_FLOOR * np.abs(np.where(np.isfinite(then), then, 0.0))
