@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_grid as grid_file
+from helpers import wait_for, write_grid as grid_file
 
 from cryobench.cli import main as cli
 from cryobench.harness.plan import plan_for_cell
@@ -172,15 +172,6 @@ def cell_processes(grid_pid: int) -> list[int]:
         if b"cryobench.harness.cell" in cmd and int(stat.rsplit(")", 1)[1].split()[1]) == grid_pid:
             pids.append(int(proc.name))
     return pids
-
-
-def wait_for(predicate, seconds=120.0):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 # --- 1. an interrupted run is not a result ------------------------------------------------------

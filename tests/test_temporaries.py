@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from helpers import write_grid
+from helpers import wait_for, write_grid
 
 from cryobench.base.files import atomic_write
 from cryobench.data.mrc import read_volume, volume_bytes, write_volume
@@ -77,15 +77,6 @@ def _is_cell(proc: psutil.Process) -> bool:
         return "cryobench.harness.cell" in " ".join(proc.cmdline())
     except psutil.Error:                            # ended meanwhile (a zombie: a finished zygote)
         return False
-
-
-def _wait(condition, seconds: float) -> bool:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture
@@ -150,7 +141,7 @@ def test_kill_9_of_a_cell_or_its_grid_leaves_no_temporary(tmp_path, data_dir, sl
     def cell():
         return next((c for c in _descendants(proc.pid) if _is_cell(c)), None)
 
-    assert _wait(lambda: cell() is not None and len(_descendants(cell().pid)) >= 2, 120), \
+    assert wait_for(lambda: cell() is not None and len(_descendants(cell().pid)) >= 2, 120), \
         "the cell and its optimizer process never started"
     time.sleep(1.0)                                 # the optimizer steps
     tree = _descendants(proc.pid)
@@ -160,7 +151,7 @@ def test_kill_9_of_a_cell_or_its_grid_leaves_no_temporary(tmp_path, data_dir, sl
         assert proc.returncode == 1 and "killed by signal SIGKILL" in err, err
     else:
         proc.wait()
-    assert _wait(lambda: not [p for p in tree if p.is_running() and p.status() != "zombie"], 10), \
+    assert wait_for(lambda: not [p for p in tree if p.is_running() and p.status() != "zombie"], 10), \
         "a process outlived its cell"
     assert _cryobenchs(spool) == [] and _cryobenchs(out) == []
     assert not list(out.glob("cells/*/meta.json"))
@@ -202,14 +193,14 @@ def test_kill_9_of_a_dask_worker_leaves_no_temporary_after_the_next_cell(tmp_pat
         def cell():
             return next((c for c in _descendants(cluster[1].pid) if _is_cell(c)), None)
 
-        assert _wait(lambda: cell() is not None and len(_descendants(cell().pid)) >= 2, 180), \
+        assert wait_for(lambda: cell() is not None and len(_descendants(cell().pid)) >= 2, 180), \
             "the cell never started on the worker"
         time.sleep(1.0)
         worker = cell().parent()
         assert list(spool.glob(f".cryobench-worker.cryobench.tmp-{worker.pid}-*"))
         tree = [worker, *worker.children(recursive=True)]
         worker.send_signal(signal.SIGKILL)                 # kill -9 of the Dask worker
-        assert _wait(lambda: not [p for p in tree if p.is_running() and p.status() != "zombie"], 10), \
+        assert wait_for(lambda: not [p for p in tree if p.is_running() and p.status() != "zombie"], 10), \
             "a process outlived its worker"
         _, err = proc.communicate(timeout=300)
         if proc.returncode != 0:        # Dask gave up on the task: the next grid computes it

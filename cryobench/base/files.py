@@ -37,22 +37,28 @@ def writer_alive(pid: int) -> bool:
     return True
 
 
+def remove_if_dead(tmp: Path, tail: str) -> bool:
+    """Delete the temporary ``tmp``, whose name ends ``<pid>-<host>-…`` (``tail``), if its writer
+    ran on this host and no longer runs; whether it was deleted. Another host's or a live
+    writer's is left alone."""
+    pid, _, rest = tail.partition("-")
+    if not pid.isdigit() or not rest.startswith(f"{socket.gethostname()}-") or writer_alive(int(pid)):
+        return False
+    if tmp.is_dir() and not tmp.is_symlink():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
 def remove_dead_temporaries_of(path) -> list[Path]:
     """Delete the temporaries cryobench's writers of ``path`` left when they were killed
     (``.<name>.cryobench.tmp-<pid>-<host>-…`` beside it, whose writer on this host no longer runs);
     nothing else is touched: not another file's, not another host's, not a live writer's."""
-    path, host, removed = Path(path), socket.gethostname(), []
-    for name in glob.glob(glob.escape(f".{path.name}{MARK}") + "*", root_dir=path.parent):
-        pid, _, rest = name[len(f".{path.name}{MARK}"):].partition("-")
-        if not pid.isdigit() or not rest.startswith(f"{host}-") or writer_alive(int(pid)):
-            continue
-        tmp = path.parent / name
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
+    path = Path(path)
+    prefix = f".{path.name}{MARK}"
+    return [path.parent / name for name in glob.glob(glob.escape(prefix) + "*", root_dir=path.parent)
+            if remove_if_dead(path.parent / name, name[len(prefix):])]
 
 
 def atomic_write(path, data: bytes | str) -> None:

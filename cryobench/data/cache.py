@@ -26,6 +26,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from cryobench.base.files import remove_if_dead
+
 MANIFEST = "manifest.json"
 STAMPS = "verified.json"
 
@@ -170,27 +172,8 @@ def discard(folder: Path) -> None:
         aside.unlink(missing_ok=True)
 
 
-def _writer_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:          # another user's live process
-        return True
-    return True
-
-
 def remove_dead_temporaries(parent: Path) -> list[Path]:
     """Delete ``.*.tmp-<pid>-<host>-*`` entries of ``parent`` whose writer on this host no longer
     runs; returns what was removed. Other hosts' temporaries (a shared cache) are left alone."""
-    removed, host = [], socket.gethostname()
-    for tmp in Path(parent).glob(".*.tmp-*"):
-        pid, _, rest = tmp.name.split(".tmp-", 1)[1].partition("-")
-        if not pid.isdigit() or not rest.startswith(f"{host}-") or _writer_alive(int(pid)):
-            continue
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
+    return [tmp for tmp in Path(parent).glob(".*.tmp-*")
+            if remove_if_dead(tmp, tmp.name.split(".tmp-", 1)[1])]
