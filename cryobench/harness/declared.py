@@ -54,16 +54,20 @@ def import_error(path: Path, exc: BaseException) -> str:
     return f"{where}: {type(exc).__name__}{': ' + message if message else ''}"
 
 
-def load_file(path: Path, shown: str | None = None):
-    """Import a Python file as a fresh module; any failure is one InputError line (naming the
-    file as ``shown``, as the user typed it, where given)."""
+def load_file(path: Path, shown: str | None = None, text: bytes | None = None):
+    """Import a Python file as a fresh module (from ``text``, its content read earlier, where
+    given); any failure is one InputError line (naming the file as ``shown``, as the user typed
+    it, where given)."""
     path = Path(path)
-    if not path.is_file():
+    if text is None and not path.is_file():
         raise InputError(f"{path}: optimizer file not found")
     spec = importlib.util.spec_from_file_location(f"cryobench_optimizers.{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        if text is None:
+            spec.loader.exec_module(module)
+        else:
+            exec(compile(text, str(path), "exec"), vars(module))    # noqa: S102 — sandboxed
     except (Exception, SystemExit) as exc:   # the user's code: any failure, SyntaxError too
         line = import_error(path, exc)
         if shown and line.startswith(str(path)):
@@ -72,12 +76,13 @@ def load_file(path: Path, shown: str | None = None):
     return module
 
 
-def _target(ref: dict, given: str):
+def _target(ref: dict, given: str, text: bytes | None = None):
     """The object a reference's ``kind`` and ``where`` name (a module, or an entry point's
-    object, or an external method), imported in this process."""
+    object, or an external method), imported in this process (a file from ``text``, its
+    content, where given)."""
     kind, where = ref["kind"], ref["where"]
     if kind == "file":
-        return load_file(Path(where), ref.get("shown"))
+        return load_file(Path(where), ref.get("shown"), text)
     if kind == "external":
         return external.resolve(where)
     try:
@@ -100,11 +105,12 @@ def methods_in(obj) -> list[tuple[str, Method]]:
     return list(unique.values())
 
 
-def load_reference(ref: dict, given: str | None = None) -> Method:
+def load_reference(ref: dict, given: str | None = None, text: bytes | None = None) -> Method:
     """The method ``ref`` names, imported in this process (module doc); one InputError line
-    when it cannot be had. ``given``: the reference as the user typed it, for messages."""
+    when it cannot be had. ``given``: the reference as the user typed it, for messages;
+    ``text``: a file's content, read before a private ``/tmp`` hid it."""
     given = given or describe(ref)
-    obj = _target(ref, given)
+    obj = _target(ref, given, text)
     if ref.get("attr"):
         obj = getattr(obj, ref["attr"], None)
     if not isinstance(obj, Method):

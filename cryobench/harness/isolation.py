@@ -116,15 +116,21 @@ def prestart() -> None:
     zygote()
 
 
-def declarations(sources: list, hidden, timeout: float = DECLARE_TIMEOUT) -> list[dict]:
+def module_path() -> list[str]:
+    """This process's module path (``sys.path``), absolute: where a child imports from."""
+    return [os.path.abspath(p or os.getcwd()) for p in sys.path]
+
+
+def declarations(sources: list, hidden, timeout: float | None = None) -> list[dict]:
     """The answer of :func:`cryobench.harness.declared.declare` for each source (a reference
     with ``attr`` None for every method of a module), each imported in a sandboxed child of the
     zygote (``hidden`` unreadable, nothing writable), all at once: ``{"declared": […]}`` or
     ``{"error": "one line"}``. A child that ends without answering, or answers nothing within
-    ``timeout`` seconds (then it is killed), is an error naming the source."""
+    ``timeout`` seconds (default :data:`DECLARE_TIMEOUT`; then it is killed), is an error
+    naming the source."""
+    timeout = DECLARE_TIMEOUT if timeout is None else timeout
     z = zygote()
-    job = {"kind": "declare", "hidden": hideable(hidden),
-           "path": [os.path.abspath(p or os.getcwd()) for p in sys.path]}
+    job = {"kind": "declare", "hidden": hideable(hidden), "path": module_path()}
     started = []
     for source in sources:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -201,7 +207,7 @@ class OptimizerProcess:
         z = zygote()
         job = {"arena": size, "threads": int(threads), "hidden": hideable(hidden)}
         if isinstance(method, Declared):                # imported there, never here
-            job.update(reference=method.reference, name=method.name)
+            job.update(reference=method.reference, name=method.name, path=module_path())
         try:
             self.pid = z.fork([theirs.fileno(), self.outbox.fd, self.inbox.fd], job)
         finally:

@@ -201,6 +201,15 @@ def child(zygote: int, fds: list, job: dict) -> None:
     sock = socket.socket(fileno=fds[0])
     inbox, outbox = Arena(fds[1], job["arena"], False), Arena(fds[2], job["arena"], True)
     os.chdir("/")
+    ref, text = job.get("reference"), None
+    if ref and ref["kind"] == "file":                   # read before a private /tmp hides it
+        try:
+            with open(ref["where"], "rb") as fh:
+                text = fh.read()
+        except OSError:
+            text = None
+    if job.get("path"):
+        sys.path[:] = job["path"]                       # the harness's module path
     tmp = private_tmp()
     os.environ["TMPDIR"] = "/tmp"
     set_threads(job["threads"])
@@ -212,9 +221,9 @@ def child(zygote: int, fds: list, job: dict) -> None:
         sandbox = f"none ({exc})"
     channel = _Channel(sock, inbox, outbox)
     threads, imported = _threads(controller), None
-    if job.get("reference"):
+    if ref:
         try:
-            imported = load_reference(job["reference"], job.get("name"))
+            imported = load_reference(ref, job.get("name"), text)
             if imported.name != job.get("name"):
                 raise ImportError(f"{job['reference'].get('where')} declares {imported.name!r} "
                                   f"here, {job.get('name')!r} in the harness's registry")

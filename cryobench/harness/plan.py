@@ -27,7 +27,7 @@ from cryobench.data.spec import Scale, TaskSpec, load_spec
 from cryobench.errors import InputError
 from cryobench.harness.identity import cell_id, optimizer_key
 from cryobench.harness.record import SNAPSHOTS, RunSpec
-from cryobench.harness.registry import resolve
+from cryobench.harness.registry import hide, resolve
 from cryobench.harness.run import check_run
 from cryobench.harness.tuned import default_tuned_file, load_tuned, tuned_entry
 from cryobench.model.importance import oracle_label, oracle_settings
@@ -160,6 +160,7 @@ class Planner:
 
     def __init__(self, data_dir=None, threads: int = 1, tuned=EACH_TASKS_OWN):
         self.data_dir, self.threads, self.tuned = data_dir, threads, tuned
+        hide(data_dir)                  # from the optimizers' imports (the registry's), too
         self._tasks: dict = {}
         self._tables: dict = {}
 

@@ -31,14 +31,21 @@ from cryobench.harness.declared import Declared, import_error
 from cryobench.harness.isolation import declarations
 
 ENTRY_POINT_GROUP = "cryobench.optimizers"
+_HIDDEN: list = []                              # dataset folders named on the command line
 
 __all__ = ["Declared", "Registry", "discover", "import_error", "resolve", "scan"]
 
 
+def hide(folder) -> None:
+    """Hide ``folder`` (a dataset folder given with ``--data-dir``) from optimizers' imports too."""
+    if folder is not None and str(folder) not in _HIDDEN:
+        _HIDDEN.append(str(folder))
+
+
 def hidden() -> list:
     """The folders an optimizer's import must not read: the dataset caches (``$CRYOBENCH_DATA``
-    and the one in the home folder), as for its runs."""
-    return [str(default_data_dir()), str(home_data_dir())]
+    and the one in the home folder) and those given to :func:`hide`, as for its runs."""
+    return [str(default_data_dir()), str(home_data_dir()), *_HIDDEN]
 
 
 def declared(sources: list) -> list:
