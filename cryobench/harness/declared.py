@@ -183,7 +183,15 @@ class Declared:
 
     @staticmethod
     def from_json(d: dict) -> "Declared":
-        """A declaration as :func:`declaration` gives it."""
+        """A declaration as :func:`declaration` gives it (checked: it comes from a process
+        that ran the optimizer's import; anything else is a ValueError)."""
+        numbers = all(isinstance(h[k], (int, float)) and not isinstance(h[k], bool)
+                      for h in d["hypers"].values() for k in ("default", "low", "high"))
+        texts = [d["name"], d["doc"], d["qualname"], d["module"]]
+        if not (numbers and all(isinstance(t, str) for t in texts) and d["name"]
+                and isinstance(d["reference"], dict)
+                and all(isinstance(v, (str, type(None))) for v in (d["source"], d["identity"]))):
+            raise ValueError("not a declaration")
         hypers = {k: HYPER_CLASSES.get(h["class"], Hyper)(h["default"], h["low"], h["high"],
                                                           log=h["log"], integer=h["integer"])
                   for k, h in d["hypers"].items()}

@@ -70,6 +70,9 @@ def _one(source: dict) -> Declared:
     answer = declared([source])[0]
     if isinstance(answer, InputError):
         raise answer
+    if len(answer) != 1:
+        raise InputError(f"{source.get('given') or source['where']}: its process answered "
+                         f"{len(answer)} declarations for one optimizer")
     return answer[0]
 
 
