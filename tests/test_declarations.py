@@ -159,3 +159,20 @@ def test_load_imports_here_and_configure_uses_it(files):
     assert d.load() is d.load() and d.load().name == "sgd"
     assert d.configure(lr=0.5) is not None
     assert declared_module.describe(d.reference) == f"{Path(honest).absolute()}:sgd"
+
+
+@pytest.mark.parametrize("change, message", [
+    ("raise RuntimeError('boom in the run')\n", "honest.py:{line}: RuntimeError: boom in the run"),
+    ("sgd = method(name='other', lr=Hyper(1.0, 0.1, 10.0))(lambda lr: None)\n",
+     "declares 'other' here, 'sgd' in the harness's registry"),
+])
+def test_the_runs_process_imports_the_file_itself(cylinder, files, change, message):
+    """The optimizer's process imports the method from its reference (not an object sent by
+    the harness): a file changed after it was declared fails there, as the run's error."""
+    honest, _, _ = files
+    d = resolve(f"{honest}:sgd")
+    honest.write_text(SGD + "from cryobench.optim import Hyper, method\n" + change)
+    out = execute(_spec(f"{honest}:sgd", budget=200), cylinder, d, compare=False)
+    line = len(SGD.splitlines()) + 2                       # the line of the raise
+    assert out.record.status == "error"
+    assert message.format(line=line) in out.record.message, out.record.message
