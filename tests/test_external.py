@@ -319,7 +319,11 @@ def test_external_identity_names_library_version_class_and_arguments():
     ("optax", "optax:optax.lion", "optax:optax.lion needs JAX and optax: pip install 'cryobench[jax]'"),
 ])
 def test_a_missing_library_is_one_line(monkeypatch, capsys, tmp_path, library, reference, message):
-    monkeypatch.setitem(sys.modules, library, None)          # `import torch` now fails
+    """(The optimizer is declared in a sandboxed process, with this process's module path: a
+    module of that name first on it hides the library there.)"""
+    (tmp_path / "hide").mkdir()
+    (tmp_path / "hide" / f"{library}.py").write_text(f"raise ImportError('no {library} here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "hide"))     # `import torch` now fails
     with pytest.raises(InputError) as caught:
         resolve(reference)
     assert str(caught.value) == message

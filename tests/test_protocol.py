@@ -65,23 +65,24 @@ def test_readme_example_is_the_tested_file():
     assert resolve(str(root / "docs/examples/rmsprop.py") + ":rmsprop").name == "rmsprop"
 
 
-def test_installed_packages_register_through_the_entry_point_group(monkeypatch):
+def test_installed_packages_register_through_the_entry_point_group(monkeypatch, tmp_path):
+    from importlib.metadata import EntryPoint
+
     import cryobench.harness.registry as registry
-    from cryobench.optim import GradientMethod, Hyper, method
 
-    @method(lr=Hyper(0.5, 0.1, 1.0))
-    def plugin_sgd(lr):
-        """A plugin."""
-        return GradientMethod(None, None)
-
-    class EntryPoint:
-        def load(self):
-            return plugin_sgd
+    (tmp_path / "plugin_pkg.py").write_text(
+        "from cryobench.optim import GradientMethod, Hyper, method\n\n\n"
+        "@method(lr=Hyper(0.5, 0.1, 1.0))\ndef plugin_sgd(lr):\n    \"\"\"A plugin.\"\"\"\n"
+        "    return GradientMethod(None, None)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))           # the sandboxed import's path too
 
     def fake_entry_points(group):
         assert group == "cryobench.optimizers"
-        return [EntryPoint()]
+        return [EntryPoint("plugin", "plugin_pkg:plugin_sgd", group)]
 
     monkeypatch.setattr(registry, "entry_points", fake_entry_points)
-    assert registry.resolve("plugin-sgd") is plugin_sgd
+    found = registry.resolve("plugin-sgd")
+    assert found.name == "plugin-sgd" and found.doc == "A plugin."
+    assert "plugin_pkg" not in sys.modules                # declared without importing it here
+    assert found.load().factory.__module__ == "plugin_pkg"
     assert "sgd" in registry.discover()           # the folder's methods are still there

@@ -79,26 +79,33 @@ def test_two_files_registering_one_name_is_an_error_naming_both(tmp_path):
         assert str(info.value) == message
 
 
-def fake_entry_points(obj, name="plugin", value="plugin_pkg:opt"):
-    class EntryPoint:
-        def load(self):
-            if isinstance(obj, Exception):
-                raise obj
-            return obj
-    EntryPoint.name, EntryPoint.value = name, value
-    return lambda group: [EntryPoint()]
+def fake_entry_points(name="plugin", value="plugin_pkg:opt"):
+    """Installed entry points as importlib makes them: the registry's sandboxed process loads
+    them by (name, value, group), with this process's module path."""
+    from importlib.metadata import EntryPoint
+    return lambda group: [EntryPoint(name, value, group)]
+
+
+OTHER_SGD = '''
+from cryobench.optim import GradientMethod, Hyper, method
+
+
+@method(name="sgd", lr=Hyper(0.5, 0.1, 1.0))
+def other_sgd(lr):
+    """Another sgd."""
+    return GradientMethod(None, None)
+
+
+opt = other_sgd
+'''
 
 
 def test_an_entry_point_shadowing_a_folder_optimizer_is_an_error(tmp_path, monkeypatch):
-    from cryobench.optim import GradientMethod, Hyper, method
-
-    @method(name="sgd", lr=Hyper(0.5, 0.1, 1.0))
-    def other_sgd(lr):
-        """Another sgd."""
-        return GradientMethod(None, None)
-
+    (tmp_path / "pkgs").mkdir()
+    (tmp_path / "pkgs" / "plugin_pkg.py").write_text(OTHER_SGD)
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
     shutil.copy(OPTIMIZERS_DIR / "sgd.py", tmp_path / "sgd.py")
-    monkeypatch.setattr(registry, "entry_points", fake_entry_points(other_sgd))
+    monkeypatch.setattr(registry, "entry_points", fake_entry_points())
     with pytest.raises(InputError, match=r"'sgd' is registered twice: by .*sgd.py and by entry "
                                          r"point plugin = plugin_pkg:opt"):
         discover(tmp_path)
@@ -106,15 +113,29 @@ def test_an_entry_point_shadowing_a_folder_optimizer_is_an_error(tmp_path, monke
 
 def test_an_entry_point_of_the_same_file_is_not_a_duplicate(tmp_path, monkeypatch):
     shutil.copy(OPTIMIZERS_DIR / "sgd.py", tmp_path / "sgd.py")
-    same = registry._load_file(tmp_path / "sgd.py").sgd        # a second import of that file
-    monkeypatch.setattr(registry, "entry_points", fake_entry_points(same))
+    monkeypatch.syspath_prepend(str(tmp_path))                 # a second import of that file
+    monkeypatch.setattr(registry, "entry_points", fake_entry_points(value="sgd:sgd"))
     assert set(discover(tmp_path)) == {"sgd"}
+
+
+def test_an_entry_point_resolves_and_runs_from_its_reference(tmp_path, monkeypatch):
+    (tmp_path / "pkgs").mkdir()
+    (tmp_path / "pkgs" / "plugin_pkg.py").write_text(OTHER_SGD.replace('name="sgd"',
+                                                                       'name="plugin-sgd"'))
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    monkeypatch.setattr(registry, "entry_points", fake_entry_points())
+    found = resolve("plugin-sgd", tmp_path)
+    assert found.reference == {"kind": "entry", "where": ["plugin", "plugin_pkg:opt",
+                                                          registry.ENTRY_POINT_GROUP],
+                               "attr": None}
+    assert found.hypers["lr"].default == 0.5 and found.doc == "Another sgd."
 
 
 def test_a_broken_entry_point_breaks_only_itself(tmp_path, monkeypatch):
     shutil.copy(OPTIMIZERS_DIR / "sgd.py", tmp_path / "sgd.py")
-    monkeypatch.setattr(registry, "entry_points", fake_entry_points(ImportError("no lib")))
+    monkeypatch.setattr(registry, "entry_points", fake_entry_points(value="no_such_pkg_xyz:opt"))
     assert resolve("sgd", tmp_path).name == "sgd"
     with pytest.raises(InputError, match=r"optimizer 'plugin' cannot be loaded: entry point "
-                                         r"plugin = plugin_pkg:opt .*ImportError: no lib"):
+                                         r"plugin = no_such_pkg_xyz:opt .*ModuleNotFoundError: "
+                                         r"No module named 'no_such_pkg_xyz'"):
         resolve("plugin", tmp_path)

@@ -34,9 +34,11 @@ The choices, and why:
 
 * **One process per method** (``multiprocessing``'s ``spawn``: a new interpreter, nothing
   inherited): an optimizer that patches shared state (``cryobench.schedules.annealed_lr``, NumPy,
-  the oracle's class) changes only its own runs, never the methods gated after it. The method
-  is sent by value (``cloudpickle``: its factory's code, not its module's import-time side
-  effects) and the process imports cryobench afresh. A method whose process dies has every seed
+  the oracle's class) changes only its own runs, never the methods gated after it. A registered
+  method is sent as its declaration (:class:`~cryobench.harness.declared.Declared`): neither
+  the gate nor its method's process imports the optimizer's module, only each run's sandboxed
+  optimizer process does; a method given as an object (cryobench's own, a test's) is sent by
+  value (``cloudpickle``). The process imports cryobench afresh. A method whose process dies has every seed
   ``error``. Restoring patched state in one process instead cannot be complete (a patch may
   reach any module, C state or a function's code object).
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 import numpy as np
 
 from cryobench.errors import InputError
+from cryobench.harness.isolation import OptimizerProcess
 from cryobench.harness.plan import Planner
+from cryobench.harness.run import hidden_folders
 from cryobench.model.importance import sampled_nll
 from cryobench.task import load_task
 
@@ -90,30 +92,31 @@ def is_check(task_name: str, scale: str, checkpoints=(1, 2, 4), draws: int = 8,
     k = task.n_train
     budget = int(max(checkpoints) * k + 2 * MINIBATCH)
     counted = task.oracle(budget, 0, oracle, plan.method.name)
-    opt = plan.method.configure(**plan.spec.params)
-    state = opt.init(task.init.copy(), budget=budget, rng=np.random.default_rng(0))
     view = counted.view()
     rows = []
     log(f"{task.name} ({scale}): {k:,} training images, quadrature {task.likelihood._log_w.shape}"
         f" (angles, shifts, directions), sgd {plan.spec.label} {plan.spec.params}, {draws} draws")
-    for epochs in sorted(checkpoints):
-        terms0, evals0 = counted.terms, counted.evaluations
-        while counted.evaluations + MINIBATCH <= epochs * k:
-            state = opt.step(state, view)
-        x = opt.iterate(state)
-        if not np.all(np.isfinite(x)):
-            raise InputError(f"the SGD run diverged before {epochs:g} epochs with "
-                             f"{plan.spec.params}; give a smaller step (--set lr=…)")
-        run_fraction = ((counted.terms - terms0) / max(1, counted.evaluations - evals0)
-                        / task.likelihood.terms_per_image())
-        row = {"task": task.name, "scale": scale, "epochs": epochs,
-               "evaluations": counted.evaluations, "run_terms_fraction": run_fraction,
-               **measure(task, counted.sampler, x, counted.position, draws)}
-        rows.append(row)
-        log(f"  after {epochs:g} epochs ({row['evaluations']:,} evals): rel. error "
-            f"{row['rel_error']:.3g}, cosine {row['cosine']:.4f}, bias {row['bias']:.3g} "
-            f"({row['bias_corrected']:.3g} without the draws' own noise), value "
-            f"error {row['value_error']:+.3g} nats/image, terms {row['terms_fraction']:.3g} of "
-            f"exact (the run's last epoch: {row['run_terms_fraction']:.3g}); minibatch noise "
-            f"{row['minibatch_noise']:.3g}")
+    with OptimizerProcess(plan.method, plan.spec.params, view, task.init, plan.spec.threads,
+                          hidden_folders(task), float("inf")) as proc:   # sgd in its process
+        proc.init(task.init.copy(), budget=budget, rng=np.random.default_rng(0))
+        x = task.init
+        for epochs in sorted(checkpoints):
+            terms0, evals0 = counted.terms, counted.evaluations
+            while counted.evaluations + MINIBATCH <= epochs * k:
+                x = proc.step()
+            if not np.all(np.isfinite(x)):
+                raise InputError(f"the SGD run diverged before {epochs:g} epochs with "
+                                 f"{plan.spec.params}; give a smaller step (--set lr=…)")
+            run_fraction = ((counted.terms - terms0) / max(1, counted.evaluations - evals0)
+                            / task.likelihood.terms_per_image())
+            row = {"task": task.name, "scale": scale, "epochs": epochs,
+                   "evaluations": counted.evaluations, "run_terms_fraction": run_fraction,
+                   **measure(task, counted.sampler, x, counted.position, draws)}
+            rows.append(row)
+            log(f"  after {epochs:g} epochs ({row['evaluations']:,} evals): rel. error "
+                f"{row['rel_error']:.3g}, cosine {row['cosine']:.4f}, bias {row['bias']:.3g} "
+                f"({row['bias_corrected']:.3g} without the draws' own noise), value "
+                f"error {row['value_error']:+.3g} nats/image, terms "
+                f"{row['terms_fraction']:.3g} of exact (the run's last epoch: "
+                f"{row['run_terms_fraction']:.3g}); minibatch noise {row['minibatch_noise']:.3g}")
     return rows

@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 from cryobench.base.seeding import rng_for
 from cryobench.data.datasets import Dataset
 from cryobench.data.spec import Scale, TaskSpec
+from cryobench.harness.declared import Declared
 from cryobench.harness.record import RunSpec
 from cryobench.harness.run import execute
 from cryobench.model.ctf import CTFParams
@@ -60,9 +61,13 @@ def code_fingerprint(source: str) -> str:
 
 def optimizer_fingerprint(method) -> str:
     """:func:`code_fingerprint` of the module that defines an optimizer's factory; with another
-    library's method's ``identity`` (:mod:`cryobench.external`) hashed in where it has one."""
+    library's method's ``identity`` (:mod:`cryobench.external`) hashed in where it has one. A
+    declaration (:class:`~cryobench.harness.declared.Declared`) names that module's file: it is
+    read here, never imported."""
     try:
-        code = code_fingerprint(Path(inspect.getsourcefile(method.factory)).read_text())
+        source = (method.source if isinstance(method, Declared) else
+                  inspect.getsourcefile(method.factory))
+        code = code_fingerprint(Path(source).read_text())
     except (TypeError, OSError, SyntaxError):
         return "unknown"
     extra = getattr(method, "identity", None)        # library, version, class, arguments

@@ -3,7 +3,9 @@
 The data, the oracle and its accounting, the scoring, the checkpoints and the clock stay in the
 harness's process. :class:`OptimizerProcess` asks the zygote
 (:mod:`cryobench.harness.optimizer_process`, started once per harness process, a fresh
-interpreter that never saw the data) for a child, sends it the method by value, and serves the
+interpreter that never saw the data) for a child, which imports the method from its reference
+(a :class:`~cryobench.harness.declared.Declared`'s; a method the harness holds as an object,
+cryobench's own or a test's, is sent by value), and serves the
 child's oracle calls on the real :class:`~cryobench.oracle.OracleView`: minibatch ids, values,
 gradients, Hessian-vector products, EM weights, Fourier transforms and the read-only figures
 cross; volumes go through shared memory (:mod:`cryobench.harness.channel`). The clock is the
@@ -38,15 +40,18 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 
+from cryobench.base.messages import warn_once
 from cryobench.errors import HarnessFault
 from cryobench.harness.channel import (Arena, ChannelClosed, ProtocolError, decode, encode,
                                        receive, send)
+from cryobench.harness.declared import Declared
 from cryobench.harness.limits import TimeLimitReached
 from cryobench.oracle import BudgetExhausted
 
 STATIC = ("budget", "n_train", "train_indices")        # figures that never change in a run
 _ZYGOTE: dict = {}                                      # pid of the harness → its zygote
 _LOCK = threading.Lock()
+DECLARE_TIMEOUT = 120.0                                 # seconds to import an optimizer's source
 
 
 class OptimizerFailed(Exception):
@@ -111,6 +116,61 @@ def prestart() -> None:
     zygote()
 
 
+def module_path() -> list[str]:
+    """This process's module path (``sys.path``), absolute: where a child imports from."""
+    return [os.path.abspath(p or os.getcwd()) for p in sys.path]
+
+
+def declarations(sources: list, hidden, timeout: float | None = None) -> list[dict]:
+    """The answer of :func:`cryobench.harness.declared.declare` for each source (a reference
+    with ``attr`` None for every method of a module), each imported in a sandboxed child of the
+    zygote (``hidden`` unreadable, nothing writable), all at once: ``{"declared": […]}`` or
+    ``{"error": "one line"}``. A child that ends without answering, or answers nothing within
+    ``timeout`` seconds (default :data:`DECLARE_TIMEOUT`; then it is killed), is an error
+    naming the source."""
+    timeout = DECLARE_TIMEOUT if timeout is None else timeout
+    z = zygote()
+    job = {"kind": "declare", "hidden": hideable(hidden), "path": module_path()}
+    started = []
+    for source in sources:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            started.append((ours, z.fork([theirs.fileno()], {**job, "source": source})))
+        finally:
+            theirs.close()
+    deadline, answers = time.monotonic() + timeout, []
+    for (sock, pid), source in zip(started, sources):
+        chunks, late = [], False
+        with sock:
+            while True:
+                sock.settimeout(max(0.0, deadline - time.monotonic()))
+                try:
+                    chunk = sock.recv(1 << 16)
+                except (socket.timeout, OSError):
+                    late = True
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        if late:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        status = z.wait(pid)
+        where = source.get("given") or source["where"]
+        try:
+            answer = json.loads(b"".join(chunks))
+        except ValueError:
+            answer = {"error": f"{where}: importing it took more than {timeout:g} s" if late
+                      else f"{where}: its import ended the process (exit status {status})"}
+        if not str(answer.pop("sandbox", "landlock")).startswith("landlock"):
+            warn_once("optimizers are imported without a sandbox (no Landlock): their import "
+                      "can read the dataset cache")
+        answers.append(answer)
+    return answers
+
+
 def hideable(folders) -> list[str]:
     """The folders to hide from the optimizer's process, less any that holds Python or
     cryobench itself (the process could not run without them; said in a warning)."""
@@ -146,12 +206,15 @@ class OptimizerProcess:
         self.sock = ours
         z = zygote()
         job = {"arena": size, "threads": int(threads), "hidden": hideable(hidden)}
+        if isinstance(method, Declared):                # imported there, never here
+            job.update(reference=method.reference, name=method.name, path=module_path())
         try:
             self.pid = z.fork([theirs.fileno(), self.outbox.fd, self.inbox.fd], job)
         finally:
             theirs.close()
         self.zygote = z
-        self.payload = base64.b64encode(cloudpickle.dumps(method)).decode()
+        self.payload = (None if isinstance(method, Declared) else
+                        base64.b64encode(cloudpickle.dumps(method)).decode())
         self.params = params
         hello = self._receive(time.perf_counter() + 120.0, "starting")
         self.sandbox = hello.get("hello")

@@ -10,9 +10,17 @@ A child, before any optimizer code runs: leaves the zygote's control socket, mov
 sets its BLAS and numba threads, and sandboxes itself with Landlock (:mod:`cryobench.base.landlock`:
 the data folders unreadable, nothing writable, no signals to the harness, no access to its
 memory); where Landlock is missing it says so in its greeting and the harness warns. It then
-receives the method (by value, ``cloudpickle``), configures and initialises it, and runs its
-steps on a :class:`ProxyView`, which forwards each call over the channel
+imports the method from its reference (:func:`cryobench.harness.declared.load_reference`: a
+file, ``module:attr``, an entry point, another library's class; an import that fails is the
+run's error) — or, for a method the harness holds as an object (cryobench's own, a test's),
+receives it by value (``cloudpickle``) — configures and initialises it, and runs its steps on a
+:class:`ProxyView`, which forwards each call over the channel
 (:mod:`cryobench.harness.channel`); after each step it sends the iterate back.
+
+A *declaring* child (:func:`declarer`) sandboxes itself the same way (nothing writable at all),
+imports one optimizer source and sends back its methods' declarations as JSON
+(:func:`cryobench.harness.declared.declare`): the harness's process never imports an
+optimizer's module.
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ from threadpoolctl import ThreadpoolController
 from cryobench.base.landlock import LandlockUnavailable, restrict
 from cryobench.base.threads import set_threads
 from cryobench.harness.channel import Arena, decode, encode, receive, send
+from cryobench.harness.declared import declare, load_reference
 from cryobench.oracle import BudgetExhausted, OracleView
 
 #: exceptions the harness's oracle raises that reach the optimizer as themselves
@@ -121,15 +130,18 @@ def _failure(exc: BaseException) -> dict:
     return {"failed": [type(exc).__name__, message[:20000], traceback.format_exc()[-100000:]]}
 
 
-def serve(channel: _Channel, controller: ThreadpoolController) -> None:
-    """Answer the harness's ``init`` and ``step`` requests until it closes the channel."""
+def serve(channel: _Channel, controller: ThreadpoolController, imported=None) -> None:
+    """Answer the harness's ``init`` and ``step`` requests until it closes the channel;
+    ``imported``: the method imported from its reference, or the exception that raised."""
     opt = state = view = update = None
     while True:
         request = channel.receive()
         op = request["op"]
         try:
             if op == "init":
-                method = cloudpickle.loads(base64.b64decode(request["method"]))
+                if isinstance(imported, BaseException):
+                    raise imported
+                method = imported or cloudpickle.loads(base64.b64decode(request["method"]))
                 rng = pickle.loads(base64.b64decode(request["rng"]))
                 view, update = proxy_view(channel, request["methods"], request["static"],
                                           request["figures"])
@@ -189,6 +201,15 @@ def child(zygote: int, fds: list, job: dict) -> None:
     sock = socket.socket(fileno=fds[0])
     inbox, outbox = Arena(fds[1], job["arena"], False), Arena(fds[2], job["arena"], True)
     os.chdir("/")
+    ref, text = job.get("reference"), None
+    if ref and ref["kind"] == "file":                   # read before a private /tmp hides it
+        try:
+            with open(ref["where"], "rb") as fh:
+                text = fh.read()
+        except OSError:
+            text = None
+    if job.get("path"):
+        sys.path[:] = job["path"]                       # the harness's module path
     tmp = private_tmp()
     os.environ["TMPDIR"] = "/tmp"
     set_threads(job["threads"])
@@ -199,8 +220,35 @@ def child(zygote: int, fds: list, job: dict) -> None:
     except LandlockUnavailable as exc:
         sandbox = f"none ({exc})"
     channel = _Channel(sock, inbox, outbox)
-    channel.send({"hello": sandbox, "threads": _threads(controller)})
-    serve(channel, controller)
+    threads, imported = _threads(controller), None
+    if ref:
+        try:
+            imported = load_reference(ref, job.get("name"), text)
+            if imported.name != job.get("name"):
+                raise ImportError(f"{job['reference'].get('where')} declares {imported.name!r} "
+                                  f"here, {job.get('name')!r} in the harness's registry")
+        except (Exception, SystemExit) as exc:          # the run's error, reported at init
+            imported = exc
+    channel.send({"hello": sandbox, "threads": threads})
+    serve(channel, controller, imported)
+
+
+def declarer(zygote: int, fds: list, job: dict) -> None:
+    """A forked child that declares: sandbox itself (the data folders hidden, nothing writable),
+    import ``job["source"]`` with the harness's module path and send the declarations as JSON
+    (:func:`cryobench.harness.declared.declare`)."""
+    _die_with_parent(zygote)
+    sock = socket.socket(fileno=fds[0])
+    os.chdir("/")
+    sys.dont_write_bytecode = True
+    sys.path[:] = job["path"]
+    try:
+        sandbox = restrict(job["hidden"], ("/dev/null",))
+    except LandlockUnavailable as exc:
+        sandbox = f"none ({exc})"
+    answer = {**declare(job["source"]), "sandbox": sandbox}
+    sock.sendall(json.dumps(answer).encode())
+    sock.close()
 
 
 def zygote(control_fd: int) -> None:
@@ -224,7 +272,8 @@ def zygote(control_fd: int) -> None:
                 code = 0
                 try:
                     ctl.close()
-                    child(os.getppid(), fds, request["job"])
+                    run = declarer if request["job"].get("kind") == "declare" else child
+                    run(os.getppid(), fds, request["job"])
                 except BaseException:                       # noqa: BLE001 — the channel broke
                     code = EXIT_PROTOCOL
                 finally:

@@ -5,7 +5,8 @@ hyper-parameter values, seeds, a budget — into typed, checked :class:`RunPlan`
 
 * the task file is parsed once and the task's identity (content hash and recipe) computed once
   per (task, scale) (:class:`TaskRef`);
-* the optimizer registry is scanned once per process (:func:`cryobench.harness.registry.resolve`);
+* the optimizer registry is scanned once per process (:func:`cryobench.harness.registry.resolve`;
+  an optimizer is known by its declaration, read in a sandboxed process, never imported here);
 * hyper-parameters are chosen once — explicit, else tuned, else the method's default
   (:func:`resolve_params`) — and each value checked there;
 * the label is made once (:func:`config_label`), the run's sizes are checked once
@@ -25,9 +26,10 @@ from cryobench.base.messages import warn_once
 from cryobench.data.datasets import checked_sizes
 from cryobench.data.spec import Scale, TaskSpec, load_spec
 from cryobench.errors import InputError
+from cryobench.harness.declared import Declared
 from cryobench.harness.identity import cell_id, optimizer_key
 from cryobench.harness.record import SNAPSHOTS, RunSpec
-from cryobench.harness.registry import resolve
+from cryobench.harness.registry import hide, resolve
 from cryobench.harness.run import check_run
 from cryobench.harness.tuned import default_tuned_file, load_tuned, tuned_entry
 from cryobench.model.importance import oracle_label, oracle_settings
@@ -85,7 +87,7 @@ class RunPlan:
     spec: RunSpec
     cell: str
     task_hash: str
-    method: Method | None = field(default=None, compare=False)
+    method: Method | Declared | None = field(default=None, compare=False)
     sources: dict = field(default_factory=dict, compare=False)   # name → explicit/tuned/default
 
     def to_dict(self) -> dict:
@@ -160,6 +162,7 @@ class Planner:
 
     def __init__(self, data_dir=None, threads: int = 1, tuned=EACH_TASKS_OWN):
         self.data_dir, self.threads, self.tuned = data_dir, threads, tuned
+        hide(data_dir)                  # from the optimizers' imports (the registry's), too
         self._tasks: dict = {}
         self._tables: dict = {}
 
@@ -189,7 +192,7 @@ class Planner:
     def plan(self, task: TaskRef, optimizer: str, explicit: dict | None = None, seed: int = 0,
              budget: int | None = None, *, per_decade: int = 5, time_limit: float | None = None,
              score: str = "test", tuned: bool = True, snapshots=SNAPSHOTS,
-             method: Method | None = None, oracle=None) -> RunPlan:
+             method: Method | Declared | None = None, oracle=None) -> RunPlan:
         """One run of the optimizer ``optimizer`` (a reference; ``method`` if already resolved)
         on ``task``, checked; hyper-parameters from ``explicit``, else (``tuned``) the tuned
         values, else the defaults. ``oracle``: None or "exact" (the default), else the

@@ -7,15 +7,17 @@ optimizers still resolve, and resolving it (by its file's name) reports that err
 registering one name (two files, or an entry point and a file) are an :class:`InputError` naming
 both, never a silent replacement.
 
+No optimizer's code runs in this process, not even its import: each source is imported in a
+sandboxed process (:func:`cryobench.harness.isolation.declarations`: the dataset caches hidden,
+nothing writable), which answers with its methods' declarations
+(:class:`~cryobench.harness.declared.Declared`: name, hyper-parameters, docstring, the file
+fingerprinted, a reference from which an optimizer's process imports it again).
+
 The folder and the entry points are scanned once per process: a scan is reused while the
 folder's files (names, sizes, modification times) and the installed entry points are unchanged.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
-import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -23,66 +25,71 @@ from pathlib import Path
 
 from cryobench import external
 from cryobench.base.paths import OPTIMIZERS_DIR
+from cryobench.data.datasets import default_data_dir, home_data_dir
 from cryobench.errors import InputError
-from cryobench.optim import Method
+from cryobench.harness.declared import Declared, import_error
+from cryobench.harness.isolation import declarations
 
 ENTRY_POINT_GROUP = "cryobench.optimizers"
+_HIDDEN: list = []                              # dataset folders named on the command line
+
+__all__ = ["Declared", "Registry", "discover", "import_error", "resolve", "scan"]
 
 
-def import_error(path: Path, exc: BaseException) -> str:
-    """One line for an exception raised while importing ``path``: ``file:line: Type: message``
-    (the line of the file where it happened, or of the syntax error)."""
-    path = Path(path)
-    if isinstance(exc, SyntaxError) and exc.filename and Path(exc.filename).name == path.name:
-        return f"{path}:{exc.lineno}: {type(exc).__name__}: {exc.msg}"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if Path(f.filename).resolve() == path.resolve()]
-    where = f"{path}:{frames[-1].lineno}" if frames else str(path)
-    message = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{where}: {type(exc).__name__}{': ' + message if message else ''}"
+def hide(folder) -> None:
+    """Hide ``folder`` (a dataset folder given with ``--data-dir``) from optimizers' imports too."""
+    if folder is not None and str(folder) not in _HIDDEN:
+        _HIDDEN.append(str(folder))
 
 
-def _load_file(path: Path):
-    """Import a Python file as a fresh module; any failure is one InputError line."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: optimizer file not found")
-    spec = importlib.util.spec_from_file_location(f"cryobench_optimizers.{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:   # the user's code: any failure, SyntaxError too
-        raise InputError(import_error(path, exc)) from None
-    return module
+def hidden() -> list:
+    """The folders an optimizer's import must not read: the dataset caches (``$CRYOBENCH_DATA``
+    and the one in the home folder) and those given to :func:`hide`, as for its runs."""
+    return [str(default_data_dir()), str(home_data_dir()), *_HIDDEN]
 
 
-def _methods_in(module) -> list[Method]:
-    unique = {id(v): v for v in vars(module).values() if isinstance(v, Method)}
-    return list(unique.values())
+def declared(sources: list) -> list:
+    """For each source (:mod:`cryobench.harness.declared`'s reference), its declarations
+    (imported in a sandboxed process, :func:`cryobench.harness.isolation.declarations`) or the
+    one-line error of its import."""
+    out = []
+    for source, answer in zip(sources, declarations(sources, hidden())):
+        where = source.get("given") or source["where"]
+        try:
+            if "error" in answer:
+                out.append(InputError(str(answer["error"])))
+            else:
+                out.append([Declared.from_json(d) for d in answer["declared"]])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            out.append(InputError(f"{where}: its process answered a malformed declaration"))
+    return out
 
 
-def _origin(m: Method) -> tuple:
-    """Where a method's factory is defined: equal origins are the same optimizer."""
-    try:
-        source = str(Path(inspect.getsourcefile(m.factory)).resolve())
-    except (TypeError, OSError):
-        source = getattr(m.factory, "__module__", "?")
-    return source, getattr(m.factory, "__qualname__", repr(m.factory))
+def _one(source: dict) -> Declared:
+    """The one method ``source`` names (it has ``attr``, or is external), or its InputError."""
+    answer = declared([source])[0]
+    if isinstance(answer, InputError):
+        raise answer
+    if len(answer) != 1:
+        raise InputError(f"{source.get('given') or source['where']}: its process answered "
+                         f"{len(answer)} declarations for one optimizer")
+    return answer[0]
 
 
 @dataclass
 class Registry:
     """The optimizers found (name → method, name → source) and the sources that failed."""
 
-    methods: dict[str, Method] = field(default_factory=dict)
+    methods: dict[str, Declared] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)      # source → one-line error
     broken_names: dict[str, str] = field(default_factory=dict)  # likely name → broken source
 
-    def add(self, m: Method, source: str) -> None:
-        """Register ``m`` from ``source``; a name taken by another optimizer is an InputError."""
+    def add(self, m: Declared, source: str) -> None:
+        """Register ``m`` from ``source``; a name taken by another optimizer (another factory:
+        another file or qualified name) is an InputError."""
         other = self.methods.get(m.name)
-        if other is not None and _origin(other) != _origin(m):
+        if other is not None and other.origin != m.origin:
             raise InputError(f"optimizer name {m.name!r} is registered twice: by "
                              f"{self.sources[m.name]} and by {source}; rename one")
         self.methods.setdefault(m.name, m)
@@ -101,58 +108,52 @@ def scan(optimizers_dir: Path | None = None) -> Registry:
 
 @lru_cache(maxsize=8)
 def _scan(folder: Path, files: tuple, points: tuple) -> Registry:
-    """The registry of ``folder``'s ``files`` (name, size, mtime) and the entry ``points``."""
+    """The registry of ``folder``'s ``files`` (name, size, mtime) and the entry ``points``, each
+    source declared in a sandboxed process of its own (never imported here)."""
     reg = Registry()
-    for name, _, _ in files:
-        path = folder / name
-        try:
-            module = _load_file(path)
-        except InputError as exc:
-            reg.broken[str(path)] = str(exc)
-            for alias in {path.stem, path.stem.replace("_", "-")}:
-                reg.broken_names[alias] = str(path)
+    paths = [folder / name for name, _, _ in files]
+    names = [(str(getattr(ep, "name", "")), str(getattr(ep, "value", "")),
+              str(getattr(ep, "group", ENTRY_POINT_GROUP))) for ep in points]
+    sources = ([{"kind": "file", "where": str(p), "attr": None} for p in paths]
+               + [{"kind": "entry", "where": list(n), "attr": None,
+                   "given": f"entry point {n[0]} = {n[1]} (group {ENTRY_POINT_GROUP})"}
+                  for n in names])
+    for source, answer in zip(sources, declared(sources)):
+        where = source.get("given") or source["where"]
+        if isinstance(answer, InputError):
+            reg.broken[where] = str(answer)
+            if source["kind"] == "file":
+                stem = Path(where).stem
+                for alias in {stem, stem.replace("_", "-")}:
+                    reg.broken_names[alias] = where
+            else:
+                reg.broken_names[source["where"][0]] = where
             continue
-        for m in _methods_in(module):
-            reg.add(m, str(path))
-    for ep in points:
-        source = (f"entry point {getattr(ep, 'name', '?')} = {getattr(ep, 'value', '?')} "
-                  f"(group {ENTRY_POINT_GROUP})")
-        try:
-            obj = ep.load()
-        except (Exception, SystemExit) as exc:    # an installed package's import failed
-            reg.broken[source] = f"{source}: {type(exc).__name__}: {exc}"
-            reg.broken_names[str(getattr(ep, "name", ""))] = source
-            continue
-        for m in ([obj] if isinstance(obj, Method) else _methods_in(obj)):
-            reg.add(m, source)
+        for m in answer:
+            reg.add(m, where)
     return reg
 
 
-def discover(optimizers_dir: Path | None = None) -> dict[str, Method]:
+def discover(optimizers_dir: Path | None = None) -> dict[str, Declared]:
     """Every optimizer that imports, by name (files that fail are left out: see :func:`scan`)."""
     return scan(optimizers_dir).methods
 
 
-def resolve(reference: str, optimizers_dir: Path | None = None) -> Method:
+def resolve(reference: str, optimizers_dir: Path | None = None) -> Declared:
     """An optimizer by registered name, ``module:attr`` or ``path/file.py:attr``, or another
-    library's: ``torch:…``, ``optax:…`` (:mod:`cryobench.external`)."""
+    library's: ``torch:…``, ``optax:…`` (:mod:`cryobench.external`); its declaration, read in a
+    sandboxed process (:mod:`cryobench.harness.declared`)."""
     if external.handles(reference):
-        return external.resolve(reference)
+        return _one({"kind": "external", "where": reference, "attr": None})
     if ":" in reference:
         where, attr = reference.rsplit(":", 1)
         if where.endswith(".py"):
-            module = _load_file(Path(where))
-        else:
-            try:
-                module = importlib.import_module(where)
-            except (Exception, SystemExit) as exc:
-                raise InputError(f"cannot import optimizer {reference!r}: "
-                                 f"{type(exc).__name__}: {exc}") from None
-        obj = getattr(module, attr, None)
-        if not isinstance(obj, Method):
-            raise InputError(f"{reference!r} is not an optimizer declared with "
-                             f"@cryobench.optim.method")
-        return obj
+            path = Path(where)
+            if not path.is_file():
+                raise InputError(f"{path}: optimizer file not found")
+            return _one({"kind": "file", "where": str(path.absolute()), "attr": attr,
+                         "given": reference, "shown": where})
+        return _one({"kind": "module", "where": where, "attr": attr, "given": reference})
     reg = scan(optimizers_dir)
     if reference in reg.methods:
         return reg.methods[reference]

@@ -134,8 +134,9 @@ def _cached_task(task_cache: dict, task: str, scale: str):
 
 
 def _recompute_here(spec, cell: str, task_hash: str, threads):
-    """In the recomputation's own process: the optimizer resolved (a file shipped in a results
-    folder is imported here, never in verify's process), its identity and the run."""
+    """In the recomputation's own process: the optimizer resolved (declared by a sandboxed
+    process; a file shipped in a results folder is imported only there and in the run's
+    optimizer process, never here nor in verify's process), its identity and the run."""
     set_threads(spec.threads)
     task = load_task(spec.task, spec.scale, progress=False)
     method = resolve(spec.optimizer)
