@@ -27,6 +27,7 @@ from cryobench.report.cost import importance_cells, on_cost_axis
 from cryobench.report.densities import _lowest_seed_cells, density_figure  # noqa: F401
 from cryobench.report.findings import findings_markdown, findings_table
 from cryobench.report.html import inline, page_html, section_html, table_html
+from cryobench.report.oracles import oracle_section, split_by_oracle
 from cryobench.report.ranking import ranking_section
 from cryobench.report.style import RC, log_scale, style as _style  # noqa: F401
 from cryobench.report.style import portable_log as _log  # NumPy's log follows the CPU
@@ -357,10 +358,13 @@ def _findings(loaded: dict[str, Results]) -> tuple[list[str], list[str]]:
     ({set name: its results}, combined in sorted order as loading their folders would)."""
     if not loaded:
         return [], []
-    table = findings_table(combine(*(loaded[n] for n in sorted(loaded))))
+    exact, sampled = split_by_oracle(combine(*(loaded[n] for n in sorted(loaded))))
+    table = findings_table(exact)
     intro = ("Each finding of the paper (§4, Figure 3, Figure 6) as a criterion stated here, "
              "measured over all result sets above by seed (median over seeds; the same training "
-             "streams for every method); see `docs/paper-findings.md`.")
+             "streams for every method); see `docs/paper-findings.md`." + (
+                 " Importance-sampled runs are left out here: the oracle comparison above says "
+                 "which verdicts they change." if len(sampled.cells) else ""))
     md = ["## The paper's findings beside ours", "", intro, "", findings_markdown(table)]
     shown = table.drop(columns=["key"]).astype(str).assign(
         verdict=lambda t: "**" + t["verdict"] + "**", task=table["task"].map(md_text),
@@ -388,7 +392,9 @@ def write_leaderboard(results_root, out=None, sets=None,
     names = sets if sets is not None else result_sets(root)
     loaded = {name: load_results(root / name) for name in names}
     md_ranking, body = ranking_section(loaded)
-    md += md_ranking
+    md_oracles, html_oracles = oracle_section(combine(*(loaded[n] for n in sorted(loaded)))) \
+        if loaded else ([], [])
+    md, body = md + md_ranking + md_oracles, body + html_oracles
     for name in names:
         results = loaded[name]
         table = checkpoint_table(results)
@@ -401,7 +407,7 @@ def write_leaderboard(results_root, out=None, sets=None,
     md, body = md + findings_md, body + findings_html
     page = out.with_suffix(".html")
     atomic_write(out, "\n".join(md))
-    atomic_write(page, page_html(title, intro, (["ranking"] if md_ranking else []) + names
+    atomic_write(page, page_html(title, intro, (["ranking"] if md_ranking else []) + (["oracles"] if md_oracles else []) + names
                                  + (["findings"] if findings_html else []),
                                  body, markdown=out.name))
     return written + [out, page]
