@@ -24,27 +24,27 @@ FINAL = {("sgd", False): 500.0, ("olbfgs", False): 503.0,
          ("sgd", True): 510.0, ("olbfgs", True): 506.0}
 
 
-def write_cell(root, optimizer, seed, sampled):
+def write_cell(root, optimizer, seed, sampled, evals=EVALS):
     label = optimizer + (" [IS]" if sampled else "")
     cell = f"{optimizer}-{'is' if sampled else 'exact'}-{seed}"
     folder = root / "cells" / cell
     folder.mkdir(parents=True)
     final = FINAL[optimizer, sampled] + seed
-    nll = final + 100.0 * (EVALS[-1] - EVALS) / EVALS[-1]          # falls to `final`
-    terms = np.where(EVALS <= 1000, EVALS * T, 1000 * T + (EVALS - 1000) * T // 4) if sampled \
-        else EVALS * T
+    nll = final + 100.0 * (evals[-1] - evals) / evals[-1]          # falls to `final`
+    terms = np.where(evals <= 1000, evals * T, 1000 * T + (evals - 1000) * T // 4) if sampled \
+        else evals * T
     pd.DataFrame({"task": "thermus-style", "scale": "ci", "optimizer": optimizer, "label": label,
-                  "seed": seed, "cell": cell, "checkpoint": np.arange(len(EVALS)),
-                  "evals": EVALS, "grad_evals": EVALS, "value_evals": 0, "hvp_evals": 0,
-                  "terms": terms, "wall_s": EVALS / 1e3, "test_nll": nll,
+                  "seed": seed, "cell": cell, "checkpoint": np.arange(len(evals)),
+                  "evals": evals, "grad_evals": evals, "value_evals": 0, "hvp_evals": 0,
+                  "terms": terms, "wall_s": evals / 1e3, "test_nll": nll,
                   "train_obj": nll / 100}).to_csv(folder / "trace.csv", index=False)
     run = {"task": "thermus-style", "scale": "ci", "optimizer": optimizer, "label": label,
            "seed": seed, "params": {}}
     if sampled:
         run["oracle"] = ImportanceSettings().to_dict()
     meta = {"schema_version": SCHEMA_VERSION, "cell": cell, "optimizer_name": optimizer,
-            "run": run, "status": "ok", "message": "", "budget": int(EVALS[-1]),
-            "evaluations": int(EVALS[-1]), "wall_s": 1.0, "task_hash": "hash",
+            "run": run, "status": "ok", "message": "", "budget": int(evals[-1]),
+            "evaluations": int(evals[-1]), "wall_s": 1.0, "task_hash": "hash",
             "provenance": {"cryobench": "0.1.0"}, "snapshots": [],
             "task_facts": {"n_train": 1000, "batch_size": 100, "box": 12, "pixel_size": 10.0,
                            "rmax_px": 3.0}}
@@ -77,8 +77,25 @@ def test_oracle_table_by_hand(both):
     assert t.loc["sgd", "p"] == t.loc["olbfgs", "p"] == 2 / 32
     assert (t.loc["sgd", "rank exact"], t.loc["sgd", "rank IS"]) == (1, 2)   # the order swaps
     assert (t.loc["olbfgs", "rank exact"], t.loc["olbfgs", "rank IS"]) == (2, 1)
+    assert t.loc["sgd", "at evals"] == 60000
     # IS: 1,000 exact evaluations, then a quarter of the terms: (1000 + 59000 / 4) / 60000
-    assert t.loc["sgd", "cost ratio"] == pytest.approx((1000 + 59000 / 4) / 60000)
+    assert t.loc["sgd", "IS terms"] == pytest.approx((1000 + 59000 / 4) / 60000)
+
+
+def test_a_longer_is_set_is_compared_at_the_exact_sets_budget(tmp_path):
+    """IS runs of 200,000 evaluations beside exact runs of 60,000: compared at 60,000, where
+    the IS curves (made up linear in evals between their checkpoints 10,000 and 200,000, read
+    log-linearly) are interpolated."""
+    long = np.array([0, 1000, 10000, 200000])
+    for seed in SEEDS:
+        write_cell(tmp_path / "exact-set", "sgd", seed, False)
+        write_cell(tmp_path / "is-set", "sgd", seed, True, evals=long)
+    t = oracle_table(load_results(tmp_path / "exact-set", tmp_path / "is-set")).iloc[0]
+    assert t["at evals"] == 60000
+    w = np.log(60000 / 10000) / np.log(200000 / 10000)               # log-linear weight
+    at_10k, at_200k = 512.0 + 100.0 * 190000 / 200000, 512.0           # seed 2 (the median)
+    assert t["IS"] == pytest.approx(at_10k + w * (at_200k - at_10k))
+    assert t["exact"] == 502.0
 
 
 def test_a_finding_that_changes_verdict_is_listed(both):

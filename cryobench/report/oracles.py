@@ -1,16 +1,17 @@
 """The importance-sampled oracle beside the exact one (issue 27 item 5): where the results hold
-runs of one optimizer under both oracles on the same task and scale, whether its final test NLL,
-its rank and the paper's findings change with the oracle.
+runs of one optimizer under both oracles on the same task and scale, whether its test NLL, its
+rank and the paper's findings change with the oracle.
 
 Per (task, scale) and optimizer run under both (its configuration with the most seeds under
-each, as :mod:`cryobench.report.findings` picks them): the median final test NLL under each, the
-median over the seeds both ran of the paired difference IS − exact (seed n is the same training
-stream under both oracles), the two-sided sign-flip p-value of that difference
-(:func:`two_sided_pvalue`), the optimizer's rank among the optimizers run under both (by median
-final test NLL, a failed median seed last, ties by name), and the cost ratio: the IS run's
-exact-equivalent evaluations over the exact run's evaluations (:mod:`cryobench.report.cost`).
-The findings are measured twice, on the exact runs and on the IS runs (each with its optimizers'
-labels as the findings table uses them), and the rows whose verdicts differ are listed.
+each, as :mod:`cryobench.report.findings` picks them), at the smaller of the two budgets (an IS
+set may run longer than the exact one it is set beside; test NLL between checkpoints
+log-linear, a failure +inf from there on, as the findings read runs): the median test NLL under
+each, the median over the seeds both ran of the paired difference IS − exact (seed n is the
+same training stream under both oracles), its two-sided sign-flip p-value
+(:func:`two_sided_pvalue`), the optimizer's rank among the optimizers run under both, and the
+share of the exact terms the IS runs computed over their whole run (:mod:`cryobench.report.cost`).
+The findings are measured twice, on the exact runs and on the IS runs, and the rows whose
+verdicts differ are listed.
 """
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ import pandas as pd
 
 from cryobench.harness.results import Results
 from cryobench.report.cost import final_exact_equivalent, importance_cells
-from cryobench.report.findings import findings_table
+from cryobench.report.findings import _per_seed, findings_table
 from cryobench.report.html import inline, table_html
-from cryobench.report.tables import _markdown, comparable, md_text, seed_values, sign_flip_pvalue
+from cryobench.report.tables import _markdown, comparable, md_text, sign_flip_pvalue
 
-COLUMNS = ["task", "scale", "optimizer", "exact", "IS", "seeds", "IS − exact", "p", "rank exact",
-           "rank IS", "cost ratio"]
+COLUMNS = ["task", "scale", "optimizer", "at evals", "exact", "IS", "seeds", "IS − exact", "p",
+           "rank exact", "rank IS", "IS terms"]
 
 
 def subset(results: Results, cells: set) -> Results:
@@ -49,53 +50,54 @@ def two_sided_pvalue(d) -> float:
     return float(min(1.0, 2 * min(sign_flip_pvalue(d), sign_flip_pvalue(-d))))
 
 
-def _finals(results: Results) -> dict:
-    """{(task, scale): {optimizer: (label, seed → final test NLL)}}: per optimizer its label
-    with the most seeds (ties by label), failures +inf."""
-    results = comparable(results)
-    values = seed_values(results).merge(results.cells[["cell", "optimizer"]], on="cell")
-    out: dict = {}
-    for (task, scale, optimizer), v in values.groupby(["task", "scale", "optimizer"], sort=True):
-        counts = v.groupby("label").size()
-        label = sorted(counts.index, key=lambda lab: (-counts[lab], lab))[0]
-        out.setdefault((task, scale), {})[optimizer] = (
-            label, v[v["label"] == label].set_index("seed")["Final"])
-    return out
+def _at(runs: dict, evals: float) -> pd.Series:
+    """seed → test NLL at ``evals`` of one optimizer's runs (``findings._per_seed``'s curves:
+    log-linear between checkpoints, +inf after a failure)."""
+    return pd.Series({seed: curve(evals) for seed, (curve, _, _) in runs.items()}, dtype=float)
 
 
-def _ranks(finals: dict) -> dict:
-    """{optimizer: rank} by median final (NaN and failures last, ties by name)."""
-    med = {o: float(np.median(f.to_numpy(float))) if len(f) else np.inf
-           for o, (_, f) in finals.items()}
+def _ranks(values: dict) -> dict:
+    """{optimizer: rank} by the median over seeds (NaN and failures last, ties by name)."""
+    med = {o: float(v.median()) if len(v) else np.nan for o, v in values.items()}
     order = sorted(med, key=lambda o: (np.nan_to_num(med[o], nan=np.inf), o))
     return {o: i + 1 for i, o in enumerate(order)}
 
 
 def oracle_table(results: Results) -> pd.DataFrame:
-    """One row per (task, scale, optimizer) run under both oracles (module doc); empty when
-    no optimizer is."""
-    exact, sampled = split_by_oracle(results)
+    """One row per (task, scale, optimizer) run under both oracles (module doc), compared at
+    the smaller of the two budgets (median over the runs); empty when no optimizer is."""
+    exact, sampled = (comparable(r) for r in split_by_oracle(results))
     if exact.cells.empty or sampled.cells.empty:
         return pd.DataFrame(columns=COLUMNS)
-    by_exact, by_is = _finals(exact), _finals(sampled)
-    cost = final_exact_equivalent(comparable(results))
+    share = (final_exact_equivalent(sampled)
+             / sampled.cells.groupby(["task", "scale", "label"])["evals"].median())
     rows = []
-    for key in sorted(set(by_exact) & set(by_is)):
-        both = sorted(set(by_exact[key]) & set(by_is[key]))
-        r_exact = _ranks({o: by_exact[key][o] for o in both})
-        r_is = _ranks({o: by_is[key][o] for o in both})
+    keys = sorted(set(map(tuple, exact.cells[["task", "scale"]].to_numpy()))
+                  & set(map(tuple, sampled.cells[["task", "scale"]].to_numpy())))
+    for task, scale in keys:
+        by_exact, by_is = _per_seed(exact, task, scale), _per_seed(sampled, task, scale)
+        both = sorted(set(by_exact) & set(by_is))
+        budget = {o: min(_budget(exact, by_exact[o]), _budget(sampled, by_is[o])) for o in both}
+        v_exact = {o: _at(by_exact[o], budget[o]) for o in both}
+        v_is = {o: _at(by_is[o], budget[o]) for o in both}
+        r_exact, r_is = _ranks(v_exact), _ranks(v_is)
         for o in both:
-            (l_exact, f_exact), (l_is, f_is) = by_exact[key][o], by_is[key][o]
-            d = (f_is - f_exact).dropna()
+            d = (v_is[o] - v_exact[o]).dropna()
             finite = d[np.isfinite(d)]
-            e_exact, e_is = cost.get((*key, l_exact), np.nan), cost.get((*key, l_is), np.nan)
-            rows.append({"task": key[0], "scale": key[1], "optimizer": o,
-                         "exact": float(f_exact.median()), "IS": float(f_is.median()),
+            label = sampled.cells.set_index("cell").loc[next(iter(by_is[o].values()))[2], "label"]
+            rows.append({"task": task, "scale": scale, "optimizer": o, "at evals": budget[o],
+                         "exact": float(v_exact[o].median()), "IS": float(v_is[o].median()),
                          "seeds": len(d), "IS − exact": float(d.median()) if len(d) else np.nan,
                          "p": two_sided_pvalue(finite) if len(finite) else np.nan,
                          "rank exact": r_exact[o], "rank IS": r_is[o],
-                         "cost ratio": e_is / e_exact if e_exact else np.nan})
+                         "IS terms": share.get((task, scale, label), np.nan)})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _budget(results: Results, runs: dict) -> float:
+    """The median budget (planned evaluations) of one optimizer's runs."""
+    cells = results.cells.set_index("cell").loc[[cell for _, _, cell in runs.values()]]
+    return float(pd.to_numeric(cells["budget"], errors="coerce").median())
 
 
 def verdict_changes(results: Results) -> pd.DataFrame:
@@ -116,11 +118,11 @@ def _fmt(v, digits: int = 1) -> str:
 
 
 INTRO = ("The same optimizers run with the importance-sampled oracle (labels ending `[IS]`) and "
-         "with the exact one, on the same task, scale and training streams: median final test "
-         "NLL under each, the median paired difference IS − exact over the seeds both ran with "
-         "its two-sided sign-flip p, the rank among the optimizers run under both, and the cost "
-         "ratio (IS exact-equivalent evaluations / exact evaluations); then the paper's findings "
-         "whose verdict differs between the two oracles.")
+         "with the exact one, on the same task, scale and training streams, compared at the "
+         "smaller of their budgets: median test NLL under each, the median paired difference "
+         "IS − exact over the seeds both ran with its two-sided sign-flip p, the rank among the "
+         "optimizers run under both, and the share of the exact likelihood terms the IS runs "
+         "computed; then the paper's findings whose verdict differs between the two oracles.")
 
 
 def oracle_section(results: Results) -> tuple[list[str], list[str]]:
@@ -132,11 +134,12 @@ def oracle_section(results: Results) -> tuple[list[str], list[str]]:
     shown = pd.DataFrame({
         "task": table["task"].map(md_text), "scale": table["scale"].map(md_text),
         "optimizer": table["optimizer"].map(md_text),
+        "at evals": table["at evals"].map(lambda e: _fmt(e, 0)),
         "exact": table["exact"].map(_fmt), "IS": table["IS"].map(_fmt),
         "seeds": table["seeds"].astype(str), "IS − exact": table["IS − exact"].map(_fmt),
         "p": table["p"].map(lambda p: _fmt(p, 3)),
         "rank exact": table["rank exact"].astype(str), "rank IS": table["rank IS"].astype(str),
-        "cost ratio": table["cost ratio"].map(lambda r: _fmt(r, 2))})
+        "IS terms": table["IS terms"].map(lambda r: _fmt(r, 3))})
     numeric = set(shown.columns) - {"task", "scale", "optimizer"}
     changed = verdict_changes(results)
     agree = int((table["rank exact"] == table["rank IS"]).sum())
