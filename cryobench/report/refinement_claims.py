@@ -56,11 +56,12 @@ def _runs(table: pd.DataFrame, optimizer: str, value) -> dict:
             for r in mine[mine["label"] == label].to_dict("records")}
 
 
-def _range(runs: dict, scale: float = 1.0) -> str:
-    """'median (min–max)' of the runs' values × ``scale``; ±inf as 'failed' / 'not reached'."""
+def _range(runs: dict, scale: float = 1.0, inf: str = "failed") -> str:
+    """'median (min–max)' of the runs' values × ``scale``; ±inf shown as ``inf``."""
     v = np.sort([x * scale for _, x, _ in runs.values()])
-    f = lambda x: "failed" if np.isinf(x) else f"{x:.3g}"  # noqa: E731
-    return f"{f(np.median(v))}" + (f" ({f(v[0])}–{f(v[-1])})" if len(v) > 1 else "")
+    f = lambda x: inf if np.isinf(x) else f"{x:.3g}"  # noqa: E731
+    return f"{f(np.median(v))}" + (f" ({f(v[0])}–{f(v[-1])})" if len(v) > 1 and np.isfinite(v[0])
+                                   else "")
 
 
 def _kappa(results: Results, task: str, scale: str) -> tuple[str, str]:
@@ -104,14 +105,15 @@ def _fewer_epochs(table: pd.DataFrame) -> tuple[str, str]:
     if not pre or not rivals:
         return "not measurable", ("needs precond-sgd-fourier or exact-diag-sgd, and sgd or adam "
                                   "runs with an optimum")
+    shown = lambda k: _range(_runs(table, k, lambda r: r[COLUMN]), inf="not reached")  # noqa: E731
     parts, wins = [], []
     for k, runs in pre.items():
         for r, other in rivals.items():
             ahead, p = _ahead_paired(runs, other, None)
             wins.append(ahead)
             ratio = _median_at(other, None) / max(_median_at(runs, None), 1e-12)
-            parts.append(f"{k} {_range(runs)} vs {r} {_range(other)} epochs "
-                         f"(median ×{ratio:.3g}, paired p = {p:.2g})")
+            parts.append(f"{k} {shown(k)} vs {r} {shown(r)} epochs (censored medians "
+                         f"×{ratio:.3g}, paired p = {p:.2g})")
     missing = [r for r in RIVALS if r not in rivals]
     if missing:
         parts.append(f"missing: {', '.join(missing)}")
