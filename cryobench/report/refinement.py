@@ -45,7 +45,7 @@ def _name(text: str) -> str:
 def refinement_pairs(results: Results) -> set[tuple[str, str]]:
     """(task, scale) of the refinement datasets: those whose cells recorded refinement facts
     (meta.json's ``refinement``) or FSC per shell."""
-    marked = {c for c, r in results.records.items() if r.refinement is not None}
+    marked = {c for c, r in results.records.items() if getattr(r, "refinement", None) is not None}
     marked |= set(results.shells["cell"])
     cells = results.cells[["task", "scale", "cell"]]
     return {(t, s) for t, s, c in cells.itertuples(index=False) if c in marked}
