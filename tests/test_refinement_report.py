@@ -11,10 +11,11 @@ import pytest
 import cryobench
 from cryobench.base.seeding import content_hash
 from cryobench.data.mrc import read_volume
+from cryobench.errors import InputError
 from cryobench.harness.record import RunSpec, cell_files, read_shells, read_trace, write_cell_folder
 from cryobench.harness.registry import resolve
 from cryobench.harness.results import load_results
-from cryobench.harness.run import execute
+from cryobench.harness.run import checkpoints, execute
 from cryobench.report.figures import write_report
 from cryobench.report.findings import findings_table
 from cryobench.report.refinement import epochs_summary, epochs_table, heat
@@ -154,3 +155,32 @@ def test_a_local_search_run_has_the_fsc_per_shell_against_the_truth(data_dir, tm
     results = load_results(tmp_path)
     assert epochs_table(results).empty
     assert set(refinement_findings(results)["verdict"]) == {"not measurable"}
+
+
+def test_a_broken_shell_file_is_one_line(tiny_set, tmp_path):
+    _, root = tiny_set
+    folder = sorted((root / "cells").iterdir())[0]
+    copy = tmp_path / "set" / "cells" / folder.name
+    write_cell_folder(copy, {p.name: p.read_bytes() for p in folder.iterdir()})
+    shells = pd.read_csv(copy / "fsc_shells.csv")
+    shells.drop(columns=["freq"]).to_csv(copy / "fsc_shells.csv", index=False)
+    with pytest.raises(InputError, match=r"fsc_shells.csv: not an FSC per shell: no column 'freq'"):
+        load_results(tmp_path / "set")
+    shells.assign(reference="median").to_csv(copy / "fsc_shells.csv", index=False)
+    with pytest.raises(InputError, match=r"column 'reference' holds 'median', not one of optimum"):
+        load_results(tmp_path / "set")
+
+
+def test_an_ab_initio_run_is_unchanged(cylinder):
+    """No per-epoch checkpoints, no shell file, no refinement facts: an ab-initio cell's files
+    and checkpoints are what they were."""
+    spec = RunSpec(cylinder.name, "ci", "sgd", {"lr": 0.1}, seed=0, budget=3 * cylinder.n_train)
+    out = execute(spec, cylinder, resolve("sgd"), compare=False)
+    assert out.shells is None and "refinement" not in out.record.to_dict()
+    b = cylinder.batch_size                          # sgd spends b evaluations per step
+    marks = checkpoints(3 * cylinder.n_train, b)
+    expected = sorted({0, *(min(-(-int(m) // b) * b, 3 * cylinder.n_train // b * b) for m in marks)})
+    assert list(out.trace["evals"]) == expected
+    epochs = {-(-e * cylinder.n_train // b) * b for e in (1, 2)}
+    assert not epochs <= set(expected)             # the epoch marks would have added rows
+    assert "fsc_shells.csv" not in cell_files(out, "x" * 16, cylinder.dataset.pixel_size)

@@ -107,6 +107,11 @@ def _summary_text(values: pd.Series) -> str:
     return f"{_epochs_text(float(np.median(v)))} ({_epochs_text(v[0])}–{_epochs_text(v[-1])})"
 
 
+def _number(v: float, spec: str) -> str:
+    """``v`` formatted by ``spec``; '—' if it is not finite (a failed median seed)."""
+    return format(v, spec) if np.isfinite(v) else "—"
+
+
 def epochs_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (task, scale, label) of :func:`epochs_table`: seeds, the epochs to each threshold as
     'median (min–max)', and the median final outer-shell FSC and suboptimality."""
@@ -114,8 +119,8 @@ def epochs_summary(table: pd.DataFrame) -> pd.DataFrame:
     for (task, scale, label), g in table.groupby(["task", "scale", "label"], sort=True):
         rows.append({"task": task, "scale": scale, "label": label, "seeds": len(g),
                      **{c: _summary_text(g[c]) for c in EPOCH_COLUMNS},
-                     "final outer FSC": f"{g['final_fsc_outer'].median():.3f}",
-                     "final F − F* per image": f"{g['final_subopt'].median():.4g}"})
+                     "final outer FSC": _number(g["final_fsc_outer"].median(), ".3f"),
+                     "final F − F* per image": _number(g["final_subopt"].median(), ".4g")})
     return pd.DataFrame(rows, columns=["task", "scale", "label", "seeds", *EPOCH_COLUMNS,
                                        "final outer FSC", "final F − F* per image"])
 
