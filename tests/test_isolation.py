@@ -3,7 +3,6 @@ the oracle's accounting, the scorer, the checkpoints or the clock; how its proce
 result; the numbers are those of an optimizer running beside the data; nothing outlives a
 killed harness."""
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_grid
+from helpers import with_own_shm, write_grid
 
 from cryobench.harness.channel import Arena, ProtocolError, decode, encode
 from cryobench.harness.record import RunSpec
@@ -270,9 +269,7 @@ def test_nothing_outlives_a_killed_grid(tmp_path, data_dir, hostile):
     shm.mkdir()
     env = dict(os.environ, CRYOBENCH_DATA=str(data_dir))
     command = [sys.executable, "-m", "cryobench.cli", "grid", str(grid), "--workers", "2", "--quiet"]
-    inside = f"mount --bind {shm} /dev/shm && touch /dev/shm/.bound && exec {shlex.join(command)}"
-    proc = subprocess.Popen(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", inside],
-                            env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(with_own_shm(command, shm), env=env, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300                            # a loaded machine starts slowly
     while time.time() < deadline and len(_descendants(proc.pid)) < 6:     # 2 × (cell, zygote, child)
         time.sleep(0.1)

@@ -26,7 +26,7 @@ from cryobench.harness.results import Results, combine, load_results
 from cryobench.report.cost import importance_cells, on_cost_axis
 from cryobench.report.densities import _lowest_seed_cells, density_figure  # noqa: F401
 from cryobench.report.findings_section import findings_section
-from cryobench.report.html import inline, page_html, section_html, table_html
+from cryobench.report.html import page_html, section_html
 from cryobench.report.oracles import oracle_section
 from cryobench.report.ranking import ranking_section
 from cryobench.report.refinement import epochs_table, refinement_figures, refinement_markdown
