@@ -270,14 +270,16 @@ def test_nothing_outlives_a_killed_grid(tmp_path, data_dir, hostile):
     env = dict(os.environ, CRYOBENCH_DATA=str(data_dir))
     command = [sys.executable, "-m", "cryobench.cli", "grid", str(grid), "--workers", "2", "--quiet"]
     proc = subprocess.Popen(with_own_shm(command, shm), env=env, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300                            # a loaded machine starts slowly
-    while time.time() < deadline and len(_descendants(proc.pid)) < 6:     # 2 × (cell, zygote, child)
-        time.sleep(0.1)
-    tree = _descendants(proc.pid)
-    assert len(tree) >= 6, f"the grid started {len(tree)} processes in 300 s"
-    assert (shm / ".bound").exists()                        # the grid's /dev/shm is this folder
-    proc.kill()
-    proc.wait()
+    try:
+        deadline = time.time() + 300                        # a loaded machine starts slowly
+        while time.time() < deadline and len(_descendants(proc.pid)) < 6:  # 2 × (cell, zygote, child)
+            time.sleep(0.1)
+        tree = _descendants(proc.pid)
+        assert len(tree) >= 6, f"the grid started {len(tree)} processes in 300 s"
+        assert (shm / ".bound").exists()                    # the grid's /dev/shm is this folder
+    finally:                                                # never leave the grid running
+        proc.kill()
+        proc.wait()
     deadline = time.time() + 10
     while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in tree):
         time.sleep(0.1)
