@@ -122,7 +122,8 @@ def test_volume_bytes_are_write_volumes_bytes_and_leave_no_file(tmp_path, monkey
 
 
 @pytest.mark.parametrize("victim", ["cell", "grid"])
-def test_kill_9_of_a_cell_or_its_grid_leaves_no_temporary(tmp_path, data_dir, slow, victim):
+def test_kill_9_of_a_cell_or_its_grid_leaves_no_temporary(tmp_path, data_dir, slow, victim,
+                                                          request):
     """kill -9 of the cell process (the grid goes on and says the cell was interrupted) or of
     the grid (its cells die with it) while the optimizer runs: nothing of cryobench's stays in
     the temporary folder, the output folder or /dev/shm, no process outlives its grid, and the
@@ -138,6 +139,7 @@ def test_kill_9_of_a_cell_or_its_grid_leaves_no_temporary(tmp_path, data_dir, sl
     command = [sys.executable, "-m", "cryobench.cli", "grid", str(grid), "--out", str(out), "--quiet"]
     proc = subprocess.Popen(with_own_shm(command, shm), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+    request.addfinalizer(proc.kill)                 # never left running by a failed assertion
 
     def cell():
         return next((c for c in _descendants(proc.pid) if _is_cell(c)), None)
