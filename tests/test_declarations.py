@@ -14,6 +14,7 @@ from cryobench.harness import declared as declared_module
 from cryobench.harness import isolation
 from cryobench.harness.declared import Declared, load_file
 from cryobench.harness.fingerprint import optimizer_fingerprint
+from cryobench.harness.plan import Planner
 from cryobench.harness.record import RunSpec
 from cryobench.harness.registry import OPTIMIZERS_DIR, resolve, scan
 from cryobench.harness.results import load_results
@@ -95,6 +96,18 @@ def test_a_patching_file_in_an_optimizers_folder_changes_nothing_here(cylinder, 
     assert report.record.status == "error"
     assert report.record.message in ("RuntimeError: read=PermissionError",   # the run's import
                                      "RuntimeError: read=FileNotFoundError")  # (private /tmp)
+
+
+def test_a_data_dir_given_to_the_plan_is_unreadable_by_the_declaring_import(tmp_path, files):
+    """A dataset folder named with --data-dir (not $CRYOBENCH_DATA) is hidden from the process
+    that imports an optimizer's file for its declaration, as the caches are; without it named,
+    the same import reads it (control)."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    spy = tmp_path / "spy.py"
+    spy.write_text(PATCH.format(marker=str(tmp_path / "m"), data=str(folder)) + SGD)
+    assert resolve(f"{spy}:report").doc == "read=read"
+    assert Planner(data_dir=folder).optimizer(f"{spy}:report").doc == "read=PermissionError"
 
 
 def test_cryobench_run_of_a_patching_file_changes_nothing(tmp_path, data_dir, files, capsys):

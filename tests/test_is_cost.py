@@ -246,5 +246,24 @@ def test_old_traces_without_terms_have_no_cost(tmp_path):
     assert set(on_cost_axis(results).cells["cell"]) == {"task-a-sgd-1", "task-a-sgd_[IS]-0"}
     # no exact run with terms to read T from: no cost at all
     alone = tmp_path / "alone"
-    write_cell(alone, "sgd [IS]", 0, oracle=True)
+    write_cell(alone, "sgd [IS]", 0, oracle=True, terms=False)
     assert exact_equivalent(load_results(alone)).isna().all()
+
+
+def test_a_set_of_is_runs_alone_reads_t_from_their_first_epoch(tmp_path):
+    """Without an exact run, T is terms / evals over the IS runs' first epoch (first visits,
+    evaluated exactly): K = 1,000 here, where the made-up terms are exact."""
+    root = tmp_path / "alone"
+    for seed in (0, 1):
+        write_cell(root, "sgd [IS]", seed, oracle=True)
+    results = load_results(root)
+    assert exact_terms_per_image(results) == {("task-a", "ci"): T}
+    assert list(exact_equivalent(results)[results.trace["seed"] == 0]) == [0, 100, 1000, 1200, 1500]
+    names = {p.name for p in write_report(results, tmp_path / "report")}
+    assert {"convergence-cost.png", "convergence-cost.svg"} <= names
+    # a record whose K is below every checkpoint: no first-epoch row, no T
+    late = tmp_path / "late"
+    write_cell(late, "sgd [IS]", 0, oracle=True,
+               facts={"n_train": 50, "batch_size": 10, "box": 12, "pixel_size": 10.0,
+                      "rmax_px": 3.0})
+    assert np.isnan(exact_terms_per_image(load_results(late))["task-a", "ci"])

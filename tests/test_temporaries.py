@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from helpers import wait_for, write_grid
+from helpers import wait_for, with_own_shm, write_grid
 
 from cryobench.base.files import atomic_write
 from cryobench.data.mrc import read_volume, volume_bytes, write_volume
@@ -122,7 +122,8 @@ def test_volume_bytes_are_write_volumes_bytes_and_leave_no_file(tmp_path, monkey
 
 
 @pytest.mark.parametrize("victim", ["cell", "grid"])
-def test_kill_9_of_a_cell_or_its_grid_leaves_no_temporary(tmp_path, data_dir, slow, victim):
+def test_kill_9_of_a_cell_or_its_grid_leaves_no_temporary(tmp_path, data_dir, slow, victim,
+                                                          request):
     """kill -9 of the cell process (the grid goes on and says the cell was interrupted) or of
     the grid (its cells die with it) while the optimizer runs: nothing of cryobench's stays in
     the temporary folder, the output folder or /dev/shm, no process outlives its grid, and the
@@ -133,16 +134,19 @@ def test_kill_9_of_a_cell_or_its_grid_leaves_no_temporary(tmp_path, data_dir, sl
     grid = write_grid(tmp_path / "grid.toml", [name], budget=20000)
     out = tmp_path / "out"
     env = dict(os.environ, TMPDIR=str(spool), CRYOBENCH_DATA=str(data_dir))
-    shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    shm = tmp_path / "shm"                          # the grid's own /dev/shm (helpers.with_own_shm)
+    shm.mkdir()
     command = [sys.executable, "-m", "cryobench.cli", "grid", str(grid), "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(with_own_shm(command, shm), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    request.addfinalizer(proc.kill)                 # never left running by a failed assertion
 
     def cell():
         return next((c for c in _descendants(proc.pid) if _is_cell(c)), None)
 
-    assert wait_for(lambda: cell() is not None and len(_descendants(cell().pid)) >= 2, 120), \
+    assert wait_for(lambda: cell() is not None and len(_descendants(cell().pid)) >= 2, 300), \
         "the cell and its optimizer process never started"
+    assert (shm / ".bound").exists()
     time.sleep(1.0)                                 # the optimizer steps
     tree = _descendants(proc.pid)
     os.kill(cell().pid if victim == "cell" else proc.pid, signal.SIGKILL)
@@ -155,8 +159,7 @@ def test_kill_9_of_a_cell_or_its_grid_leaves_no_temporary(tmp_path, data_dir, sl
         "a process outlived its cell"
     assert _cryobenchs(spool) == [] and _cryobenchs(out) == []
     assert not list(out.glob("cells/*/meta.json"))
-    if os.path.isdir("/dev/shm"):
-        assert set(os.listdir("/dev/shm")) <= shm
+    assert sorted(p.name for p in shm.iterdir()) == [".bound"]
     grid.write_text(grid.read_text().replace("budget = 20000", "budget = 300"))
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr

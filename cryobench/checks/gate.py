@@ -295,7 +295,7 @@ def gate(methods: dict | None = None, reference=DEFAULT_REFERENCE, update: bool 
     """
     out = out or sys.stdout
     say = lambda line: print(line, file=out, flush=True)  # noqa: E731
-    methods = discover() if methods is None else methods
+    methods = discover(data_dir=data_dir) if methods is None else methods
     if update:
         config = {"tasks": list(tasks or TASKS), "scale": SCALE, "budget": int(budget or BUDGET),
                   "seeds": int(seeds or SEEDS), "threads": THREADS}

@@ -218,18 +218,83 @@ def cached_optimum(lik, spectra, index, alpha: float, derived: Path, pixel_size:
 def outer_fsc(volume: np.ndarray, optimum: np.ndarray, rmax: float) -> float:
     """The lowest FSC between ``volume`` and V* over the shells (1 voxel wide) in the outer
     :data:`OUTER_SHELLS` of (0, r_max]: reaching a threshold there means every high shell has."""
-    curve = fsc(volume, optimum)[1]
+    return outer_of(fsc(volume, optimum)[1], rmax)
+
+
+def outer_of(curve: np.ndarray, rmax: float) -> float:
+    """The lowest value of an FSC ``curve`` (index = shell) over the outer :data:`OUTER_SHELLS`
+    of the shells (0, r_max] (:func:`outer_fsc`)."""
     shells = np.arange(len(curve))
     outer = (shells > (1 - OUTER_SHELLS) * rmax) & (shells <= rmax)
-    return float(curve[outer].min())
+    return float(np.asarray(curve)[outer].min())
 
 
 def checkpoint_scores(task, volume: np.ndarray) -> dict:
     """The trace columns of a refinement task's checkpoint: ``subopt`` (Task.suboptimality,
     per image) and ``fsc_opt_outer`` (:func:`outer_fsc` against the cached optimum)."""
+    return checkpoint_record(task, volume)[0]
+
+
+def fsc_reference(task, truth: bool = True) -> tuple[str, np.ndarray] | None:
+    """What a refinement run's per-shell FSC is measured against: ("optimum", V*) with known
+    poses; with a local search (no CG optimum) ("truth", the ground truth, in the task's frame
+    since the poses are nearly known: no alignment) if ``truth`` and the task has one; else None."""
+    if not has_local_search(task.spec):
+        return "optimum", task.optimum(progress=False)
+    gt = getattr(task.dataset, "ground_truth", None)
+    return ("truth", np.asarray(gt)) if truth and gt is not None else None
+
+
+def checkpoint_record(task, volume: np.ndarray, truth: bool = True):
+    """(trace columns, per-shell FSC) of a refinement checkpoint: the columns of
+    :func:`checkpoint_scores` ({} with a local search) and (reference name, FSC of ``volume``
+    against it per 1-voxel shell 0 … ⌊r_max⌋) or None (:func:`fsc_reference`; a non-finite
+    volume has none). One FSC serves both."""
+    ref = fsc_reference(task, truth)
+    rmax = task.likelihood.rmax
+    finite = bool(np.all(np.isfinite(volume)))
+    curve = fsc(volume, ref[1])[1][:int(rmax) + 1] if ref is not None and finite else None
+    shells = (ref[0], curve) if curve is not None else None
     if has_local_search(task.spec):               # not convex: no CG optimum, no subopt
+        return {}, shells
+    if not finite:
+        return {"subopt": float("nan"), "fsc_opt_outer": float("nan")}, None
+    return {"subopt": task.suboptimality(volume), "fsc_opt_outer": outer_of(curve, rmax)}, shells
+
+
+def conditioning(task, progress: bool = False) -> dict:
+    """The spread κ(r) = max W / min W of the exact Fourier Hessian diagonal W of the data term
+    (summed over every training image, :meth:`RefinementLikelihood.weights`) over the voxels
+    with |k| ≤ r, at r = r_max/2 and r_max, and κ_α(r) with the prior's α added (the
+    objective's own diagonal): Toader, Brubaker & Lederman (2025)'s "the condition number grows
+    with resolution" measured on the task. Cached as ``conditioning.json`` in the task's derived
+    folder (keyed by its content hash). {} for a local search (its W depends on V)."""
+    if has_local_search(task.spec):
         return {}
-    if not np.all(np.isfinite(volume)):
-        return {"subopt": float("nan"), "fsc_opt_outer": float("nan")}
-    return {"subopt": task.suboptimality(volume),
-            "fsc_opt_outer": outer_fsc(volume, task.optimum(progress=False), task.likelihood.rmax)}
+    path = Path(task.derived_dir) / "conditioning.json"
+    try:
+        facts = json.loads(path.read_text())
+        if isinstance(facts, dict) and facts.get("version") == 1:
+            return facts
+    except (OSError, ValueError):
+        pass
+    if progress:
+        print(f"cryobench: the exact Hessian diagonal's spread into {path}", file=sys.stderr)
+    lik, train, alpha = task.likelihood, task.splits["train"], float(task.prior.alpha)
+    w = np.zeros(lik.half_shape)
+    for lo in range(0, len(train), CG_BATCH):
+        part = lik.subset(task.spectra, train[lo:lo + CG_BATCH])
+        w += lik.weights(part, lik.stencils(part.rotations))
+    d = lik.box
+    k = [np.fft.fftfreq(d, 1 / d)] * 2 + [np.arange(d // 2 + 1)]
+    kz, ky, kx = np.meshgrid(*k, indexing="ij")
+    radius = np.sqrt(kx ** 2 + ky ** 2 + kz ** 2)
+    facts = {"version": 1, "images": int(len(train)), "alpha": alpha}
+    for name, r in (("half", lik.rmax / 2), ("rmax", lik.rmax)):
+        inside = w[radius <= r]
+        facts[f"r_{name}"] = float(r)           # a voxel no slice reaches (min W = 0): κ None
+        facts[f"kappa_{name}"] = float(inside.max() / inside.min()) if inside.min() > 0 else None
+        facts[f"kappa_alpha_{name}"] = float((inside.max() + alpha) / (inside.min() + alpha))
+    Path(task.derived_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(facts, indent=1, sort_keys=True))
+    return facts

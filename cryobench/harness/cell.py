@@ -49,7 +49,7 @@ def compute_cell(cell: dict, data_dir: str | None, known: dict | None = None) ->
         raise HarnessFault(f"task {c.spec.task} ({c.spec.scale}) here has content hash "
                            f"{task.content_hash[:12]}, the grid expects {c.task_hash[:12]}: "
                            "this process sees different data than the grid")
-    method = resolve(c.spec.optimizer)
+    method = resolve(c.spec.optimizer, data_dir=data_dir)
     ident = identity(c.cell, c.task_hash, c.spec.threads, method, known)
     if cell_id(c.spec, task.name, c.task_hash, ident["optimizer"], ident["numerics"]) != c.cell:
         raise HarnessFault(f"cell {c.cell} computes here under another identity (other code, "

@@ -34,7 +34,6 @@ from tqdm import tqdm
 from cryobench.errors import InputError
 from cryobench.model.importance import oracle_settings
 from cryobench.harness.plan import EACH_TASKS_OWN, HyperParameterError, Planner, RunPlan
-from cryobench.harness.registry import resolve
 from cryobench.harness.processes import check_output_folder, run_dask, run_local
 from cryobench.harness.record import CellRecord, cell_complete
 from cryobench.harness.results import remove_stale_temporaries
@@ -158,7 +157,7 @@ def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[RunPlan]:
         budget = grid.budget if grid.budget_epochs is None else int(grid.budget_epochs * ref.sizes["train"])
         for optimizer in grid.optimizers:
             try:
-                method = resolve(optimizer)
+                method = planner.optimizer(optimizer)
             except ValueError as exc:
                 raise InputError(f"{grid.path}: optimizers: {exc}") from None
             axes = {k: (v if isinstance(v, list) else [v])

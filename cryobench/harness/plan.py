@@ -29,7 +29,7 @@ from cryobench.errors import InputError
 from cryobench.harness.declared import Declared
 from cryobench.harness.identity import cell_id, optimizer_key
 from cryobench.harness.record import SNAPSHOTS, RunSpec
-from cryobench.harness.registry import hide, resolve
+from cryobench.harness.registry import resolve
 from cryobench.harness.run import check_run
 from cryobench.harness.tuned import default_tuned_file, load_tuned, tuned_entry
 from cryobench.model.importance import oracle_label, oracle_settings
@@ -162,9 +162,13 @@ class Planner:
 
     def __init__(self, data_dir=None, threads: int = 1, tuned=EACH_TASKS_OWN):
         self.data_dir, self.threads, self.tuned = data_dir, threads, tuned
-        hide(data_dir)                  # from the optimizers' imports (the registry's), too
         self._tasks: dict = {}
         self._tables: dict = {}
+
+    def optimizer(self, reference: str) -> Declared:
+        """The optimizer ``reference`` names, declared by a process that cannot read the dataset
+        caches nor this planner's ``data_dir`` (:func:`cryobench.harness.registry.resolve`)."""
+        return resolve(reference, data_dir=self.data_dir)
 
     def task(self, task, scale: str | None = None) -> TaskRef:
         """The task ``task`` (a name or a TOML path) at ``scale`` (None: its default scale)."""
@@ -199,7 +203,7 @@ class Planner:
         importance-sampled oracle (:func:`cryobench.model.importance.oracle_settings`), resolved
         here to its full settings, which join the run's identity and its label."""
         settings = oracle_settings(oracle)
-        method = method or resolve(optimizer)
+        method = method or self.optimizer(optimizer)
         table = self.tuned_table(task) if tuned else {}
         try:
             params, sources = resolve_params(method, dict(explicit or {}), table, task,

@@ -17,7 +17,11 @@ written and read.
   (evaluations, FSC resolution in Å, alignment) and where the cell's own time went;
 * ``density_<5K|50K|final>.mrc`` — the snapshots; ``fsc.csv`` (label, evals, freq in 1/Å, fsc)
   and ``views.npz`` (aligned projections along z, y, x; plain arrays) when a ground truth is
-  known.
+  known;
+* ``fsc_shells.csv`` — refinement tasks only (:func:`read_shells`): FSC per 1-voxel shell
+  0 … ⌊r_max⌋ (freq in 1/Å) at each checkpoint of the trace against ``reference``: ``optimum``
+  (the CG optimum) or, with a local search, ``truth``; ``meta.json``'s ``refinement`` holds the
+  task's κ at r_max/2 and r_max (:mod:`cryobench.data.refinement`).
 
 A cell folder appears only when complete: it is written under a temporary name, ``meta.json``
 last, and renamed. Records of schema :data:`SCHEMA_VERSION` are read as they are, the type of
@@ -49,6 +53,9 @@ ID_COLUMNS = ("task", "scale", "optimizer", "label", "seed", "cell")
 COUNT_COLUMNS = ("grad_evals", "value_evals", "hvp_evals")
 SCORED_SPLITS = ("test", "validation")
 REFINEMENT_COLUMNS = ("subopt", "fsc_opt_outer")   # refinement tasks only, after train_obj
+SHELL_FILE = "fsc_shells.csv"                       # refinement tasks only: FSC per shell
+SHELL_COLUMNS = ("checkpoint", "evals", "reference", "shell", "freq", "fsc")
+SHELL_REFERENCES = ("optimum", "truth")
 NUMBER_COLUMNS = ("checkpoint", "evals", *COUNT_COLUMNS, "terms", "flops", "wall_s", "test_nll", "validation_nll",
                   "train_obj", *REFINEMENT_COLUMNS)
 
@@ -154,6 +161,7 @@ class CellRecord:
     snapshots: list | None = None        # [{label, evals, file, resolution_A, …}]; None: not compared
     overhead_s: dict = field(default_factory=dict)
     identity: dict | None = None         # the parts of the cell id (harness.identity)
+    refinement: dict | None = None       # refinement tasks: conditioning, FSC reference
     cell: str | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -245,7 +253,7 @@ FIELD_TYPES = {
     "provenance": SCALARS, "overhead_s": {"*": "number?"}, "identity": (SCALARS,),
     "snapshots": ([{"label": "str", "evals": "count", "file": "str?", "resolution_A": "number?",
                     "mirrored": "bool?", "align_score": "number?", "*": "scalar"}],),
-    "cell": "str", "schema_version": "count", "...": None,
+    "cell": "str", "schema_version": "count", "refinement": (SCALARS,), "...": None,
 }
 
 
@@ -302,6 +310,7 @@ class RunOutput:
     densities: dict = field(default_factory=dict)    # label → V
     fsc: pd.DataFrame | None = None                  # label, evals, freq (1/Å), fsc
     views: dict = field(default_factory=dict)        # label → (3, D, D) aligned projections
+    shells: pd.DataFrame | None = None               # refinement: SHELL_COLUMNS (fsc_shells.csv)
 
 
 def empty_trace(split: str = "test") -> str:
@@ -322,6 +331,9 @@ def cell_files(out: RunOutput, cell: str, pixel_size: float) -> dict[str, bytes]
              "meta.json": to_json(rec.to_dict()).encode()}
     if out.fsc is not None:
         files["fsc.csv"] = out.fsc.to_csv(index=False, float_format="%.6g").encode()
+    if out.shells is not None:
+        files[SHELL_FILE] = out.shells[list(SHELL_COLUMNS)].to_csv(
+            index=False, float_format="%.6g").encode()
     if out.views:
         buf = io.BytesIO()
         np.savez_compressed(buf, **{k: v.astype(np.float32) for k, v in out.views.items()})
@@ -377,3 +389,25 @@ def read_trace(folder) -> pd.DataFrame:
     if not len(trace):                       # a run with no checkpoint: typed, empty columns
         trace = trace.astype({c: float for c in trace.columns if c not in ID_COLUMNS})
     return trace
+
+
+def read_shells(folder) -> pd.DataFrame | None:
+    """A refinement cell's ``fsc_shells.csv`` (:data:`SHELL_COLUMNS`), or None if the cell has
+    none; one line naming the file and the column if it is not such a table."""
+    path = Path(folder) / SHELL_FILE
+    if not path.is_file():
+        return None
+    try:
+        shells = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: cannot read the FSC per shell: {str(exc).splitlines()[0]}") from None
+    for column in SHELL_COLUMNS:
+        if column not in shells:
+            raise InputError(f"{path}: not an FSC per shell: no column {column!r}")
+        if column != "reference" and len(shells) and not pd.api.types.is_numeric_dtype(shells[column]):
+            raise InputError(f"{path}: column {column!r} holds text, not numbers")
+    bad = sorted(set(shells["reference"].astype(str)) - set(SHELL_REFERENCES))
+    if bad:
+        raise InputError(f"{path}: column 'reference' holds {bad[0]!r}, not one of "
+                         f"{', '.join(SHELL_REFERENCES)}")
+    return shells[list(SHELL_COLUMNS)]

@@ -31,29 +31,24 @@ from cryobench.harness.declared import Declared, import_error
 from cryobench.harness.isolation import declarations
 
 ENTRY_POINT_GROUP = "cryobench.optimizers"
-_HIDDEN: list = []                              # dataset folders named on the command line
 
 __all__ = ["Declared", "Registry", "discover", "import_error", "resolve", "scan"]
 
 
-def hide(folder) -> None:
-    """Hide ``folder`` (a dataset folder given with ``--data-dir``) from optimizers' imports too."""
-    if folder is not None and str(folder) not in _HIDDEN:
-        _HIDDEN.append(str(folder))
+def hidden(data_dir=None) -> tuple:
+    """The folders an optimizer's import must not read, as for its runs: the dataset caches
+    (``$CRYOBENCH_DATA`` and the one in the home folder) and ``data_dir`` (one given with
+    ``--data-dir``), if any."""
+    named = () if data_dir is None else (str(data_dir),)
+    return (str(default_data_dir()), str(home_data_dir()), *named)
 
 
-def hidden() -> list:
-    """The folders an optimizer's import must not read: the dataset caches (``$CRYOBENCH_DATA``
-    and the one in the home folder) and those given to :func:`hide`, as for its runs."""
-    return [str(default_data_dir()), str(home_data_dir()), *_HIDDEN]
-
-
-def declared(sources: list) -> list:
+def declared(sources: list, unreadable: tuple) -> list:
     """For each source (:mod:`cryobench.harness.declared`'s reference), its declarations
-    (imported in a sandboxed process, :func:`cryobench.harness.isolation.declarations`) or the
-    one-line error of its import."""
+    (imported in a sandboxed process, :func:`cryobench.harness.isolation.declarations`, which
+    cannot read the folders ``unreadable``: :func:`hidden`) or the one-line error of its import."""
     out = []
-    for source, answer in zip(sources, declarations(sources, hidden())):
+    for source, answer in zip(sources, declarations(sources, list(unreadable))):
         where = source.get("given") or source["where"]
         try:
             if "error" in answer:
@@ -65,9 +60,9 @@ def declared(sources: list) -> list:
     return out
 
 
-def _one(source: dict) -> Declared:
+def _one(source: dict, data_dir=None) -> Declared:
     """The one method ``source`` names (it has ``attr``, or is external), or its InputError."""
-    answer = declared([source])[0]
+    answer = declared([source], hidden(data_dir))[0]
     if isinstance(answer, InputError):
         raise answer
     if len(answer) != 1:
@@ -96,18 +91,19 @@ class Registry:
         self.sources.setdefault(m.name, source)
 
 
-def scan(optimizers_dir: Path | None = None) -> Registry:
+def scan(optimizers_dir: Path | None = None, data_dir=None) -> Registry:
     """Every optimizer in ``optimizers/*.py`` (default :data:`OPTIMIZERS_DIR`) and in installed
-    entry points, and the sources that failed to import; scanned once while neither changes."""
+    entry points, and the sources that failed to import; scanned once while neither changes.
+    ``data_dir``: a dataset folder the imports must not read either (:func:`hidden`)."""
     folder = Path(optimizers_dir or OPTIMIZERS_DIR).resolve()
     files = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns)
                   for p in sorted(folder.glob("*.py")) if not p.name.startswith("_"))
     points = tuple(entry_points(group=ENTRY_POINT_GROUP))
-    return _scan(folder, files, points)
+    return _scan(folder, files, points, hidden(data_dir))
 
 
 @lru_cache(maxsize=8)
-def _scan(folder: Path, files: tuple, points: tuple) -> Registry:
+def _scan(folder: Path, files: tuple, points: tuple, unreadable: tuple) -> Registry:
     """The registry of ``folder``'s ``files`` (name, size, mtime) and the entry ``points``, each
     source declared in a sandboxed process of its own (never imported here)."""
     reg = Registry()
@@ -118,7 +114,7 @@ def _scan(folder: Path, files: tuple, points: tuple) -> Registry:
                + [{"kind": "entry", "where": list(n), "attr": None,
                    "given": f"entry point {n[0]} = {n[1]} (group {ENTRY_POINT_GROUP})"}
                   for n in names])
-    for source, answer in zip(sources, declared(sources)):
+    for source, answer in zip(sources, declared(sources, unreadable)):
         where = source.get("given") or source["where"]
         if isinstance(answer, InputError):
             reg.broken[where] = str(answer)
@@ -134,17 +130,18 @@ def _scan(folder: Path, files: tuple, points: tuple) -> Registry:
     return reg
 
 
-def discover(optimizers_dir: Path | None = None) -> dict[str, Declared]:
+def discover(optimizers_dir: Path | None = None, data_dir=None) -> dict[str, Declared]:
     """Every optimizer that imports, by name (files that fail are left out: see :func:`scan`)."""
-    return scan(optimizers_dir).methods
+    return scan(optimizers_dir, data_dir).methods
 
 
-def resolve(reference: str, optimizers_dir: Path | None = None) -> Declared:
+def resolve(reference: str, optimizers_dir: Path | None = None, data_dir=None) -> Declared:
     """An optimizer by registered name, ``module:attr`` or ``path/file.py:attr``, or another
     library's: ``torch:…``, ``optax:…`` (:mod:`cryobench.external`); its declaration, read in a
-    sandboxed process (:mod:`cryobench.harness.declared`)."""
+    sandboxed process (:mod:`cryobench.harness.declared`) that cannot read the dataset caches
+    nor ``data_dir`` (:func:`hidden`)."""
     if external.handles(reference):
-        return _one({"kind": "external", "where": reference, "attr": None})
+        return _one({"kind": "external", "where": reference, "attr": None}, data_dir)
     if ":" in reference:
         where, attr = reference.rsplit(":", 1)
         if where.endswith(".py"):
@@ -152,9 +149,10 @@ def resolve(reference: str, optimizers_dir: Path | None = None) -> Declared:
             if not path.is_file():
                 raise InputError(f"{path}: optimizer file not found")
             return _one({"kind": "file", "where": str(path.absolute()), "attr": attr,
-                         "given": reference, "shown": where})
-        return _one({"kind": "module", "where": where, "attr": attr, "given": reference})
-    reg = scan(optimizers_dir)
+                         "given": reference, "shown": where}, data_dir)
+        return _one({"kind": "module", "where": where, "attr": attr, "given": reference},
+                    data_dir)
+    reg = scan(optimizers_dir, data_dir)
     if reference in reg.methods:
         return reg.methods[reference]
     if reference in reg.broken_names:

@@ -1,6 +1,7 @@
 """Result sets: the cell folders under a results folder, read into tables for reports.
 
-A result set is a folder with ``cells/<cell id>/`` folders (their files: :mod:`cryobench.harness.record`)
+A result set is a folder with ``cells/<cell id>/`` folders (their files: :mod:`cryobench.harness.record`;
+a refinement cell's FSC per shell per checkpoint is loaded as :attr:`Results.shells`)
 and, beside ``cells/``, ``reference.json``: the ground truth's test NLL of each simulated
 (task, scale) (:mod:`cryobench.harness.reference`), loaded as :attr:`Results.references`.
 :func:`load_results` reads every cell's record once; reports read :attr:`Results.records`
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cryobench.errors import InputError
-from cryobench.harness.record import TEMPORARY, CellRecord, read_trace
+from cryobench.harness.record import SHELL_COLUMNS, TEMPORARY, CellRecord, read_shells, read_trace
 from cryobench.harness.reference import REFERENCE_FILE, read_references
 
 
@@ -89,6 +90,8 @@ class Results:
     folders: dict = field(default_factory=dict)     # cell id → folder
     references: dict = field(default_factory=dict)  # (task, scale) → reference.json entry
     records: dict = field(default_factory=dict)     # cell id → CellRecord
+    shells: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["cell", *SHELL_COLUMNS]))          # refinement: FSC per shell per checkpoint
 
     def task_facts(self, task: str, scale: str):
         """The :class:`~cryobench.harness.record.TaskFacts` the runs of (task, scale) recorded
@@ -148,7 +151,7 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
     ``task_hashes`` {(task, scale): hash}, if given, is what the results must have been computed
     on (e.g. the tasks as currently defined).
     """
-    traces, rows, fscs, folders, records, seen, first = [], [], [], {}, {}, {}, {}
+    traces, rows, fscs, folders, records, seen, first, shells = [], [], [], {}, {}, {}, {}, []
     for folder in sorted({f for root in roots for f in cell_folders(root)}):
         rec = CellRecord.read(folder)
         run, cell = rec.run, rec.cell
@@ -177,6 +180,8 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
                      "resolution_A": snaps.get("final", {}).get("resolution_A", np.nan),
                      "params": json.dumps(run.params, sort_keys=True),
                      "task_hash": rec.task_hash})
+        if (cell_shells := read_shells(folder)) is not None:
+            shells.append(cell_shells.assign(cell=cell)[["cell", *SHELL_COLUMNS]])
         if (folder / "fsc.csv").is_file():
             fsc = _read_fsc(folder / "fsc.csv")
             fsc.insert(0, "cell", cell)
@@ -187,7 +192,8 @@ def load_results(*roots, task_hashes: dict | None = None) -> Results:
     cells = pd.DataFrame(rows).sort_values(["task", "scale", "label", "seed"], ignore_index=True)
     fsc = pd.concat(fscs, ignore_index=True) if fscs else pd.DataFrame(
         columns=["cell", "label", "evals", "freq", "fsc"])
-    return Results(trace, cells, fsc, folders, _references(roots, seen), records)
+    return Results(trace, cells, fsc, folders, _references(roots, seen), records,
+                   *([pd.concat(shells, ignore_index=True)] if shells else []))
 
 
 def _trace(folder: Path, record: CellRecord) -> pd.DataFrame:
@@ -288,4 +294,4 @@ def combine(*parts: Results) -> Results:
         _merge_references(references, part.references, seen, "a result set's reference.json")
     records = {c: r for part, new in zip(parts, firsts) for c, r in part.records.items() if c in new}
     return Results(pick(lambda p: p.trace), cells, pick(lambda p: p.fsc), folders, references,
-                   records)
+                   records, pick(lambda p: p.shells))

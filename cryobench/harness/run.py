@@ -8,6 +8,10 @@ including 5K and 50K where the budget reaches them, and the end — the iterate 
 * ``train_obj`` the training objective (eq. 6 / K, as the oracle defines it) estimated on a fixed
   subset of training images.
 
+A refinement task is also scored at every epoch (K evaluations of any kind): ``subopt`` and
+``fsc_opt_outer``, and the FSC per shell against its optimum (or, with a local search, the ground
+truth) in ``fsc_shells.csv`` (:mod:`cryobench.harness.record`).
+
 Scoring is neither counted nor timed: ``wall_s`` is the optimizer's own time. Densities are kept
 at 5K, 50K and the end; against a known ground truth each is aligned (rotation, shift,
 handedness) and its FSC computed; its views are projections of the aligned density, beside
@@ -41,7 +45,7 @@ from cryobench.harness.isolation import OptimizerProcess, OptimizerFailed
 from cryobench.harness.limits import TimeLimitReached
 from cryobench.harness.record import (SNAPSHOTS, CellRecord, RunOutput, RunSpec, TaskFacts,
                                       score_column)
-from cryobench.data.refinement import checkpoint_scores
+from cryobench.data.refinement import checkpoint_record, conditioning
 from cryobench.model.fsc import aligned_fsc, transform
 from cryobench.model.views import lowpass, projections
 from cryobench.oracle import BudgetExhausted
@@ -132,6 +136,9 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
     budget = int(spec.budget if spec.budget is not None else task.budget)
     check_run(spec, method, task.n_train, task.batch_size, budget)
     marks = checkpoints(budget, task.batch_size, spec.per_decade, spec.snapshots)
+    refinement = getattr(task, "is_refinement", False)
+    if refinement:                                  # and at every epoch (K evaluations)
+        marks = np.union1d(marks, np.arange(task.n_train, budget + 1, task.n_train))
     snaps = [s for s in spec.snapshots if s <= budget]
     method.values(**spec.params)                    # checked here; configured in its process
     oracle = task.oracle(budget, stream=spec.seed, kind=spec.oracle, optimizer=method.name)
@@ -139,7 +146,7 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
     rng = rng_for(task.name, method.name, "optimizer", spec.seed)
     score = _Scorer(task, spec.score)
     limit = spec.time_limit if spec.time_limit is not None else DEFAULT_TIME_LIMIT
-    rows, densities, taken_at = [], {}, {}
+    rows, densities, taken_at, shells = [], {}, {}, []
     status, message, tb = "ok", "", None
     proc = OptimizerProcess(method, spec.params, view, task.init, spec.threads,
                             hidden_folders(task), limit)
@@ -148,13 +155,16 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
         test, train = score(x)
         rows.append({"evals": oracle.evaluations, **{f"{k}_evals": v for k, v in oracle.counts.items()},
                      "terms": oracle.terms, "flops": np.nan if oracle.flops is None else oracle.flops, "wall_s": proc.elapsed, score_column(spec.score): test, "train_obj": train})
-        if getattr(task, "is_refinement", False):       # refinement: also vs the CG optimum
+        if refinement:                  # also vs the CG optimum (or the truth), per shell
             start = time.perf_counter()
-            rows[-1].update(checkpoint_scores(task, x))
+            columns, curve = checkpoint_record(task, x, truth=spec.score == "test")
+            rows[-1].update(columns)
+            if curve is not None:
+                shells.append(_shell_rows(len(rows) - 1, oracle.evaluations, *curve, lik))
             score.seconds += time.perf_counter() - start
         return train
 
-    x = task.init
+    x, lik = task.init, task.likelihood
     initial = record(x)
     next_mark, idle = 1, 0
     try:
@@ -221,18 +231,28 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
                    f"{initial:.6g}")
     trace = pd.DataFrame(rows)
     trace.insert(0, "checkpoint", np.arange(len(trace)))
-    lik = task.likelihood
     record = CellRecord(spec, method.name, budget, status, message, oracle.evaluations,
                         proc.elapsed, task.content_hash, dict(oracle.counts), tb, limit,
                         task.recipe_hash, TaskFacts(task.n_train, task.batch_size, lik.box,
                                                     float(lik.pixel_size), float(lik.rmax)),
                         {**provenance(task), "optimizer_process": proc.sandbox})
-    out = RunOutput(trace, record, densities)
+    if refinement:
+        facts = {k: v for k, v in conditioning(task).items() if k != "version"}
+        record.refinement = {**facts, "fsc_reference": shells[0]["reference"].iloc[0] if shells else None}
+    out = RunOutput(trace, record, densities, shells=pd.concat(shells, ignore_index=True)
+                    if shells else None)
     start = time.perf_counter()
     if compare:
         _compare_to_truth(out, task, taken_at)
     record.overhead_s = {"scoring": score.seconds, "comparison": time.perf_counter() - start}
     return out
+
+
+def _shell_rows(checkpoint: int, evals: int, reference: str, curve, lik) -> pd.DataFrame:
+    """One checkpoint's rows of ``fsc_shells.csv`` (harness.record.SHELL_COLUMNS)."""
+    shell = np.arange(len(curve))
+    return pd.DataFrame({"checkpoint": checkpoint, "evals": evals, "reference": reference,
+                         "shell": shell, "freq": shell / (lik.box * lik.pixel_size), "fsc": curve})
 
 
 def hidden_folders(task) -> list:

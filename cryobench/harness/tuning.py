@@ -34,7 +34,6 @@ from cryobench.data.spec import load_spec
 from cryobench.errors import InputError
 from cryobench.harness.grid import run_grid
 from cryobench.harness.plan import Planner
-from cryobench.harness.registry import resolve
 from cryobench.harness.results import load_results
 from cryobench.harness.tuned import default_tuned_file, is_shipped, load_tuned, oracle_key
 from cryobench.model.importance import oracle_settings
@@ -191,7 +190,7 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
                              "use it with run or grid --tuned FILE)")
         task_budget = budget or ref.sizes["train"]                               # one epoch
         for optimizer in optimizers:
-            method = resolve(optimizer)
+            method = planner.optimizer(optimizer)
             tunable = [n for n in names if n in method.hypers]
             if not tunable:
                 continue

@@ -8,9 +8,13 @@ terms it computed (the trace column ``terms``). The exact-equivalent evaluations
 
 so an exact run's E equals its evaluations and an importance-sampled run's is what the same
 terms would have bought exactly. T is read from the exact-oracle runs of the same task and
-scale in the results (their terms / evaluations); rows without ``terms`` (traces written
-before it existed) or without such an exact run have no E (the report layer does not load
-task files).
+scale in the results (their terms / evaluations); in a set of importance-sampled runs only,
+from their first epoch (checkpoints at ≤ K evaluations, K the training images their records
+name): every evaluation there is an image's first visit, which the oracle evaluates exactly
+(:mod:`cryobench.model.importance`), so their terms / evaluations is T (the largest such ratio
+is taken: no evaluation computes more than T). Rows without ``terms`` (traces written before it
+existed), or a task and scale with neither kind of row, have no E (the report layer does not
+load task files).
 """
 from __future__ import annotations
 
@@ -32,9 +36,21 @@ def exact_terms_per_image(results: Results) -> dict[tuple[str, str], float]:
     for (task, scale), cells in results.cells.groupby(["task", "scale"], sort=True):
         exact = trace[trace["cell"].isin(set(cells["cell"]) - sampled) & (trace["evals"] > 0)]
         ratio = (exact["terms"] / exact["evals"]).dropna() if "terms" in exact else pd.Series()
+        first = _first_epoch_ratios(results, trace[trace["cell"].isin(set(cells["cell"]) & sampled)])
         out[task, scale] = (float(ratio.median()) if len(ratio)
-                            else np.nan)
+                            else float(first.max()) if len(first) else np.nan)
     return out
+
+
+def _first_epoch_ratios(results: Results, rows: pd.DataFrame) -> pd.Series:
+    """terms / evals of the importance-sampled ``rows`` in their run's first epoch (0 < evals ≤
+    K, the record's ``task_facts.n_train``): first visits, evaluated exactly."""
+    if "terms" not in rows or rows.empty:
+        return pd.Series(dtype=float)
+    facts = {c: getattr(results.records[c], "task_facts", None) for c in set(rows["cell"])}
+    k = rows["cell"].map(lambda c: facts[c].n_train if facts[c] is not None else 0)
+    first = rows[(rows["evals"] > 0) & (rows["evals"] <= k)]
+    return (first["terms"] / first["evals"]).dropna()
 
 
 def exact_equivalent(results: Results) -> pd.Series:

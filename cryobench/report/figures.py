@@ -25,9 +25,11 @@ from cryobench.base.files import atomic_write
 from cryobench.harness.results import Results, combine, load_results
 from cryobench.report.cost import importance_cells, on_cost_axis
 from cryobench.report.densities import _lowest_seed_cells, density_figure  # noqa: F401
-from cryobench.report.findings import findings_markdown, findings_table
-from cryobench.report.html import inline, page_html, section_html, table_html
+from cryobench.report.findings_section import findings_section
+from cryobench.report.html import page_html, section_html
+from cryobench.report.oracles import oracle_section
 from cryobench.report.ranking import ranking_section
+from cryobench.report.refinement import epochs_table, refinement_figures, refinement_markdown
 from cryobench.report.style import RC, log_scale, style as _style  # noqa: F401
 from cryobench.report.style import portable_log as _log  # NumPy's log follows the CPU
 from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,  # noqa: F401
@@ -274,6 +276,7 @@ def _figures(results: Results, folder: Path, prefix: str = "") -> dict[str, tupl
         len(results.fsc) > 0)
     figs += [("profile", "Performance profiles over gradient evaluations (every run; a problem is "
               "a dataset and a seed; targets from the best final over all runs)", profile_figure, ())]
+    figs += refinement_figures(results)         # refinement tasks: report/refinement.py
     return {name: (caption, _save(make(results, *args), folder / f"{prefix}{name}"))
             for name, caption, make, args in figs}
 
@@ -306,7 +309,8 @@ def _relabelled(results: Results) -> list[str]:
 def _section(results: Results, table: pd.DataFrame, figs: dict, rel: str, level: str) -> list[str]:
     """Markdown for one results set: table, figures (relative links), runs, failed / incomplete
     cells, provenance."""
-    md = [f"{level} Test NLL at 5K / 50K / final gradient evaluations", "", table_markdown(table)]
+    md = [f"{level} Test NLL at 5K / 50K / final gradient evaluations", "", table_markdown(table),
+          *refinement_markdown(results, level)]
     if relabelled := _relabelled(results):
         md += ["Labels extended so that no row averages different configurations or two runs of "
                "one seed:", "", *relabelled, ""]
@@ -326,7 +330,8 @@ def _section(results: Results, table: pd.DataFrame, figs: dict, rel: str, level:
 
 
 def write_report(results: Results, out_dir, title: str = "cryobench report") -> list[Path]:
-    """Write figures (png + svg), table.md/.csv, time_to_target.csv and report.md into
+    """Write figures (png + svg), table.md/.csv, time_to_target.csv, report.md (and for refinement
+    cells refinement_epochs.csv, report/refinement.py) into
     ``out_dir``; byte-identical for the same results. Returns the paths written."""
     out = Path(out_dir)
     table = checkpoint_table(results)
@@ -336,6 +341,8 @@ def write_report(results: Results, out_dir, title: str = "cryobench report") -> 
              "time_to_target.csv": time_to_target(results).to_csv(
                  index=False, float_format="%.10g", lineterminator="\n"),
              "report.md": "\n".join([f"# {title}", "", *_section(results, table, figs, "", "##")])}
+    if len(epochs := epochs_table(results)):
+        files["refinement_epochs.csv"] = epochs.to_csv(index=False, float_format="%.10g", lineterminator="\n")
     for name, text in files.items():
         atomic_write(out / name, text)
     return [p for _, paths in figs.values() for p in paths] + [out / n for n in files]
@@ -350,24 +357,6 @@ def result_sets(results_root) -> list[str]:
         if traces and "test_nll" in pd.read_csv(traces[0], nrows=0).columns:
             names.append(sub.name)
     return names
-
-
-def _findings(loaded: dict[str, Results]) -> tuple[list[str], list[str]]:
-    """(markdown, HTML) of the paper-findings section over all result sets together
-    ({set name: its results}, combined in sorted order as loading their folders would)."""
-    if not loaded:
-        return [], []
-    table = findings_table(combine(*(loaded[n] for n in sorted(loaded))))
-    intro = ("Each finding of the paper (§4, Figure 3, Figure 6) as a criterion stated here, "
-             "measured over all result sets above by seed (median over seeds; the same training "
-             "streams for every method); see `docs/paper-findings.md`.")
-    md = ["## The paper's findings beside ours", "", intro, "", findings_markdown(table)]
-    shown = table.drop(columns=["key"]).astype(str).assign(
-        verdict=lambda t: "**" + t["verdict"] + "**", task=table["task"].map(md_text),
-        scale=table["scale"].map(md_text))
-    body = ['<section id="findings">', "<h2>The paper's findings beside ours</h2>",
-            f"<p>{inline(intro)}</p>", table_html(shown, {"seeds"}), "</section>"]
-    return md, body
 
 
 def write_leaderboard(results_root, out=None, sets=None,
@@ -388,7 +377,9 @@ def write_leaderboard(results_root, out=None, sets=None,
     names = sets if sets is not None else result_sets(root)
     loaded = {name: load_results(root / name) for name in names}
     md_ranking, body = ranking_section(loaded)
-    md += md_ranking
+    md_oracles, html_oracles = oracle_section(combine(*(loaded[n] for n in sorted(loaded)))) \
+        if loaded else ([], [])
+    md, body = md + md_ranking + md_oracles, body + html_oracles
     for name in names:
         results = loaded[name]
         table = checkpoint_table(results)
@@ -397,11 +388,11 @@ def write_leaderboard(results_root, out=None, sets=None,
         md += [f"## {md_text(name)}", "", *_section(results, table, figs, "figures/", "###")]
         body += section_html(name, results, table, figs, _relabelled(results), provenance(results),
                              out.parent)
-    findings_md, findings_html = _findings(loaded)
+    findings_md, findings_html = findings_section(loaded)
     md, body = md + findings_md, body + findings_html
     page = out.with_suffix(".html")
     atomic_write(out, "\n".join(md))
-    atomic_write(page, page_html(title, intro, (["ranking"] if md_ranking else []) + names
+    atomic_write(page, page_html(title, intro, (["ranking"] if md_ranking else []) + (["oracles"] if md_oracles else []) + names
                                  + (["findings"] if findings_html else []),
                                  body, markdown=out.name))
     return written + [out, page]

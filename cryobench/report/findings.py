@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cryobench.harness.results import Results
+from cryobench.report.refinement import refinement_pairs
 from cryobench.report.style import portable_log   # NumPy's log follows the CPU in the last bit
 from cryobench.report.tables import ALPHA, comparable, md_text, sign_flip_pvalue
 
@@ -292,7 +293,8 @@ def findings_table(results: Results, sizes: dict | None = None) -> pd.DataFrame:
     (without them those findings are not measurable). Labels as the tables make them
     (``comparable``): two optimizers of one name are never mixed."""
     results, rows = comparable(results), []
-    datasets = sorted({(t, s) for t, s in results.cells[["task", "scale"]].itertuples(index=False)})
+    datasets = sorted({(t, s) for t, s in results.cells[["task", "scale"]].itertuples(index=False)}
+                      - refinement_pairs(results))    # their claims: report.refinement_claims
     for key, (claim, criterion) in FINDINGS.items():
         for task, scale in datasets:
             if key in APPLIES and task not in APPLIES[key]:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cryobench.report.tables import (TEXT_COLUMNS, comparable, failed_cells, failed_markdown,
+from cryobench.report.refinement import refinement_tables
+from cryobench.report.tables import (TEXT_COLUMNS, comparable, failed_cells, failed_markdown, md_text,
                                      table_blocks, table_note)
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:78em;padding:0 1em;color:#222}
@@ -153,6 +154,9 @@ def section_html(name: str, results, table: pd.DataFrame, figs: dict, relabelled
     if table.empty:
         out.append("<p>No results to compare (no run other than interrupted ones).</p>")
     out.append(f"<p>{inline(table_note(table))}</p>")
+    for title, note, shown in refinement_tables(results):     # refinement tasks only
+        out += [f"<h3>{inline(title)}</h3>", f"<p>{inline(note)}</p>",
+                table_html(shown.astype(str).map(md_text), set(shown.columns[3:]))]
     if relabelled:
         out += ["<p>Labels extended so that no row averages different configurations or two runs "
                 "of one seed:</p>", _bullets(relabelled)]

@@ -122,7 +122,7 @@ def comparable(results: Results) -> Results:
     trace = trace.astype(dict.fromkeys(numeric, float))   # object if a header-only trace.csv came first
     sort = ["task", "scale", "label", "seed", "cell"]
     return Results(trace, cells.sort_values(sort, ignore_index=True), results.fsc, results.folders,
-                   results.references, results.records)
+                   results.references, results.records, results.shells)
 
 
 def sign_flip_pvalue(d) -> float:
