@@ -21,6 +21,7 @@ from cryobench.harness.record import SCHEMA_VERSION, CellRecord
 from cryobench.harness.registry import discover
 from cryobench.harness.results import load_results
 from cryobench.report import figures as report
+from cryobench.report.findings import findings_table
 
 EVALS = [0, 1000, 5000, 50000, 60000]
 D = 8
@@ -272,7 +273,7 @@ def test_a_non_finite_final_of_an_ok_run_is_a_failure_said_as_such(tmp_path, fin
     bad = report.failed_cells(results)
     assert bad["message"].tolist() == [f"final test NLL {final} at 60,000 evaluations: not finite, "
                                        "so the run failed (its meta.json says ok)"]
-    findings = report.findings_table(results).set_index("key")
+    findings = findings_table(results).set_index("key")
     assert "vs SGD failed" in findings.loc["quasi-newton", "measured"]
 
 

@@ -391,21 +391,28 @@ def read_trace(folder) -> pd.DataFrame:
     return trace
 
 
+def read_table(path: Path, what: str, columns, text: str) -> pd.DataFrame:
+    """The CSV file ``path`` holding ``what`` (e.g. "an FSC curve") with ``columns``, all numbers
+    but the column ``text``; one line naming the file and the column if it is not such a table."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: cannot read {what}: {str(exc).splitlines()[0]}") from None
+    for column in columns:
+        if column not in table:
+            raise InputError(f"{path}: not {what}: no column {column!r}")
+        if column != text and len(table) and not pd.api.types.is_numeric_dtype(table[column]):
+            raise InputError(f"{path}: column {column!r} holds text, not numbers")
+    return table
+
+
 def read_shells(folder) -> pd.DataFrame | None:
     """A refinement cell's ``fsc_shells.csv`` (:data:`SHELL_COLUMNS`), or None if the cell has
     none; one line naming the file and the column if it is not such a table."""
     path = Path(folder) / SHELL_FILE
     if not path.is_file():
         return None
-    try:
-        shells = pd.read_csv(path)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: cannot read the FSC per shell: {str(exc).splitlines()[0]}") from None
-    for column in SHELL_COLUMNS:
-        if column not in shells:
-            raise InputError(f"{path}: not an FSC per shell: no column {column!r}")
-        if column != "reference" and len(shells) and not pd.api.types.is_numeric_dtype(shells[column]):
-            raise InputError(f"{path}: column {column!r} holds text, not numbers")
+    shells = read_table(path, "an FSC per shell", SHELL_COLUMNS, "reference")
     bad = sorted(set(shells["reference"].astype(str)) - set(SHELL_REFERENCES))
     if bad:
         raise InputError(f"{path}: column 'reference' holds {bad[0]!r}, not one of "

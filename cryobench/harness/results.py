@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from cryobench.errors import InputError
-from cryobench.harness.record import SHELL_COLUMNS, TEMPORARY, CellRecord, read_shells, read_trace
+from cryobench.harness.record import (SHELL_COLUMNS, TEMPORARY, CellRecord, read_shells, read_table,
+                                      read_trace)
 from cryobench.harness.reference import REFERENCE_FILE, read_references
 
 
@@ -215,16 +216,7 @@ FSC_COLUMNS = ("label", "evals", "freq", "fsc")
 def _read_fsc(path: Path) -> pd.DataFrame:
     """A cell's ``fsc.csv`` (label, evals, freq in 1/Å, fsc), checked; one line naming the file
     and the column otherwise."""
-    try:
-        fsc = pd.read_csv(path)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: cannot read the FSC curve: {str(exc).splitlines()[0]}") from None
-    for column in FSC_COLUMNS:
-        if column not in fsc:
-            raise InputError(f"{path}: not an FSC curve: no column {column!r}")
-        if column != "label" and len(fsc) and not pd.api.types.is_numeric_dtype(fsc[column]):
-            raise InputError(f"{path}: column {column!r} holds text, not numbers")
-    return fsc
+    return read_table(path, "an FSC curve", FSC_COLUMNS, "label")
 
 
 def _numbers(trace: pd.DataFrame) -> pd.DataFrame:
