@@ -33,12 +33,12 @@ CLAIMS = {
                    f"at the end of the budget tuned SGD's outer-shell FSC against the optimum "
                    f"(median over seeds) is below {REACHED:g}, and each preconditioned SGD "
                    f"({', '.join(PRECONDITIONED)}) ends above it by the paired test "
-                   f"(sign-flip p < {ALPHA:g})"),
+                   f"(sign-flip p below {ALPHA:g})"),
     "precond-epochs": ("The preconditioned SGD reaches the outer shells in far fewer epochs than "
                        "SGD and Adam (Toader et al. 2025).",
                        f"each preconditioned SGD needs fewer epochs than tuned SGD and Adam to "
                        f"reach FSC ≥ {REACHED:g} against the optimum in the outer 20 % of shells, by "
-                       f"the paired test over seeds (sign-flip p < {ALPHA:g}); a seed that does "
+                       f"the paired test over seeds (sign-flip p below {ALPHA:g}); a seed that does "
                        "not reach it counts as the run's budget in epochs (a lower bound)"),
 }
 COLUMNS = ["key", "finding", "criterion", "task", "scale", "seeds", "measured", "verdict"]
