@@ -140,22 +140,22 @@ def normal_equations(lik: RefinementLikelihood, spectra: PosedSpectra, index, al
     index = np.asarray(index)
     shape = (lik.box,) * 3
     batches = [lik.subset(spectra, index[lo:lo + CG_BATCH]) for lo in range(0, len(index), CG_BATCH)]
-    geometry = [(lik.stencils(b.rotations), lik.ctf_values(b)) for b in batches]
+    geometry = [(lik.slice_points(b.rotations), lik.ctf_values(b)) for b in batches]
     b = np.zeros(shape)
     w = np.zeros(lik.half_shape)
-    for part, (stencil, ctf) in zip(batches, geometry):
+    for part, (points, ctf) in zip(batches, geometry):
         g = ((lik.point_weights * ctf) * part.y).reshape(-1)
-        b += lik.transform_adjoint(lik.slices_adjoint(g, stencil)).astype(np.float64)
-        w += lik.weights(part, stencil, ctf)
+        b += lik.transform_adjoint(lik.slices_adjoint(g, points)).astype(np.float64)
+        w += lik.weights(part, points, ctf)
 
     def apply(v):
         vol = np.asarray(v, np.float64).reshape(shape)
         vhat = lik.transform(vol)
         out = alpha * vol
-        for stencil, ctf in geometry:
-            s = lik.slices(vhat, stencil).reshape(ctf.shape)
+        for points, ctf in geometry:
+            s = lik.slices(vhat, points).reshape(ctf.shape)
             g = ((lik.point_weights * ctf * ctf) * s).reshape(-1)
-            out += lik.transform_adjoint(lik.slices_adjoint(g, stencil))
+            out += lik.transform_adjoint(lik.slices_adjoint(g, points))
         return out.reshape(-1)
 
     n = int(np.prod(shape))
@@ -284,7 +284,7 @@ def conditioning(task, progress: bool = False) -> dict:
     w = np.zeros(lik.half_shape)
     for lo in range(0, len(train), CG_BATCH):
         part = lik.subset(task.spectra, train[lo:lo + CG_BATCH])
-        w += lik.weights(part, lik.stencils(part.rotations))
+        w += lik.weights(part)
     d = lik.box
     k = [np.fft.fftfreq(d, 1 / d)] * 2 + [np.arange(d // 2 + 1)]
     kz, ky, kx = np.meshgrid(*k, indexing="ij")
