@@ -23,12 +23,51 @@ leaving out the between-offset variance term.
 """
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 from scipy import fft as sfft
 from scipy.special import logsumexp
 from scipy.spatial.transform import Rotation
 
+from cryobench.base import threads  # noqa: F401  (thread pools' wait policy before numba starts)
 from cryobench.model.refinement import PosedSpectra, RefinementLikelihood
+
+
+@nb.njit(parallel=True, cache=True)
+def residual_energies(y, phase, ctf, s, point_weights, out):
+    """out[i, j, k] = ½ Σ_q w_q |Y_i(q) e^{2πi q·Δt_k/D} − C_i(q) S_ij(q)|² for images i,
+    rotation offsets j, shift offsets k (y (n, Np), phase (ns, Np), ctf (n, Np), s (n, nr, Np)),
+    without the (n, nr, ns, Np) residual array: one image per iteration, summed over q in
+    order."""
+    n, nr, n_pts = s.shape
+    for i in nb.prange(n):
+        for j in range(nr):
+            for k in range(phase.shape[0]):
+                acc = 0.0
+                for q in range(n_pts):
+                    yq = y[i, q] * phase[k, q]
+                    cs = ctf[i, q] * s[i, j, q]
+                    rr, ri = yq.real - cs.real, yq.imag - cs.imag
+                    acc += point_weights[q] * (rr * rr + ri * ri)
+                out[i, j, k] = 0.5 * acc
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
+def weighted_residuals(y, phase, ctf, s, point_weights, post, out):
+    """out[i, j, q] = −w_q C_i(q) Σ_k π_ijk (Y_i(q) e^{2πi q·Δt_k/D} − C_i(q) S_ij(q)): the
+    gradient with respect to the slices S_ij (arrays as in :func:`residual_energies`, post the
+    posterior (n, nr, ns))."""
+    n, nr, n_pts = s.shape
+    for i in nb.prange(n):
+        for j in range(nr):
+            for q in range(n_pts):
+                cs = ctf[i, q] * s[i, j, q]
+                acc = 0j
+                for k in range(phase.shape[0]):
+                    acc += post[i, j, k] * (y[i, q] * phase[k, q] - cs)
+                out[i, j, q] = -point_weights[q] * ctf[i, q] * acc
+    return out
 
 
 def rotation_offsets(rotation_deg: float, rotation_steps: int) -> np.ndarray:
@@ -101,16 +140,17 @@ class LocalSearchLikelihood(RefinementLikelihood):
         n, nr, ns = len(data), len(self.delta_rotations), len(self.delta_shifts)
         points = self.slice_points(self.slice_rotations(data))
         ctf = self.ctf_values(data)                                                 # (n, Np)
-        s = self.slices(self.transform(volume), points).reshape(n, nr, 1, -1)
-        y = data.y.astype(complex)[:, None, None, :] * self._shift_phase[None, None]  # (n,1,ns,Np)
-        r = y - ctf[:, None, None, :] * s                                           # (n,nr,ns,Np)
-        e = 0.5 * ((r.real ** 2 + r.imag ** 2) @ self.point_weights) + self.constant  # (n,nr,ns)
+        s = self.slices(self.transform(volume), points).reshape(n, nr, -1)
+        y = np.ascontiguousarray(data.y, np.complex128)
+        e = residual_energies(y, self._shift_phase, ctf, s, self.point_weights,
+                              np.empty((n, nr, ns))) + self.constant                   # (n,nr,ns)
         logp = self.log_w[None] - e
         nll = -logsumexp(logp.reshape(n, -1), axis=1)
         post = np.exp(logp + nll[:, None, None])                                    # π_ijk
         if not gradient:
             return nll, None, points, ctf, post
-        g = -(self.point_weights * ctf)[:, None, :] * np.einsum("njk,njkq->njq", post, r)
+        g = weighted_residuals(y, self._shift_phase, ctf, s, self.point_weights, post,
+                               np.empty(s.shape, np.complex128))
         grad = self.transform_adjoint(self.slices_adjoint(g.reshape(-1), points))
         return nll, grad, points, ctf, post
 
