@@ -66,6 +66,16 @@ def _stencil(x, y, z, d):
 
 
 @nb.njit(inline="always")
+def _corner(stencil, c):
+    """Node (kz, ky, kx) and weight of corner c = 4 cz + 2 cy + cx of a :func:`_stencil`."""
+    x0, x1, y0, y1, z0, z1, tx, ty, tz = stencil
+    kz, wz = (z1, tz) if c & 4 else (z0, 1.0 - tz)
+    ky, wy = (y1, ty) if c & 2 else (y0, 1.0 - ty)
+    kx, wx = (x1, tx) if c & 1 else (x0, 1.0 - tx)
+    return kz, ky, kx, (wx * wy) * wz
+
+
+@nb.njit(inline="always")
 def _half_node(kz, ky, kx, d):
     """Node (kz, ky, kx) on the half grid: itself, or where kx > D//2 its Hermitian partner
     (−kz, −ky, D − kx) modulo D, read conjugated (flag True)."""
@@ -80,20 +90,15 @@ def gather(volume_hat, xi, flip, out):
     accumulated in float64."""
     d = volume_hat.shape[0]
     for m in nb.prange(xi.shape[0]):
-        x0, x1, y0, y1, z0, z1, tx, ty, tz = _stencil(xi[m, 0], xi[m, 1], xi[m, 2], d)
+        stencil = _stencil(xi[m, 0], xi[m, 1], xi[m, 2], d)
         re = 0.0
         im = 0.0
-        for cz in range(2):
-            kz, wz = (z1, tz) if cz else (z0, 1.0 - tz)
-            for cy in range(2):
-                ky, wy = (y1, ty) if cy else (y0, 1.0 - ty)
-                for cx in range(2):
-                    kx, wx = (x1, tx) if cx else (x0, 1.0 - tx)
-                    w = (wx * wy) * wz
-                    hz, hy, hx, conj = _half_node(kz, ky, kx, d)
-                    v = volume_hat[hz, hy, hx]
-                    re += w * v.real
-                    im += -w * v.imag if conj else w * v.imag
+        for c in range(8):
+            kz, ky, kx, w = _corner(stencil, c)
+            hz, hy, hx, conj = _half_node(kz, ky, kx, d)
+            v = volume_hat[hz, hy, hx]
+            re += w * v.real
+            im += -w * v.imag if conj else w * v.imag
         out[m] = complex(re, -im if flip[m] else im)
     return out
 
@@ -106,19 +111,14 @@ def scatter(values, xi, flip, parts):
     for p in nb.prange(n_parts):
         grid = parts[p]
         for m in range(p * n_pts // n_parts, (p + 1) * n_pts // n_parts):
-            x0, x1, y0, y1, z0, z1, tx, ty, tz = _stencil(xi[m, 0], xi[m, 1], xi[m, 2], d)
+            stencil = _stencil(xi[m, 0], xi[m, 1], xi[m, 2], d)
             gr, gi = values[m].real, values[m].imag
             if flip[m]:
                 gi = -gi
-            for cz in range(2):
-                kz, wz = (z1, tz) if cz else (z0, 1.0 - tz)
-                for cy in range(2):
-                    ky, wy = (y1, ty) if cy else (y0, 1.0 - ty)
-                    for cx in range(2):
-                        kx, wx = (x1, tx) if cx else (x0, 1.0 - tx)
-                        w = (wx * wy) * wz
-                        hz, hy, hx, conj = _half_node(kz, ky, kx, d)
-                        grid[hz, hy, hx] += complex(w * gr, -w * gi if conj else w * gi)
+            for c in range(8):
+                kz, ky, kx, w = _corner(stencil, c)
+                hz, hy, hx, conj = _half_node(kz, ky, kx, d)
+                grid[hz, hy, hx] += complex(w * gr, -w * gi if conj else w * gi)
     return parts
 
 
@@ -130,17 +130,12 @@ def scatter_squared(values, xi, parts):
     for p in nb.prange(n_parts):
         grid = parts[p]
         for m in range(p * n_pts // n_parts, (p + 1) * n_pts // n_parts):
-            x0, x1, y0, y1, z0, z1, tx, ty, tz = _stencil(xi[m, 0], xi[m, 1], xi[m, 2], d)
-            for cz in range(2):
-                kz, wz = (z1, tz) if cz else (z0, 1.0 - tz)
-                for cy in range(2):
-                    ky, wy = (y1, ty) if cy else (y0, 1.0 - ty)
-                    for cx in range(2):
-                        kx, wx = (x1, tx) if cx else (x0, 1.0 - tx)
-                        w = (wx * wy) * wz
-                        v = values[m] * (w * w)
-                        grid[kz, ky, kx] += v
-                        grid[(d - kz) % d, (d - ky) % d, (d - kx) % d] += v
+            stencil = _stencil(xi[m, 0], xi[m, 1], xi[m, 2], d)
+            for c in range(8):
+                kz, ky, kx, w = _corner(stencil, c)
+                v = values[m] * (w * w)
+                grid[kz, ky, kx] += v
+                grid[(d - kz) % d, (d - ky) % d, (d - kx) % d] += v
     return parts
 
 
