@@ -96,8 +96,9 @@ def format_refinement_report(r: dict) -> list[str]:
         f"  load           {r['load_s']:.1f} s",
         f"  kernel         value+gradient of {MINIBATCH} images {1e3 * r['kernel_s']:.1f} ms, value "
         f"only {1e3 * r['value_only_s']:.1f} ms (best of {r['repeats']})",
-        f"  floor          {1e3 * r['floor_s']:.1f} ms (timed alternately with the kernel): the two FFTs of the box, the slice points, "
-        f"the trilinear gather and its adjoint scatter of the same minibatch",
+        f"  floor          {1e3 * r['floor_s']:.1f} ms (timed alternately with the kernel): the "
+        f"two FFTs of the box, the slice points, the trilinear gather and its adjoint scatter of "
+        f"the same minibatch",
         f"  kernel/floor   {r['floor_ratio']:.2f}",
         f"  SGD epoch      {epoch}; lr {r['sgd_lr']:g}, last minibatch objective "
         f"{r['last_minibatch_objective']:.6g}",
