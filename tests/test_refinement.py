@@ -1,6 +1,7 @@
 """Refinement tasks (known poses): derivatives, the slice theorem at known poses, RELION's Euler
 and origin conventions against an independent real-space projection, the exact Fourier Hessian
 diagonal, the CG optimum, the simulated data's determinism and what bad task files get."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -332,3 +333,25 @@ def test_the_adjoint_slicing_is_exact_and_independent_of_the_thread_count(tiny):
     finally:
         numba.set_num_threads(before)
     assert one[0].tobytes() == many[0].tobytes() and one[1].tobytes() == many[1].tobytes()
+
+
+def test_a_cached_optimum_from_other_kernels_is_solved_again(tmp_path, data_dir, monkeypatch):
+    """optimum.json records the key of the code and platform that solved it; under another key
+    (other kernels, another machine) the optimum is solved again and rewritten, and a second
+    load under the same key reads it back without solving."""
+    from cryobench.data import refinement as data_refinement
+
+    path = write_task(tmp_path)
+    first = load_task(path, "ci", data_dir=data_dir, progress=False)
+    first.optimum(progress=False)
+    record = first.derived_dir / "optimum.json"
+    assert json.loads(record.read_text())["key"] == data_refinement.optimum_key()
+    monkeypatch.setattr(data_refinement, "optimum_key", lambda: "other kernels")
+    solved = []
+    real = data_refinement.solve_optimum
+    monkeypatch.setattr(data_refinement, "solve_optimum",
+                        lambda *a, **k: solved.append(1) or real(*a, **k))
+    load_task(path, "ci", data_dir=data_dir, progress=False).optimum(progress=False)
+    assert solved == [1] and json.loads(record.read_text())["key"] == "other kernels"
+    load_task(path, "ci", data_dir=data_dir, progress=False).optimum(progress=False)
+    assert solved == [1]
