@@ -47,3 +47,22 @@ def test_gemm_shapes_count_the_kernel_flops(ci_task):
         assert flops == lik.flops_per_image() * 100
     rate = gemm_rate([("AB^T", 64, 32, 48), ("A^TB", 48, 64, 32)], repeats=1)
     assert rate["gflops"] > 0 and len(rate["products"]) == 2
+
+
+def test_bench_of_refinement_tasks_reports_the_kernel_beside_its_floor(data_dir, capsys):
+    """A refinement task has no quadrature: its kernel is reported beside the FFTs and slicing
+    of the same minibatch, and a mixed list names both ratios (the plain last line stays the
+    ab-initio tasks' minimum kernel/GEMM ratio)."""
+    code = cli.main(["bench", "--scale", "ci", "--task", "refinement-local", "--task",
+                     "synthetic-cylinder", "--repeats", "1", "--epoch-batches", "1",
+                     "--data-dir", str(data_dir)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    text = "\n".join(lines)
+    assert "refinement-local at ci scale (refinement)" in text
+    assert "7 slice(s) and 35 likelihood term(s) per image" in text
+    assert lines[-3].startswith("kernel/floor ratio: refinement-local ")
+    assert lines[-2].startswith("kernel/GEMM ratio: synthetic-cylinder ")
+    assert float(lines[-1]) == float(lines[-2].split()[-1])
+    floor = float(lines[-3].split()[-1])
+    assert floor > 0 and math.isfinite(floor)

@@ -60,7 +60,7 @@ def test_a_tampered_copy_is_rebuilt(cache, capsys, name):
 def test_other_numerical_code_gets_its_own_copy_and_says_so(cache, monkeypatch, capsys):
     cryobench.load_task(TASK, "ci", data_dir=cache, progress=False)
     assert capsys.readouterr().err == ""                             # a first build is silent
-    monkeypatch.setattr(prepared, "_code_digest", lambda: "other code")
+    monkeypatch.setattr(prepared, "model_code_digest", lambda: "other code")
     cryobench.load_task(TASK, "ci", data_dir=cache, progress=False)
     assert len(spectra_folders(cache)) == 2
     assert "preparing the image spectra again for this code" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Refinement tasks (known poses): derivatives, the slice theorem at known poses, RELION's Euler
 and origin conventions against an independent real-space projection, the exact Fourier Hessian
 diagonal, the CG optimum, the simulated data's determinism and what bad task files get."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +35,17 @@ def ctfs(rng, n):
                      rng.uniform(0, 180, n), 300.0, 2.7, 0.1, 0.0, 30.0)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    """A float64 likelihood of 5 random images with random poses, shifts and CTFs, and a volume."""
+@pytest.fixture(scope="module", params=[D, D + 1], ids=["even", "odd"])
+def tiny(request):
+    """A float64 likelihood of 5 random images with random poses, shifts and CTFs, and a volume,
+    in an even and an odd box (the odd box's half grid has no Nyquist plane: slices beyond its
+    last plane are read from their Hermitian partners)."""
+    d = request.param
     rng = np.random.default_rng(0)
     rot = Rotation.random(5, random_state=1).as_matrix()
-    lik = RefinementLikelihood(D, 3.0, D / 2, rot, rng.normal(size=(5, 2)), np.float64)
-    data = lik.prepare(rng.normal(size=(5, D, D)), ctfs(rng, 5), 1.3)
-    return lik, data, rng.normal(size=(D, D, D))
+    lik = RefinementLikelihood(d, 3.0, d / 2, rot, rng.normal(size=(5, 2)), np.float64)
+    data = lik.prepare(rng.normal(size=(5, d, d)), ctfs(rng, 5), 1.3)
+    return lik, data, rng.normal(size=(d, d, d))
 
 
 def spectrum_at(lik, images):
@@ -77,7 +81,7 @@ def test_weights_are_the_exact_hessian_diagonal_in_the_fourier_basis(tiny):
     zero = lik.nll_and_grad(np.zeros_like(v), data)[1]
     h = lambda x: lik.nll_and_grad(x, data)[1] - zero  # noqa: E731
     for k in [(0, 0, 0), (1, 2, 3), (0, 3, 1), (3, 0, 6), (0, 0, 6), (2, 5, 0), (11, 7, 2)]:
-        full = np.zeros((D, D, D), complex)
+        full = np.zeros((lik.box,) * 3, complex)
         full[k] = 1
         u = sfft.ifftn(full, norm="ortho")
         brute = np.vdot(u, h(u.real) + 1j * h(u.imag)).real
@@ -288,3 +292,66 @@ def test_a_refinement_run_records_suboptimality_and_outer_fsc(tmp_path, data_dir
     assert first["subopt"] == pytest.approx(task.suboptimality(task.init))
     assert last["subopt"] < 0.5 * first["subopt"] and last["fsc_opt_outer"] > first["fsc_opt_outer"]
     assert (trace["subopt"] >= 0).all()
+
+
+@pytest.mark.parametrize("box", [12, 13])
+def test_slices_are_trilinear_interpolation_of_the_full_spectrum(box):
+    """The compiled gather equals scipy's order-1 interpolation of the whole (periodic) DFT of
+    the volume at ξ = R (q, 0)ᵀ, ξx of either sign: no half grid and no folding there."""
+    rng = np.random.default_rng(3)
+    rot = Rotation.random(4, random_state=2).as_matrix()
+    lik = RefinementLikelihood(box, 2.0, box / 2, rot, np.zeros((4, 2)), np.float64)
+    volume = rng.normal(size=(box,) * 3)
+    full = sfft.fftn(sfft.ifftshift(volume)) / box                          # axes (z, y, x)
+    xi = np.einsum("nab,pb->npa", rot[:, :, :2], lik.points).reshape(-1, 3)
+    at = [xi[:, 2] % box, xi[:, 1] % box, xi[:, 0] % box]
+    expected = (ndimage.map_coordinates(full.real, at, order=1, mode="grid-wrap")
+                + 1j * ndimage.map_coordinates(full.imag, at, order=1, mode="grid-wrap"))
+    got = lik.slices(lik.transform(volume), lik.slice_points(rot))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+
+
+def test_the_adjoint_slicing_is_exact_and_independent_of_the_thread_count(tiny):
+    """⟨P V̂, G⟩ = ⟨V̂, Pᵀ G⟩ on the half grid (real inner product of complex numbers), and the
+    scatters give the same bits with one thread as with several."""
+    import numba
+
+    lik, data, _ = tiny
+    rng = np.random.default_rng(4)
+    points = lik.slice_points(data.rotations)
+    vhat = rng.normal(size=lik.half_shape) + 1j * rng.normal(size=lik.half_shape)
+    g = rng.normal(size=len(points.xi)) + 1j * rng.normal(size=len(points.xi))
+    lhs = np.vdot(g, lik.slices(vhat, points)).real
+    rhs = np.vdot(lik.slices_adjoint(g, points), vhat).real
+    assert lhs == pytest.approx(rhs, rel=1e-12)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = lik.slices_adjoint(g, points), lik.weights(data, points)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = lik.slices_adjoint(g, points), lik.weights(data, points)
+    finally:
+        numba.set_num_threads(before)
+    assert one[0].tobytes() == many[0].tobytes() and one[1].tobytes() == many[1].tobytes()
+
+
+def test_a_cached_optimum_from_other_kernels_is_solved_again(tmp_path, data_dir, monkeypatch):
+    """optimum.json records the key of the code and platform that solved it; under another key
+    (other kernels, another machine) the optimum is solved again and rewritten, and a second
+    load under the same key reads it back without solving."""
+    from cryobench.data import refinement as data_refinement
+
+    path = write_task(tmp_path)
+    first = load_task(path, "ci", data_dir=data_dir, progress=False)
+    first.optimum(progress=False)
+    record = first.derived_dir / "optimum.json"
+    assert json.loads(record.read_text())["key"] == data_refinement.optimum_key()
+    monkeypatch.setattr(data_refinement, "optimum_key", lambda: "other kernels")
+    solved = []
+    real = data_refinement.solve_optimum
+    monkeypatch.setattr(data_refinement, "solve_optimum",
+                        lambda *a, **k: solved.append(1) or real(*a, **k))
+    load_task(path, "ci", data_dir=data_dir, progress=False).optimum(progress=False)
+    assert solved == [1] and json.loads(record.read_text())["key"] == "other kernels"
+    load_task(path, "ci", data_dir=data_dir, progress=False).optimum(progress=False)
+    assert solved == [1]

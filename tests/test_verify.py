@@ -151,6 +151,24 @@ def test_code_fingerprint_ignores_comments_docstrings_and_layout():
     assert code_fingerprint(a) != code_fingerprint(a.replace("+ 1", "+ 2"))
 
 
+def test_a_refinement_kernel_edit_changes_refinement_cells_ids_only(monkeypatch):
+    """The refinement kernels are probed into a refinement task's fingerprint only: another
+    summation order of their scatters (3 partial grids instead of 4) makes every refinement
+    cell stale and leaves every ab-initio cell's id as it was."""
+    from cryobench.harness.fingerprint import numerics_fingerprint
+    from cryobench.model import trilinear
+
+    base, refinement = numerics_fingerprint(), numerics_fingerprint(True)
+    assert base != refinement
+    numerics_fingerprint.cache_clear()
+    monkeypatch.setattr(trilinear, "PARTS", 3)
+    try:
+        assert numerics_fingerprint() == base
+        assert numerics_fingerprint(True) != refinement
+    finally:
+        numerics_fingerprint.cache_clear()
+
+
 def test_a_cell_in_two_results_sets_is_loaded_and_verified_once(tmp_path, results, capsys):
     """SGD runs in two committed sets as their common reference: one cell, not two seeds."""
     from cryobench.harness.results import load_results

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gc
 import math
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -206,25 +205,9 @@ def run_bench(task_name: str, scale: str = "ci", data_dir=None, *, threads: int 
     flops = lik.flops_per_image() * MINIBATCH
     gemm = gemm_rate(lik.gemm_shapes(MINIBATCH), repeats)
 
-    # an epoch of plain SGD through the counted oracle
-    n_batches = math.ceil(task.n_train / MINIBATCH)
-    if epoch_batches is None:
-        epoch_batches = PAPER_EPOCH_BATCHES if scale == "paper" else n_batches
-    measured = max(1, min(int(epoch_batches), n_batches))
-    oracle = task.oracle(budget=(measured + 1) * MINIBATCH)
-    x = x0.copy()
-    value, g = oracle.value_and_grad(x, oracle.next_batch(MINIBATCH))   # warm-up step
-    x -= SGD_LR * g
-    t0, in_oracle = time.perf_counter(), 0.0
-    for _ in range(measured):
-        start = time.perf_counter()
-        value, g = oracle.value_and_grad(x, oracle.next_batch(MINIBATCH))
-        in_oracle += time.perf_counter() - start
-        x -= SGD_LR * g
-    measured_s = time.perf_counter() - t0
-    outside_s = (measured_s - in_oracle) / measured          # the update, in this process
-    epoch_s = measured_s / measured * n_batches
-
+    epoch = sgd_epoch(task, scale, epoch_batches)
+    measured, n_batches = epoch["epoch_batches_measured"], epoch["epoch_batches"]
+    outside_s = epoch.pop("outside_oracle_s")
     isolated = isolated_steps(task, x0, measured, n_threads)
     isolated["isolation_floor_s"] = transport_floor(x0, 20, n_threads)
     importance = importance_epoch(task, measured, n_batches)
@@ -237,18 +220,42 @@ def run_bench(task_name: str, scale: str = "ci", data_dir=None, *, threads: int 
         "load_s": load_s, "peak_rss_after_load_gb": peak_load, "peak_rss_reset": peak_reset,
         "gemm_gflops": gemm["gflops"], "gemm_products": gemm["products"],
         "kernel_flops": flops, "kernel_s": kernel_s, "kernel_gflops": flops / kernel_s / 1e9,
-        "ratio": flops / kernel_s / 1e9 / gemm["gflops"], "value_only_s": value_s,
-        "epoch_s": epoch_s, "epoch_batches": n_batches, "epoch_batches_measured": measured,
-        "epoch_extrapolated": measured < n_batches, "minibatch_s": measured_s / measured,
-        "sgd_lr": SGD_LR, "last_minibatch_objective": float(value),
+        "ratio": flops / kernel_s / 1e9 / gemm["gflops"], "value_only_s": value_s, **epoch,
         "test_nll_s": test_s, "test_images": len(task.splits["test"]),
         "peak_rss_gb": peak_rss_gb(), "repeats": repeats, **isolated, **importance,
         "outside_oracle_s": outside_s,
-        "isolation_overhead": (isolated["isolation_transport_s"] - outside_s) / (measured_s / measured),
+        "isolation_overhead": (isolated["isolation_transport_s"] - outside_s) / epoch["minibatch_s"],
     }
-    del task, data, oracle, lik
+    del task, data, lik
     gc.collect()
     return report
+
+
+def sgd_epoch(task, scale: str, epoch_batches: int | None) -> dict:
+    """An epoch of plain SGD (constant step ``SGD_LR``) from the task's initial density through
+    the counted oracle: ``epoch_batches`` minibatches timed (default: all; 50 at paper scale)
+    after one warm-up step, extrapolated to the epoch; ``outside_oracle_s`` is the time per
+    step not spent in the oracle (the update)."""
+    n_batches = math.ceil(task.n_train / MINIBATCH)
+    if epoch_batches is None:
+        epoch_batches = PAPER_EPOCH_BATCHES if scale == "paper" else n_batches
+    measured = max(1, min(int(epoch_batches), n_batches))
+    oracle = task.oracle(budget=(measured + 1) * MINIBATCH)
+    x = task.init.copy()
+    value, g = oracle.value_and_grad(x, oracle.next_batch(MINIBATCH))   # warm-up step
+    x -= SGD_LR * g
+    t0, in_oracle = time.perf_counter(), 0.0
+    for _ in range(measured):
+        start = time.perf_counter()
+        value, g = oracle.value_and_grad(x, oracle.next_batch(MINIBATCH))
+        in_oracle += time.perf_counter() - start
+        x -= SGD_LR * g
+    measured_s = time.perf_counter() - t0
+    return {"epoch_s": measured_s / measured * n_batches, "epoch_batches": n_batches,
+            "epoch_batches_measured": measured, "epoch_extrapolated": measured < n_batches,
+            "minibatch_s": measured_s / measured, "sgd_lr": SGD_LR,
+            "last_minibatch_objective": float(value),
+            "outside_oracle_s": (measured_s - in_oracle) / measured}
 
 
 def importance_epoch(task, measured: int, n_batches: int) -> dict:
@@ -317,25 +324,3 @@ def format_report(r: dict) -> list[str]:
         f"  test NLL       {1e3 * r['test_nll_s']:.1f} ms ({r['test_images']} test images)",
         f"  peak memory    {r['peak_rss_gb']:.2f} GB ({peak})",
     ]
-
-
-def run_benches(tasks=DEFAULT_TASKS, scale: str = "ci", data_dir=None, *,
-                threads: int | None = None, epoch_batches: int | None = None, repeats: int = 5,
-                out=None) -> list[dict]:
-    """Bench several tasks in this process, printing each report as it completes; the last two
-    lines name the ratio of each task and give the minimum ratio as a plain number."""
-    out = out or sys.stdout
-    say = lambda line: print(line, file=out, flush=True)  # noqa: E731
-    reports = []
-    for name in tasks:
-        r = run_bench(name, scale, data_dir, threads=threads, epoch_batches=epoch_batches,
-                      repeats=repeats, log=say)
-        reports.append(r)
-        for line in format_report(r):
-            say(line)
-    worst = min(reports, key=lambda r: r["ratio"])
-    say(f"peak memory: {max(r['peak_rss_gb'] for r in reports):.2f} GB (largest of the tasks)")
-    say("kernel/GEMM ratio: " + ", ".join(f"{r['task']} {r['ratio']:.2f}" for r in reports)
-        + (f" (minimum: {worst['task']})" if len(reports) > 1 else ""))
-    say(f"{worst['ratio']:.2f}")
-    return reports

@@ -37,7 +37,7 @@ FILES = ("patches.npy", "half_norms.npy")
 _PACKAGE = Path(__file__).resolve().parent.parent
 
 
-def _code_digest() -> str:
+def model_code_digest() -> str:
     """SHA-256 of the text of the modules that compute prepared spectra (model/ and base/)."""
     h = hashlib.sha256()
     for part in ("model", "base"):
@@ -48,7 +48,7 @@ def _code_digest() -> str:
 
 def spectra_key(likelihood: Likelihood) -> str:
     """What decides the bits of :meth:`Likelihood.prepare` here, hashed (module doc)."""
-    return content_hash({"code": _code_digest(), "machine": machine(),
+    return content_hash({"code": model_code_digest(), "machine": machine(),
                          "blas_threads": thread_info().get("blas_threads"),
                          "box": likelihood.box, "rmax": likelihood.rmax,
                          "oversampling": likelihood.oversampling,

@@ -23,10 +23,13 @@ from scipy import fft as sfft
 from scipy.sparse.linalg import LinearOperator, cg
 
 from cryobench.base.files import atomic_write
+from cryobench.base.seeding import content_hash
+from cryobench.base.threads import machine
 from cryobench.data.cache import file_sha256
 from cryobench.data.euler import rotations_from_angles, star_angles
 from cryobench.data.mrc import read_volume, write_volume
 from cryobench.data.phantoms import Phantom, make_phantom
+from cryobench.data.prepared import model_code_digest
 from cryobench.data.render import band_limited_volume
 from cryobench.data.simulate import read_poses
 from cryobench.data.local_refinement import has_local_search, local_likelihood
@@ -140,22 +143,22 @@ def normal_equations(lik: RefinementLikelihood, spectra: PosedSpectra, index, al
     index = np.asarray(index)
     shape = (lik.box,) * 3
     batches = [lik.subset(spectra, index[lo:lo + CG_BATCH]) for lo in range(0, len(index), CG_BATCH)]
-    geometry = [(lik.stencils(b.rotations), lik.ctf_values(b)) for b in batches]
+    geometry = [(lik.slice_points(b.rotations), lik.ctf_values(b)) for b in batches]
     b = np.zeros(shape)
     w = np.zeros(lik.half_shape)
-    for part, (stencil, ctf) in zip(batches, geometry):
+    for part, (points, ctf) in zip(batches, geometry):
         g = ((lik.point_weights * ctf) * part.y).reshape(-1)
-        b += lik.transform_adjoint(lik.slices_adjoint(g, stencil)).astype(np.float64)
-        w += lik.weights(part, stencil, ctf)
+        b += lik.transform_adjoint(lik.slices_adjoint(g, points)).astype(np.float64)
+        w += lik.weights(part, points, ctf)
 
     def apply(v):
         vol = np.asarray(v, np.float64).reshape(shape)
         vhat = lik.transform(vol)
         out = alpha * vol
-        for stencil, ctf in geometry:
-            s = lik.slices(vhat, stencil).reshape(ctf.shape)
+        for points, ctf in geometry:
+            s = lik.slices(vhat, points).reshape(ctf.shape)
             g = ((lik.point_weights * ctf * ctf) * s).reshape(-1)
-            out += lik.transform_adjoint(lik.slices_adjoint(g, stencil))
+            out += lik.transform_adjoint(lik.slices_adjoint(g, points))
         return out.reshape(-1)
 
     n = int(np.prod(shape))
@@ -189,18 +192,31 @@ def solve_optimum(lik, spectra, index, alpha: float, rtol: float = CG_RTOL,
         "preconditioner": "exact Fourier diagonal (W + alpha)^-1"}
 
 
+def optimum_key() -> str:
+    """What decides the optimum's bits beside the task (whose content hash keys ``derived``):
+    the text of the model's modules and of this one (the solver), and this platform, hashed
+    as for prepared spectra (:func:`cryobench.data.prepared.spectra_key`). An optimum solved
+    by other kernels, or on another machine, is solved again rather than mixed with this
+    code's runs."""
+    return content_hash({"code": model_code_digest(), "solver": file_sha256(Path(__file__)),
+                         "machine": machine(), "cg_rtol": CG_RTOL})[:16]
+
+
 def cached_optimum(lik, spectra, index, alpha: float, derived: Path, pixel_size: float,
                    progress: bool = True) -> tuple[np.ndarray, dict]:
-    """``derived/optimum.mrc`` if it matches the SHA-256 in ``optimum.json``, else solved (one
-    line on stderr) and written. ``derived`` is keyed by the task's content hash. A local
+    """``derived/optimum.mrc`` if it matches the SHA-256 and the :func:`optimum_key` in
+    ``optimum.json``, else solved (one line on stderr) and written. ``derived`` is keyed by
+    the task's content hash. A local
     search's objective is not quadratic: it has no CG optimum (InputError)."""
     if isinstance(lik, LocalSearchLikelihood):
         raise InputError("a local-search refinement task has no exact optimum (its objective, "
                          "marginalised over local poses, is not quadratic): no suboptimality")
     path, record = Path(derived) / "optimum.mrc", Path(derived) / "optimum.json"
+    key = optimum_key()
     try:
         facts = json.loads(record.read_text())
-        if facts.get("sha256") == file_sha256(path) and facts.get("rtol") == CG_RTOL:
+        if (facts.get("sha256") == file_sha256(path) and facts.get("rtol") == CG_RTOL
+                and facts.get("key") == key):
             return read_volume(path)[0], facts
     except (OSError, ValueError, AttributeError, InputError):
         pass
@@ -210,7 +226,7 @@ def cached_optimum(lik, spectra, index, alpha: float, derived: Path, pixel_size:
     vol, facts = solve_optimum(lik, spectra, index, alpha)
     Path(derived).mkdir(parents=True, exist_ok=True)
     write_volume(path, vol, pixel_size)
-    facts["sha256"] = file_sha256(path)
+    facts["sha256"], facts["key"] = file_sha256(path), key
     atomic_write(record, json.dumps(facts, indent=1, sort_keys=True))
     return vol, facts
 
@@ -268,13 +284,14 @@ def conditioning(task, progress: bool = False) -> dict:
     with |k| ≤ r, at r = r_max/2 and r_max, and κ_α(r) with the prior's α added (the
     objective's own diagonal): Toader, Brubaker & Lederman (2025)'s "the condition number grows
     with resolution" measured on the task. Cached as ``conditioning.json`` in the task's derived
-    folder (keyed by its content hash). {} for a local search (its W depends on V)."""
+    folder (keyed by its content hash) with the :func:`optimum_key` of the code that computed
+    it. {} for a local search (its W depends on V)."""
     if has_local_search(task.spec):
         return {}
-    path = Path(task.derived_dir) / "conditioning.json"
+    path, key = Path(task.derived_dir) / "conditioning.json", optimum_key()
     try:
         facts = json.loads(path.read_text())
-        if isinstance(facts, dict) and facts.get("version") == 1:
+        if isinstance(facts, dict) and facts.get("version") == 1 and facts.get("key") == key:
             return facts
     except (OSError, ValueError):
         pass
@@ -284,12 +301,12 @@ def conditioning(task, progress: bool = False) -> dict:
     w = np.zeros(lik.half_shape)
     for lo in range(0, len(train), CG_BATCH):
         part = lik.subset(task.spectra, train[lo:lo + CG_BATCH])
-        w += lik.weights(part, lik.stencils(part.rotations))
+        w += lik.weights(part)
     d = lik.box
     k = [np.fft.fftfreq(d, 1 / d)] * 2 + [np.arange(d // 2 + 1)]
     kz, ky, kx = np.meshgrid(*k, indexing="ij")
     radius = np.sqrt(kx ** 2 + ky ** 2 + kz ** 2)
-    facts = {"version": 1, "images": int(len(train)), "alpha": alpha}
+    facts = {"version": 1, "key": key, "images": int(len(train)), "alpha": alpha}
     for name, r in (("half", lik.rmax / 2), ("rmax", lik.rmax)):
         inside = w[radius <= r]
         facts[f"r_{name}"] = float(r)           # a voxel no slice reaches (min W = 0): κ None

@@ -50,7 +50,7 @@ def compute_cell(cell: dict, data_dir: str | None, known: dict | None = None) ->
                            f"{task.content_hash[:12]}, the grid expects {c.task_hash[:12]}: "
                            "this process sees different data than the grid")
     method = resolve(c.spec.optimizer, data_dir=data_dir)
-    ident = identity(c.cell, c.task_hash, c.spec.threads, method, known)
+    ident = identity(c.cell, c.task_hash, c.spec.threads, method, known, task.is_refinement)
     if cell_id(c.spec, task.name, c.task_hash, ident["optimizer"], ident["numerics"]) != c.cell:
         raise HarnessFault(f"cell {c.cell} computes here under another identity (other code, "
                            "numerics or platform than the grid's): its result would be mislabelled")

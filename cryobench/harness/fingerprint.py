@@ -12,6 +12,9 @@ and the library's numerical code. For the last two:
   after alignment, views). Moving or renaming code, or editing comments, leaves it unchanged;
   any change of a computed bit — a kernel edit, another BLAS or CPU, another numba — changes
   it. It is computed with one BLAS thread (the run's thread count is in its specification).
+  A refinement task's cells use the fingerprint with the refinement kernels' probe added
+  (known poses, local search, the CG optimum): an edit of those kernels makes its cells stale
+  and leaves every ab-initio cell's id as it was.
 * :func:`optimizer_fingerprint` — SHA-256 of the optimizer's module with comments, docstrings
   and layout removed (its abstract syntax tree): editing the explanation of a method leaves
   its results valid; editing its code does not.
@@ -28,16 +31,20 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 from threadpoolctl import threadpool_limits
 
 from cryobench.base.seeding import rng_for
 from cryobench.data.datasets import Dataset
+from cryobench.data.refinement import solve_optimum
 from cryobench.data.spec import Scale, TaskSpec
 from cryobench.harness.declared import Declared
 from cryobench.harness.record import RunSpec
 from cryobench.harness.run import execute
 from cryobench.model.ctf import CTFParams
+from cryobench.model.local_refinement import LocalSearchLikelihood
 from cryobench.model.prior import Prior
+from cryobench.model.refinement import RefinementLikelihood
 from cryobench.optim import GradientMethod, Hyper, dot64, method
 from cryobench.schedules import annealed_lr, sutskever_momentum
 from cryobench.task import Task, likelihood_for, make_splits, match_power, random_spheres
@@ -109,6 +116,29 @@ def _probe_task(shift_sigma_px: float, n_images: int = 60):
     return task
 
 
+def _probe_refinement(bits: _Bits) -> None:
+    """The refinement kernels (:mod:`cryobench.model.refinement`, its local search and the CG
+    optimum) on a tiny problem: boxes 12 and 13 (the odd box reads past its half grid), float32
+    and float64, random poses, shifts and CTFs from a fixed generator."""
+    for box, dtype in ((12, np.float32), (13, np.float64)):
+        rng = rng_for("fingerprint", "refinement", box)
+        n = 8
+        rot = Rotation.random(n, random_state=rng).as_matrix()
+        ctf = CTFParams(rng.uniform(5e3, 2.5e4, n), rng.uniform(5e3, 2.5e4, n),
+                        rng.uniform(0, 180, n), 300.0, 2.7, 0.1, 0.0, 30.0)
+        images = rng.normal(size=(n, box, box))
+        volume = rng.normal(size=(box,) * 3).astype(dtype)
+        known = RefinementLikelihood(box, 2.0, box / 2, rot, rng.normal(size=(n, 2)), dtype)
+        local = LocalSearchLikelihood(box, 2.0, box / 2, rot, known.shifts, dtype,
+                                      rotation_deg=2.0, rotation_steps=3, shift_A=1.0,
+                                      shift_steps=2)
+        for lik in (known, local):
+            data = lik.prepare(images, ctf, 1.3)
+            bits.add(data.y, data.half_norms, *lik.nll_grad_weights(volume, data))
+        optimum, facts = solve_optimum(known, known.prepare(images, ctf, 1.3), np.arange(n), 1.0)
+        bits.add(optimum, facts["iterations"])
+
+
 def _probe_sgd():
     """Plain annealed SGD with momentum-free steps, defined here so the probe depends on the
     library only."""
@@ -158,10 +188,14 @@ def source_digest() -> str:
 
 
 @lru_cache(maxsize=None)
-def numerics_fingerprint() -> str:
+def numerics_fingerprint(refinement: bool = False) -> str:
     """SHA-256 of the bits the library's numerical code computes on the fixed probe (module doc),
-    with one BLAS thread; a few hundred milliseconds, computed once per process."""
+    with one BLAS thread; with ``refinement`` the refinement kernels' probe too (a refinement
+    task's cells depend on both, an ab-initio task's on the first only). A few hundred
+    milliseconds, computed once per process."""
     bits = _Bits()
     with threadpool_limits(1):
         _probe(bits)
+        if refinement:
+            _probe_refinement(bits)
     return bits.h.hexdigest()

@@ -20,29 +20,34 @@ def optimizer_key(method) -> str:
 
 
 def cell_id(spec: RunSpec, task_name: str, task_hash: str, optimizer: str,
-            numerics: str | None = None) -> str:
+            numerics: str | None = None, refinement: bool = False) -> str:
     """The id of a run of ``spec`` on the task named ``task_name`` with content ``task_hash``, by
     the optimizer ``optimizer`` (:func:`optimizer_key`), under the numerics fingerprint
-    ``numerics`` (computed here unless given)."""
+    ``numerics`` (computed here unless given: with the refinement kernels' probe for a
+    ``refinement`` task)."""
     key = {**spec.to_dict(), "label": None, "task": task_name, "optimizer": optimizer,
-           "task_hash": task_hash, "numerics": numerics or numerics_fingerprint(),
+           "task_hash": task_hash, "numerics": numerics or numerics_fingerprint(refinement),
            "schema": SCHEMA_VERSION}
     return content_hash(key)[:16]
 
 
 def grid_identity() -> dict:
-    """What the grid's process knows of its numerics, passed to its cell processes so that
-    they need not run the fingerprint probe again on the same code and machine."""
-    return {"numerics": numerics_fingerprint(), "source": source_digest(), "machine": machine()}
+    """What the grid's process knows of its numerics (both fingerprints), passed to its cell
+    processes so that they need not run the probes again on the same code and machine."""
+    return {"numerics": numerics_fingerprint(), "numerics_refinement": numerics_fingerprint(True),
+            "source": source_digest(), "machine": machine()}
 
 
-def identity(cell: str, task_hash: str, threads: int, method, known: dict | None = None) -> dict:
-    """The parts of a cell's id, recorded in its meta.json. The numerics fingerprint is taken
-    from ``known`` (:func:`grid_identity`) when the code and the machine are those it was
-    computed on, and computed here otherwise."""
+def identity(cell: str, task_hash: str, threads: int, method, known: dict | None = None,
+             refinement: bool = False) -> dict:
+    """The parts of a cell's id, recorded in its meta.json. The numerics fingerprint (with the
+    refinement kernels' for a ``refinement`` task) is taken from ``known``
+    (:func:`grid_identity`) when the code and the machine are those it was computed on, and
+    computed here otherwise."""
     same = known and known.get("source") == source_digest() and known.get("machine") == machine()
+    key = "numerics_refinement" if refinement else "numerics"
     parts = {"cell": cell, "task_hash": task_hash,
-             "numerics": known["numerics"] if same else numerics_fingerprint(),
+             "numerics": known[key] if same else numerics_fingerprint(refinement),
              "optimizer": optimizer_key(method), "threads": threads, "platform": machine()}
     if getattr(method, "identity", None):      # another library's: its version, class, arguments
         parts["library"] = method.identity

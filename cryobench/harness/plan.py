@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cryobench.base.messages import warn_once
 from cryobench.data.datasets import checked_sizes
+from cryobench.data.refinement import is_refinement
 from cryobench.data.spec import Scale, TaskSpec, load_spec
 from cryobench.errors import InputError
 from cryobench.harness.declared import Declared
@@ -218,12 +219,14 @@ class Planner:
                        None if settings is None else settings.to_dict())
         check_run(spec, method, task.sizes["train"], task.batch_size,
                   budget if budget is not None else task.default_budget)
-        cell = cell_id(spec, task.name, task.content_hash, optimizer_key(method))
+        cell = cell_id(spec, task.name, task.content_hash, optimizer_key(method),
+                       refinement=is_refinement(task.spec))
         return RunPlan(spec, cell, task.content_hash, method, sources)
 
 
-def plan_for_cell(spec: RunSpec, task_name: str, task_hash: str, method) -> RunPlan:
+def plan_for_cell(spec: RunSpec, task_name: str, task_hash: str, method,
+                  refinement: bool = False) -> RunPlan:
     """The plan of a run already specified (a stored cell's, or a test's): its id from the
     spec as it is, without resolving anything again."""
-    return RunPlan(spec, cell_id(spec, task_name, task_hash, optimizer_key(method)), task_hash,
-                   method)
+    return RunPlan(spec, cell_id(spec, task_name, task_hash, optimizer_key(method),
+                                 refinement=refinement), task_hash, method)

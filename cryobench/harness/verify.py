@@ -140,7 +140,8 @@ def _recompute_here(spec, cell: str, task_hash: str, threads):
     set_threads(spec.threads)
     task = load_task(spec.task, spec.scale, progress=False)
     method = resolve(spec.optimizer)
-    return identity(cell, task_hash, threads, method), execute(spec, task, method, compare=False)
+    return (identity(cell, task_hash, threads, method, refinement=task.is_refinement),
+            execute(spec, task, method, compare=False))
 
 
 def _recompute(spec, cell: str, task_hash: str, threads):

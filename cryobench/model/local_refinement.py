@@ -23,12 +23,51 @@ leaving out the between-offset variance term.
 """
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 from scipy import fft as sfft
 from scipy.special import logsumexp
 from scipy.spatial.transform import Rotation
 
+from cryobench.base import threads  # noqa: F401  (thread pools' wait policy before numba starts)
 from cryobench.model.refinement import PosedSpectra, RefinementLikelihood
+
+
+@nb.njit(parallel=True, cache=True)
+def residual_energies(y, phase, ctf, s, point_weights, out):
+    """out[i, j, k] = ½ Σ_q w_q |Y_i(q) e^{2πi q·Δt_k/D} − C_i(q) S_ij(q)|² for images i,
+    rotation offsets j, shift offsets k (y (n, Np), phase (ns, Np), ctf (n, Np), s (n, nr, Np)),
+    without the (n, nr, ns, Np) residual array: one image per iteration, summed over q in
+    order."""
+    n, nr, n_pts = s.shape
+    for i in nb.prange(n):
+        for j in range(nr):
+            for k in range(phase.shape[0]):
+                acc = 0.0
+                for q in range(n_pts):
+                    yq = y[i, q] * phase[k, q]
+                    cs = ctf[i, q] * s[i, j, q]
+                    rr, ri = yq.real - cs.real, yq.imag - cs.imag
+                    acc += point_weights[q] * (rr * rr + ri * ri)
+                out[i, j, k] = 0.5 * acc
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
+def weighted_residuals(y, phase, ctf, s, point_weights, post, out):
+    """out[i, j, q] = −w_q C_i(q) Σ_k π_ijk (Y_i(q) e^{2πi q·Δt_k/D} − C_i(q) S_ij(q)): the
+    gradient with respect to the slices S_ij (arrays as in :func:`residual_energies`, post the
+    posterior (n, nr, ns))."""
+    n, nr, n_pts = s.shape
+    for i in nb.prange(n):
+        for j in range(nr):
+            for q in range(n_pts):
+                cs = ctf[i, q] * s[i, j, q]
+                acc = 0j
+                for k in range(phase.shape[0]):
+                    acc += post[i, j, k] * (y[i, q] * phase[k, q] - cs)
+                out[i, j, q] = -point_weights[q] * ctf[i, q] * acc
+    return out
 
 
 def rotation_offsets(rotation_deg: float, rotation_steps: int) -> np.ndarray:
@@ -93,41 +132,43 @@ class LocalSearchLikelihood(RefinementLikelihood):
         """Trilinear slices per image: one per rotation offset."""
         return len(self.delta_rotations)
 
-    def _grid_rotations(self, data: PosedSpectra) -> np.ndarray:
+    def slice_rotations(self, data: PosedSpectra) -> np.ndarray:
+        """The rotation of every slice an evaluation reads: R_i ΔR_j, image by image (n·nr, 3, 3)."""
         return np.einsum("nab,jbc->njac", data.rotations, self.delta_rotations).reshape(-1, 3, 3)
 
     def _evaluate(self, volume, data: PosedSpectra, gradient: bool):
         n, nr, ns = len(data), len(self.delta_rotations), len(self.delta_shifts)
-        stencil = self.stencils(self._grid_rotations(data))
+        points = self.slice_points(self.slice_rotations(data))
         ctf = self.ctf_values(data)                                                 # (n, Np)
-        s = self.slices(self.transform(volume), stencil).reshape(n, nr, 1, -1)
-        y = data.y.astype(complex)[:, None, None, :] * self._shift_phase[None, None]  # (n,1,ns,Np)
-        r = y - ctf[:, None, None, :] * s                                           # (n,nr,ns,Np)
-        e = 0.5 * ((r.real ** 2 + r.imag ** 2) @ self.point_weights) + self.constant  # (n,nr,ns)
+        s = self.slices(self.transform(volume), points).reshape(n, nr, -1)
+        y = np.ascontiguousarray(data.y, np.complex128)
+        e = residual_energies(y, self._shift_phase, ctf, s, self.point_weights,
+                              np.empty((n, nr, ns))) + self.constant                   # (n,nr,ns)
         logp = self.log_w[None] - e
         nll = -logsumexp(logp.reshape(n, -1), axis=1)
         post = np.exp(logp + nll[:, None, None])                                    # π_ijk
         if not gradient:
-            return nll, None, stencil, ctf, post
-        g = -(self.point_weights * ctf)[:, None, :] * np.einsum("njk,njkq->njq", post, r)
-        grad = self.transform_adjoint(self.slices_adjoint(g.reshape(-1), stencil))
-        return nll, grad, stencil, ctf, post
+            return nll, None, points, ctf, post
+        g = weighted_residuals(y, self._shift_phase, ctf, s, self.point_weights, post,
+                               np.empty(s.shape, np.complex128))
+        grad = self.transform_adjoint(self.slices_adjoint(g.reshape(-1), points))
+        return nll, grad, points, ctf, post
 
     def nll_grad_weights(self, volume, data: PosedSpectra, hard: bool = False):
         """(−log p per image, ∂/∂V of the sum, W, B): W = Σ_jk π_ijk × the known-pose Hessian
         diagonal at grid point jk (Gauss-Newton part), B = Σ_jk π_ijk Pᵀ(w C Y_ik) in the
         oracle's orthonormal basis, so that F(∇f) = Σ π H_jk F(V) − B as for known poses.
         ``hard`` keeps only each image's most probable grid point."""
-        nll, grad, stencil, ctf, post = self._evaluate(volume, data, True)
+        nll, grad, points, ctf, post = self._evaluate(volume, data, True)
         n, nr = post.shape[:2]
         if hard:
             flat = post.reshape(n, -1)
             post = (flat == flat.max(1, keepdims=True)).astype(float).reshape(post.shape)
         pr = post.sum(2)                                                            # (n, nr)
         c_grid = (np.sqrt(pr)[:, :, None] * ctf[:, None, :]).reshape(n * nr, -1)
-        w = self.weights(data, stencil, c_grid)
+        w = self.weights(data, points, c_grid)
         ybar = np.einsum("njk,kq->njq", post, self._shift_phase) * data.y.astype(complex)[:, None]
         back = self.slices_adjoint(((self.point_weights * ctf)[:, None] * ybar).reshape(-1),
-                                   stencil)
+                                   points)
         back = sfft.rfftn(self.transform_adjoint(back).astype(np.float64), norm="ortho")
         return nll, grad, w, back

@@ -32,10 +32,12 @@ trilinear it is not (each slice point couples its 8 nodes), so W is its exact di
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import fft as sfft
 
+from cryobench.model import trilinear
 from cryobench.model.ctf import CTFParams, evaluate_ctf
 from cryobench.model.fourier import centered_dft2, complex_dtype, half_disk
 
@@ -52,6 +54,13 @@ class PosedSpectra:
 
     def __len__(self) -> int:
         return len(self.half_norms)
+
+
+class SlicePoints(NamedTuple):
+    """Slice points folded into ξx ≥ 0 (float64 (m, 3), x y z) and the flags of those negated."""
+
+    xi: np.ndarray
+    flip: np.ndarray
 
 
 class RefinementLikelihood:
@@ -75,6 +84,8 @@ class RefinementLikelihood:
         d = self.box
         self.half_shape = (d, d, d // 2 + 1)
         self._index = ((self.points[:, 1] % d).astype(int), (self.points[:, 0] % d).astype(int))
+        self._points = np.ascontiguousarray(self.points, np.float64)
+        self._scratch: dict = {}     # zeroed partial grids of the scatters, reused (see _parts)
 
     # ------------------------------------------------------------------ data
     def terms_per_image(self) -> int:
@@ -110,27 +121,17 @@ class RefinementLikelihood:
         c = evaluate_ctf(data.ctf, self._freq[:, 0], self._freq[:, 1])
         return np.asarray(c, float) * data.inv_sigma[:, None]
 
-    def stencils(self, rotations: np.ndarray):
-        """Trilinear stencils of ξ = R (q, 0)ᵀ read on the rfft half grid: flat node indices
-        (n·Np, 8), weights (n·Np, 8) and the points read at −ξ (conjugated), (n·Np,)."""
-        d, nx = self.box, self.box // 2 + 1
-        rot = np.asarray(rotations, float).reshape(-1, 3, 3)
-        xi = (self.points[None, :, 0, None] * rot[:, None, :, 0]
-              + self.points[None, :, 1, None] * rot[:, None, :, 1]).reshape(-1, 3)   # (x, y, z)
-        flip = xi[:, 0] < 0
-        xi[flip] = -xi[flip]
-        base = np.floor(xi)
-        t = xi - base
-        base = base.astype(np.int64)
-        index = np.empty((len(xi), 8), np.int64)
-        weight = np.empty((len(xi), 8))
-        for j, (cz, cy, cx) in enumerate(np.ndindex(2, 2, 2)):
-            kx = np.minimum(base[:, 0] + cx, d // 2)          # weight 0 where ξx = D/2 exactly
-            ky, kz = (base[:, 1] + cy) % d, (base[:, 2] + cz) % d
-            index[:, j] = (kz * d + ky) * nx + kx
-            weight[:, j] = ((t[:, 0] if cx else 1 - t[:, 0]) * (t[:, 1] if cy else 1 - t[:, 1])
-                            * (t[:, 2] if cz else 1 - t[:, 2]))
-        return index, weight.astype(self.dtype), flip
+    def slice_rotations(self, data: PosedSpectra) -> np.ndarray:
+        """The rotation of every slice an evaluation reads: each image's known pose (n, 3, 3)."""
+        return data.rotations
+
+    def slice_points(self, rotations: np.ndarray) -> SlicePoints:
+        """The points ξ = R (q, 0)ᵀ of every rotation's half disk, folded into ξx ≥ 0
+        (:func:`cryobench.model.trilinear.slice_points`), (n·Np, 3)."""
+        rot = np.ascontiguousarray(np.asarray(rotations, float).reshape(-1, 3, 3))
+        m = len(rot) * len(self.points)
+        xi, flip = np.empty((m, 3)), np.empty(m, np.bool_)
+        return SlicePoints(*trilinear.slice_points(self._points, rot, xi, flip))
 
     def transform(self, volume: np.ndarray) -> np.ndarray:
         """V̂ = D⁻¹ rfftn(ifftshift(V)) on the half grid (D, D, D//2 + 1)."""
@@ -148,41 +149,44 @@ class RefinementLikelihood:
         out = sfft.irfftn(h, s=(d, d, d)) * (d ** 3 / d)
         return sfft.fftshift(out).astype(self.dtype)
 
-    def slices(self, volume_hat: np.ndarray, stencil) -> np.ndarray:
-        """S = P V̂ at the stencils' points, complex (n·Np,)."""
-        index, weight, flip = stencil
-        s = (volume_hat.reshape(-1)[index] * weight).sum(1)
-        s[flip] = s[flip].conj()
-        return s
+    def slices(self, volume_hat: np.ndarray, points: SlicePoints) -> np.ndarray:
+        """S = P V̂ at the points, complex128 (n·Np,)."""
+        out = np.empty(len(points.xi), np.complex128)
+        return trilinear.gather(np.ascontiguousarray(volume_hat), points.xi, points.flip, out)
 
-    def slices_adjoint(self, g: np.ndarray, stencil) -> np.ndarray:
+    def slices_adjoint(self, g: np.ndarray, points: SlicePoints) -> np.ndarray:
         """Pᵀ G on the half grid (complex128) for G = ∂f/∂Re S + i ∂f/∂Im S at the points."""
-        index, weight, flip = stencil
-        g = np.where(flip, np.conj(g), g)
-        size = int(np.prod(self.half_shape))
-        vals = weight.astype(float) * g[:, None]
-        flat = index.reshape(-1)
-        out = (np.bincount(flat, vals.real.reshape(-1), size)
-               + 1j * np.bincount(flat, vals.imag.reshape(-1), size))
-        return out.reshape(self.half_shape)
+        parts = self._parts(self.half_shape, np.complex128)
+        g = np.ascontiguousarray(g, np.complex128)
+        return trilinear.sum_parts(trilinear.scatter(g, points.xi, points.flip, parts)).copy()
+
+    def _parts(self, shape, dtype) -> np.ndarray:
+        """``trilinear.PARTS`` zeroed grids of ``shape`` for a scatter: the same memory every
+        call (a fresh allocation's first touch costs more than the scatter at 128 px)."""
+        parts = self._scratch.get((shape, dtype))
+        if parts is None:
+            parts = self._scratch[(shape, dtype)] = np.zeros((trilinear.PARTS,) + shape, dtype)
+        else:
+            parts.fill(0)
+        return parts
 
     def project(self, volume: np.ndarray, rotations: np.ndarray) -> np.ndarray:
         """S_i(q) = V̂(R_i (q, 0)ᵀ) on the half disk, (n, Np) complex (no CTF, no shift)."""
         rot = np.asarray(rotations, float).reshape(-1, 3, 3)
-        return self.slices(self.transform(volume), self.stencils(rot)).reshape(len(rot), -1)
+        return self.slices(self.transform(volume), self.slice_points(rot)).reshape(len(rot), -1)
 
     # ---------------------------------------------------------------- values
     def _evaluate(self, volume, data: PosedSpectra, gradient: bool):
-        stencil = self.stencils(data.rotations)
+        points = self.slice_points(self.slice_rotations(data))
         ctf = self.ctf_values(data)                                                # (n, Np)
-        s = self.slices(self.transform(volume), stencil).reshape(ctf.shape)
+        s = self.slices(self.transform(volume), points).reshape(ctf.shape)
         r = data.y.astype(complex) - ctf * s
         nll = 0.5 * ((r.real ** 2 + r.imag ** 2) @ self.point_weights) + self.constant
         if not gradient:
-            return nll, None, stencil, ctf
+            return nll, None, points, ctf
         g = -(self.point_weights * ctf) * r                                        # ∂/∂S
-        grad = self.transform_adjoint(self.slices_adjoint(g.reshape(-1), stencil))
-        return nll, grad, stencil, ctf
+        grad = self.transform_adjoint(self.slices_adjoint(g.reshape(-1), points))
+        return nll, grad, points, ctf
 
     def nll(self, volume: np.ndarray, data: PosedSpectra) -> np.ndarray:
         """−log p(I_i | pose_i, V) for each prepared image (float64, shape (n,))."""
@@ -193,29 +197,25 @@ class RefinementLikelihood:
         nll, grad = self._evaluate(volume, data, True)[:2]
         return nll, grad
 
-    def weights(self, data: PosedSpectra, stencil=None, ctf=None) -> np.ndarray:
+    def weights(self, data: PosedSpectra, points: SlicePoints | None = None,
+                ctf=None) -> np.ndarray:
         """W: the exact diagonal of the summed data term's Hessian in the oracle's orthonormal
         Fourier basis (module docstring), float64 on the half grid. ``ctf`` (n, Np) replaces
         C/σ (e.g. 1/σ: the diagonal without CTF)."""
-        stencil = self.stencils(data.rotations) if stencil is None else stencil
+        points = self.slice_points(data.rotations) if points is None else points
         ctf = self.ctf_values(data) if ctf is None else ctf
-        index, weight, flip = stencil
-        d, nx = self.box, self.box // 2 + 1
-        c2 = ((0.5 * self.point_weights) * ctf ** 2).reshape(-1, 1) * weight.astype(float) ** 2
-        kz, rem = np.divmod(index, d * nx)
-        ky, kx = np.divmod(rem, nx)
-        full = np.zeros(d * d * d)
-        for sign in (1, -1):                  # the node and its Hermitian partner, modulo D
-            flat = ((sign * kz) % d * d + (sign * ky) % d) * d + (sign * kx) % d
-            full += np.bincount(flat.reshape(-1), c2.reshape(-1), d ** 3)
-        return d * full.reshape(d, d, d)[..., :nx]
+        d = self.box
+        c2 = np.ascontiguousarray(((0.5 * self.point_weights) * ctf ** 2).reshape(-1), float)
+        parts = self._parts((d, d, d), np.float64)
+        full = trilinear.sum_parts(trilinear.scatter_squared(c2, points.xi, parts))
+        return d * full[..., :d // 2 + 1]
 
     def nll_grad_weights(self, volume: np.ndarray, data: PosedSpectra, hard: bool = False):
         """(−log p per image, ∂/∂V of the sum, W, B) as in :mod:`cryobench.model.likelihood`:
         W the exact Hessian diagonal of the summed data term (:meth:`weights`), B the
         back-projected data Pᵀ(w C Y) in the same orthonormal basis, so that F(∇f) = H F(V) − B
         (poses are known: ``hard`` changes nothing)."""
-        nll, grad, stencil, ctf = self._evaluate(volume, data, True)
-        back = self.slices_adjoint(((self.point_weights * ctf) * data.y).reshape(-1), stencil)
+        nll, grad, points, ctf = self._evaluate(volume, data, True)
+        back = self.slices_adjoint(((self.point_weights * ctf) * data.y).reshape(-1), points)
         back = sfft.rfftn(self.transform_adjoint(back).astype(np.float64), norm="ortho")
-        return nll, grad, self.weights(data, stencil, ctf), back
+        return nll, grad, self.weights(data, points, ctf), back

@@ -1,7 +1,8 @@
 """``cryobench bench``: kernel and SGEMM throughput, SGD epoch, test NLL, peak memory."""
 from __future__ import annotations
 
-from cryobench.checks.bench import DEFAULT_TASKS, run_benches
+from cryobench.checks.bench import DEFAULT_TASKS
+from cryobench.checks.benches import run_benches
 from cryobench.cli.common import data_dir, positive, threads_option
 from cryobench.data.spec import SCALES
 
