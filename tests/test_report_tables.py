@@ -221,3 +221,26 @@ def test_time_to_target_every_seed_one_target_per_dataset():
     prof = report.performance_profile(ttt.reset_index())
     assert list(prof["x"]) == [1.0, 1.0] and list(prof["y"]) == [1.0, 10.0]
     assert prof["z"][0] == 1.0 and np.isinf(prof["z"][1])                 # no run on seed 1
+
+
+def test_a_set_with_fewer_runs_than_its_grid_plans_says_it_is_in_progress(every_status, tmp_path):
+    """The grid file names 2 tasks × 1 scale × 5 seeds × (sgd with 2 lr values + adam) = 30 runs;
+    a set holding fewer says so at the top of its section and in its runs line, and a complete
+    one reads as before."""
+    (every_status / "grid.toml").write_text(
+        'tasks = ["t", "z"]\nscales = ["small"]\noptimizers = ["sgd", "adam"]\nseeds = 5\n'
+        'budget = 1000\n[params.sgd]\nlr = [0.1, 1.0]\n')
+    assert report.planned_runs(every_status) == 30
+    assert report.planned_runs(tmp_path) is None                   # no grid file
+    results = load_results(every_status)
+    n = len(results.cells)
+    report.write_report(results, tmp_path / "partial", planned=30)
+    text = (tmp_path / "partial" / "report.md").read_text()
+    line = f"In progress: {n} of the 30 runs its grid file plans are here"
+    assert text.count(line) == 2 and text.index(line) < text.index("Test NLL at 5K")
+    report.write_report(results, tmp_path / "complete", planned=n)
+    assert "In progress" not in (tmp_path / "complete" / "report.md").read_text()
+    assert f"\n{n} runs: " in (tmp_path / "complete" / "report.md").read_text()
+    report.write_leaderboard(every_status.parent, out=tmp_path / "board" / "LEADERBOARD.md", sets=["set"])
+    for page in ("LEADERBOARD.md", "LEADERBOARD.html"):
+        assert line in (tmp_path / "board" / page).read_text()

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from cryobench.base.files import atomic_write
+from cryobench.harness.grid import load_grid, run_count
 from cryobench.harness.results import Results, combine, load_results
 from cryobench.report.cost import importance_cells, on_cost_axis
 from cryobench.report.densities import _lowest_seed_cells, density_figure  # noqa: F401
@@ -34,7 +35,7 @@ from cryobench.report.style import RC, log_scale, style as _style  # noqa: F401
 from cryobench.report.style import portable_log as _log  # NumPy's log follows the CPU
 from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,  # noqa: F401
                                      failed_cells, failed_markdown, md_code, md_text,
-                                     performance_profile, seed_values, sign_flip_pvalue,
+                                     performance_profile, runs_summary, seed_values, sign_flip_pvalue,
                                      table_markdown, time_to_target)
 
 DATASET = ["task", "scale"]
@@ -306,10 +307,13 @@ def _relabelled(results: Results) -> list[str]:
         md_code(x) for x in sorted(set(x["label"]))) for (t, s, g), x in c]
 
 
-def _section(results: Results, table: pd.DataFrame, figs: dict, rel: str, level: str) -> list[str]:
-    """Markdown for one results set: table, figures (relative links), runs, failed / incomplete
-    cells, provenance."""
-    md = [f"{level} Test NLL at 5K / 50K / final gradient evaluations", "", table_markdown(table),
+def _section(results: Results, table: pd.DataFrame, figs: dict, rel: str, level: str,
+             planned: int | None = None) -> list[str]:
+    """Markdown for one results set: table, figures (relative links), runs (of the ``planned``
+    its grid file names, if known), failed / incomplete cells, provenance."""
+    md = [*([runs_summary(results, planned), ""] if planned and len(results.cells) < planned
+            else []),
+          f"{level} Test NLL at 5K / 50K / final gradient evaluations", "", table_markdown(table),
           *refinement_markdown(results, level)]
     if relabelled := _relabelled(results):
         md += ["Labels extended so that no row averages different configurations or two runs of "
@@ -317,9 +321,7 @@ def _section(results: Results, table: pd.DataFrame, figs: dict, rel: str, level:
     for name, (caption, paths) in figs.items():
         md += [f"{level} {caption}", "",
                f"![{name}]({rel}{paths[0].name}) ([svg]({rel}{paths[1].name}))", ""]
-    c = results.cells
-    counts = ", ".join(f"{n} {s}" for s, n in c["status"].value_counts().sort_index().items())
-    md += [f"{level} Runs", "", f"{len(c)} runs: {counts}.", ""]
+    md += [f"{level} Runs", "", runs_summary(results, planned), ""]
     bad = failed_cells(results)
     if len(bad):
         md += [f"{level} Failed / incomplete cells", "",
@@ -329,10 +331,13 @@ def _section(results: Results, table: pd.DataFrame, figs: dict, rel: str, level:
     return md + [f"{level} Provenance", "", *provenance(results), ""]
 
 
-def write_report(results: Results, out_dir, title: str = "cryobench report") -> list[Path]:
+def write_report(results: Results, out_dir, title: str = "cryobench report",
+                 planned: int | None = None) -> list[Path]:
     """Write figures (png + svg), table.md/.csv, time_to_target.csv, report.md (and for refinement
     cells refinement_epochs.csv, report/refinement.py) into
-    ``out_dir``; byte-identical for the same results. Returns the paths written."""
+    ``out_dir``; byte-identical for the same results. ``planned``: how many runs the results'
+    grid file names (:func:`planned_runs`), to say when they are still in progress. Returns the
+    paths written."""
     out = Path(out_dir)
     table = checkpoint_table(results)
     figs = _figures(results, out)
@@ -340,12 +345,19 @@ def write_report(results: Results, out_dir, title: str = "cryobench report") -> 
              "table.csv": table.to_csv(index=False, float_format="%.10g", lineterminator="\n"),
              "time_to_target.csv": time_to_target(results).to_csv(
                  index=False, float_format="%.10g", lineterminator="\n"),
-             "report.md": "\n".join([f"# {title}", "", *_section(results, table, figs, "", "##")])}
+             "report.md": "\n".join([f"# {title}", "",
+                                        *_section(results, table, figs, "", "##", planned)])}
     if len(epochs := epochs_table(results)):
         files["refinement_epochs.csv"] = epochs.to_csv(index=False, float_format="%.10g", lineterminator="\n")
     for name, text in files.items():
         atomic_write(out / name, text)
     return [p for _, paths in figs.values() for p in paths] + [out / n for n in files]
+
+
+def planned_runs(folder) -> int | None:
+    """How many runs the grid file ``folder/grid.toml`` names (None without one)."""
+    path = Path(folder) / "grid.toml"
+    return run_count(load_grid(path)) if path.is_file() else None
 
 
 def result_sets(results_root) -> list[str]:
@@ -376,19 +388,20 @@ def write_leaderboard(results_root, out=None, sets=None,
     md, written = [f"# {title}", "", intro, ""], []
     names = sets if sets is not None else result_sets(root)
     loaded = {name: load_results(root / name) for name in names}
-    md_ranking, body = ranking_section(loaded)
-    md_oracles, html_oracles = oracle_section(combine(*(loaded[n] for n in sorted(loaded)))) \
-        if loaded else ([], [])
+    combined = combine(*(loaded[n] for n in sorted(loaded))) if loaded else None
+    md_ranking, body = ranking_section(loaded, combined)
+    md_oracles, html_oracles = oracle_section(combined) if loaded else ([], [])
     md, body = md + md_ranking + md_oracles, body + html_oracles
     for name in names:
         results = loaded[name]
         table = checkpoint_table(results)
         figs = _figures(results, fig_dir, prefix=f"{name}-")
         written += [p for _, paths in figs.values() for p in paths]
-        md += [f"## {md_text(name)}", "", *_section(results, table, figs, "figures/", "###")]
+        planned = planned_runs(root / name)
+        md += [f"## {md_text(name)}", "", *_section(results, table, figs, "figures/", "###", planned)]
         body += section_html(name, results, table, figs, _relabelled(results), provenance(results),
-                             out.parent)
-    findings_md, findings_html = findings_section(loaded)
+                             out.parent, planned)
+    findings_md, findings_html = findings_section(combined) if loaded else ([], [])
     md, body = md + findings_md, body + findings_html
     page = out.with_suffix(".html")
     atomic_write(out, "\n".join(md))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cryobench.harness.results import Results, combine
+from cryobench.harness.results import Results
 from cryobench.report.findings import findings_markdown, findings_table
 from cryobench.report.html import inline, table_html
 from cryobench.report.oracles import split_by_oracle
@@ -13,13 +13,13 @@ from cryobench.report.refinement_claims import refinement_findings
 from cryobench.report.tables import md_text
 
 
-def findings_section(loaded: dict[str, Results]) -> tuple[list[str], list[str]]:
-    """(markdown, HTML) of the paper-findings section over all result sets together
-    ({set name: its results}, combined in sorted order as loading their folders would);
-    importance-sampled runs are left out (the oracle comparison says what they change)."""
-    if not loaded:
+def findings_section(combined: Results) -> tuple[list[str], list[str]]:
+    """(markdown, HTML) of the paper-findings section over ``combined``, all result sets together
+    (combined in sorted order as loading their folders would); importance-sampled runs are left
+    out (the oracle comparison says what they change); empty without cells."""
+    if not len(combined.cells):
         return [], []
-    exact, sampled = split_by_oracle(combine(*(loaded[n] for n in sorted(loaded))))
+    exact, sampled = split_by_oracle(combined)
     table = findings_table(exact)
     intro = ("Each finding of the paper (§4, Figure 3, Figure 6) as a criterion stated here, "
              "measured over all result sets above by seed (median over seeds; the same training "

@@ -18,7 +18,7 @@ import pandas as pd
 
 from cryobench.report.refinement import refinement_tables
 from cryobench.report.tables import (TEXT_COLUMNS, comparable, failed_cells, failed_markdown, md_text,
-                                     table_blocks, table_note)
+                                     runs_summary, table_blocks, table_note)
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:78em;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}
@@ -135,12 +135,15 @@ def _href(path: Path, base: Path) -> str:
 
 
 def section_html(name: str, results, table: pd.DataFrame, figs: dict, relabelled: list[str],
-                 provenance: list[str], base: Path) -> list[str]:
+                 provenance: list[str], base: Path, planned: int | None = None) -> list[str]:
     """The HTML of one results set (the markdown section's content): the 5K / 50K / final table
     per dataset with a link per run to its meta.json, the relabelling note, the figures, the
-    runs, the failed / incomplete cells (linked) and the provenance. ``base``: the page's folder."""
+    runs (of the ``planned`` its grid file names, if known), the failed / incomplete cells
+    (linked) and the provenance. ``base``: the page's folder."""
     meta = lambda cell: _href(results.folders[cell] / "meta.json", base)
+    runs = runs_summary(results, planned)
     out = [f'<section id="{_attr(name)}">', f"<h2>{html.escape(name)}</h2>",
+           *([f"<p>{inline(runs)}</p>"] if planned and len(results.cells) < planned else []),
            "<h3>Test NLL at 5K / 50K / final gradient evaluations</h3>"]
     cells = comparable(results).cells
     for line, shown, t in table_blocks(table):
@@ -165,9 +168,7 @@ def section_html(name: str, results, table: pd.DataFrame, figs: dict, relabelled
         out += [f"<h3>{inline(caption)}</h3>",
                 f'<figure><a href="{_attr(svg)}"><img src="{_attr(png)}" alt="{_attr(fig_name)}"></a>'
                 f'<figcaption>{_link(svg, "svg")}</figcaption></figure>']
-    c = results.cells
-    counts = ", ".join(f"{n} {s}" for s, n in c["status"].value_counts().sort_index().items())
-    out += ["<h3>Runs</h3>", f"<p>{len(c)} runs: {html.escape(counts)}.</p>"]
+    out += ["<h3>Runs</h3>", f"<p>{inline(runs)}</p>"]
     bad = failed_cells(results)
     if len(bad):
         shown = failed_markdown(bad)

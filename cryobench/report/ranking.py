@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cryobench.harness.results import Results, combine
+from cryobench.harness.results import Results
 from cryobench.report.html import inline, table_html
 from cryobench.report.tables import (TEXT_COLUMNS, _markdown, checkpoint_table, comparable,
                                      md_text, table_blocks, table_note)
@@ -21,11 +21,12 @@ from cryobench.report.tables import (TEXT_COLUMNS, _markdown, checkpoint_table, 
 RANK_TEXT = TEXT_COLUMNS | {"set"}
 
 
-def ranking_tables(loaded: dict[str, Results]) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame]]]:
-    """Over the result sets ``loaded`` ({set name: its results}, not empty): the checkpoint table
-    of all of them, and per (task, scale) (the line with the seeds, the noise floor and the
+def ranking_tables(loaded: dict[str, Results], combined: Results
+                   ) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame]]]:
+    """Over the result sets ``loaded`` ({set name: its results}, not empty) and ``combined``, all
+    of them together (:func:`cryobench.harness.results.combine` in sorted order): the checkpoint
+    table of all of them, and per (task, scale) (the line with the seeds, the noise floor and the
     truth's test NLL, the ranked methods as formatted strings with their ``rank`` and ``set``)."""
-    combined = combine(*(loaded[n] for n in sorted(loaded)))
     table = checkpoint_table(combined)
     cells = comparable(combined).cells
     sets_of = {c: [n for n in sorted(loaded) if c in loaded[n].folders] for c in cells["cell"]}
@@ -50,11 +51,12 @@ INTRO = ("Every method of every result set below, per task and scale, ranked by 
          "test NLL; the sections that follow give each result set's figures and runs.")
 
 
-def ranking_section(loaded: dict[str, Results]) -> tuple[list[str], list[str]]:
-    """(markdown lines, HTML lines) of the ranking section; empty without results."""
+def ranking_section(loaded: dict[str, Results], combined: Results) -> tuple[list[str], list[str]]:
+    """(markdown lines, HTML lines) of the ranking section over the result sets ``loaded`` and
+    ``combined``, all of them together (as for :func:`ranking_tables`); empty without results."""
     if not loaded:
         return [], []
-    table, tables = ranking_tables(loaded)
+    table, tables = ranking_tables(loaded, combined)
     md = ["## Ranking per task", "", INTRO, ""]
     body = ['<section id="ranking">', "<h2>Ranking per task</h2>", f"<p>{inline(INTRO)}</p>"]
     for line, ranked in tables:

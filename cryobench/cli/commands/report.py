@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryobench.harness.results import load_results
-from cryobench.report.figures import write_report
+from cryobench.report.figures import planned_runs, write_report
 
 HELP = "figures 3 and 4, the 5K/50K/Final table, FSC, profiles"
 TASK = False
@@ -17,5 +17,6 @@ def add_arguments(parser) -> None:
 
 def main(args) -> None:
     out = Path(args.out) if args.out else Path(args.results[0]) / "report"
-    paths = write_report(load_results(*args.results), out)
+    planned = planned_runs(args.results[0]) if len(args.results) == 1 else None
+    paths = write_report(load_results(*args.results), out, planned=planned)
     print(f"wrote {len(paths)} files into {out} (start with {out / 'report.md'})")
