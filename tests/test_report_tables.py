@@ -1,12 +1,14 @@
 """The report's tables: the paired sign-flip test and the marks against hand-made examples, every
 cell status rendered, labels that never average configurations, time-to-target over seeds."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from cryobench.cli import main as cli
+from cryobench.errors import InputError
 from cryobench.harness.results import Results, load_results
 from cryobench.harness.record import SCHEMA_VERSION
 from cryobench.report import figures as report
@@ -244,3 +246,12 @@ def test_a_set_with_fewer_runs_than_its_grid_plans_says_it_is_in_progress(every_
     report.write_leaderboard(every_status.parent, out=tmp_path / "board" / "LEADERBOARD.md", sets=["set"])
     for page in ("LEADERBOARD.md", "LEADERBOARD.html"):
         assert line in (tmp_path / "board" / page).read_text()
+
+
+def test_the_committed_grid_files_count_the_runs_their_complete_sets_hold(tmp_path):
+    results = Path(__file__).resolve().parent.parent / "results"
+    assert report.planned_runs(results / "paper-small") == 70            # the README's 70 cells
+    assert report.planned_runs(results / "refinement-small") == 90       # 18 methods × 5 seeds
+    (tmp_path / "grid.toml").write_text('tasks = ["t"]\noptimizers = 3\n')
+    with pytest.raises(InputError, match=r"grid\.toml: not a grid file"):
+        report.planned_runs(tmp_path)

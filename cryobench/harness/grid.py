@@ -145,19 +145,6 @@ def load_grid(path) -> Grid:
                 raw.get("oracle"))
 
 
-def run_count(grid: Grid) -> int:
-    """How many runs ``grid`` names: tasks × scales × seeds × Σ over its optimizers of the
-    product of their hyper-parameter axes' lengths (a repeated value counted twice), without
-    planning them (no dataset is simulated)."""
-    per_task = 0
-    for optimizer in grid.optimizers:
-        combos = 1
-        for v in grid.params.get(optimizer, {}).values():
-            combos *= len(v) if isinstance(v, list) else 1
-        per_task += combos
-    return len(grid.tasks) * len(grid.scales) * len(grid.seeds) * per_task
-
-
 def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[RunPlan]:
     """The grid's runs, planned (:class:`~cryobench.harness.plan.Planner`) in a fixed order
     (tasks are simulated first if needed, to hash them); each runs with ``threads`` BLAS

@@ -22,20 +22,20 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from cryobench.base.files import atomic_write
-from cryobench.harness.grid import load_grid, run_count
 from cryobench.harness.results import Results, combine, load_results
 from cryobench.report.cost import importance_cells, on_cost_axis
 from cryobench.report.densities import _lowest_seed_cells, density_figure  # noqa: F401
 from cryobench.report.findings_section import findings_section
 from cryobench.report.html import page_html, section_html
 from cryobench.report.oracles import oracle_section
+from cryobench.report.progress import in_progress, planned_runs, runs_summary
 from cryobench.report.ranking import ranking_section
 from cryobench.report.refinement import epochs_table, refinement_figures, refinement_markdown
 from cryobench.report.style import RC, log_scale, style as _style  # noqa: F401
 from cryobench.report.style import portable_log as _log  # NumPy's log follows the CPU
 from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,  # noqa: F401
                                      failed_cells, failed_markdown, md_code, md_text,
-                                     performance_profile, runs_summary, seed_values, sign_flip_pvalue,
+                                     performance_profile, seed_values, sign_flip_pvalue,
                                      table_markdown, time_to_target)
 
 DATASET = ["task", "scale"]
@@ -311,8 +311,7 @@ def _section(results: Results, table: pd.DataFrame, figs: dict, rel: str, level:
              planned: int | None = None) -> list[str]:
     """Markdown for one results set: table, figures (relative links), runs (of the ``planned``
     its grid file names, if known), failed / incomplete cells, provenance."""
-    md = [*([runs_summary(results, planned), ""] if planned and len(results.cells) < planned
-            else []),
+    md = [*([runs_summary(results, planned), ""] if in_progress(results, planned) else []),
           f"{level} Test NLL at 5K / 50K / final gradient evaluations", "", table_markdown(table),
           *refinement_markdown(results, level)]
     if relabelled := _relabelled(results):
@@ -352,12 +351,6 @@ def write_report(results: Results, out_dir, title: str = "cryobench report",
     for name, text in files.items():
         atomic_write(out / name, text)
     return [p for _, paths in figs.values() for p in paths] + [out / n for n in files]
-
-
-def planned_runs(folder) -> int | None:
-    """How many runs the grid file ``folder/grid.toml`` names (None without one)."""
-    path = Path(folder) / "grid.toml"
-    return run_count(load_grid(path)) if path.is_file() else None
 
 
 def result_sets(results_root) -> list[str]:

@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from cryobench.report.refinement import refinement_tables
+from cryobench.report.progress import in_progress, runs_summary
 from cryobench.report.tables import (TEXT_COLUMNS, comparable, failed_cells, failed_markdown, md_text,
-                                     runs_summary, table_blocks, table_note)
+                                     table_blocks, table_note)
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:78em;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.85em}
@@ -143,7 +144,7 @@ def section_html(name: str, results, table: pd.DataFrame, figs: dict, relabelled
     meta = lambda cell: _href(results.folders[cell] / "meta.json", base)
     runs = runs_summary(results, planned)
     out = [f'<section id="{_attr(name)}">', f"<h2>{html.escape(name)}</h2>",
-           *([f"<p>{inline(runs)}</p>"] if planned and len(results.cells) < planned else []),
+           *([f"<p>{inline(runs)}</p>"] if in_progress(results, planned) else []),
            "<h3>Test NLL at 5K / 50K / final gradient evaluations</h3>"]
     cells = comparable(results).cells
     for line, shown, t in table_blocks(table):

@@ -361,17 +361,6 @@ def failed_markdown(bad: pd.DataFrame) -> pd.DataFrame:
                       evals=bad["evals"].map(lambda v: "—" if pd.isna(v) else f"{int(v):,}"))
 
 
-def runs_summary(results: Results, planned: int | None = None) -> str:
-    """The runs line of a results set: how many runs, by status, and where its grid file plans
-    more (``planned``) than are there, that the set is still in progress."""
-    c = results.cells
-    counts = ", ".join(f"{n} {s}" for s, n in c["status"].value_counts().sort_index().items())
-    if planned is not None and len(c) < planned:
-        return (f"In progress: {len(c)} of the {planned} runs its grid file plans are here "
-                f"({counts}); the rest are still to be computed.")
-    return f"{len(c)} runs: {counts}."
-
-
 def failed_cells(results: Results) -> pd.DataFrame:
     """The runs whose status is not ok (interrupted included), one row each: cell id, task, scale,
     label, seed, status, evals, the message's first line; sorted."""

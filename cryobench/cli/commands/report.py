@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryobench.harness.results import load_results
-from cryobench.report.figures import planned_runs, write_report
+from cryobench.report.figures import write_report
+from cryobench.report.progress import planned_runs
 
 HELP = "figures 3 and 4, the 5K/50K/Final table, FSC, profiles"
 TASK = False
