@@ -16,12 +16,11 @@ Scoring (test NLL, the training objective, FSC) never goes through an oracle and
 from __future__ import annotations
 
 import numpy as np
-from scipy import fft as sfft
 
 from cryobench.model.importance import (ImportanceSettings, PoseSampler, exact_triples,
                                         run_seed, sampled_nll)
 from cryobench.model.weights import FourierGridding
-from cryobench.oracle import Oracle, exact_flops
+from cryobench.oracle import Oracle, em_statistics, exact_flops
 
 
 def sampled_flops(draw, n_points: int, gradient: bool) -> int:
@@ -57,10 +56,10 @@ class ImportanceOracle(Oracle):
         finally:
             self._visit = False
 
-    def value_grad_weights(self, x, batch, hard: bool = False):
+    def value_grad_weights(self, x, batch, hard: bool = False, exact_diagonal: bool = False):
         self._visit = True
         try:
-            return super().value_grad_weights(x, batch, hard)
+            return super().value_grad_weights(x, batch, hard, exact_diagonal)
         finally:
             self._visit = False
 
@@ -116,22 +115,17 @@ class ImportanceOracle(Oracle):
         grad = grad / len(batch) + task.prior.grad(x) / k
         return value, grad.astype(x.dtype, copy=False)
 
-    def _evaluate_weights(self, x, batch, hard: bool):
+    def _evaluate_weights(self, x, batch, hard: bool, exact_diagonal: bool):
         """EM's statistics from the sampled terms: W and B gridded from the estimate's pq, pa
-        (:meth:`cryobench.model.likelihood.Likelihood.nll_grad_weights`); with ``hard`` the
-        one-hot pose is the best sampled one."""
-        task, lik = self._task, self._task.likelihood
-        k, n = task.n_train, len(batch)
+        (:meth:`cryobench.model.likelihood.Likelihood.nll_grad_weights`, whose W is its only
+        diagonal: ``exact_diagonal`` changes nothing); with ``hard`` the one-hot pose is the
+        best sampled one."""
+        lik = self._task.likelihood
         nll, grad, pq, pa = self._pass(x, batch, True, hard)
         with self._kernel():
             gridding = lik.__dict__.get("_gridding")
             if gridding is None:
                 gridding = lik._gridding = FourierGridding(lik.box, lik.points,
                                                            lik.quadrature.rotations)
-            weights, back = gridding.weights(pq), gridding.backprojection(pa)
-            prior_grad = task.prior.grad(x) / k
-            grad = grad / n + prior_grad
-            back = back / n - sfft.rfftn(prior_grad.astype(np.float64), norm="ortho")
-        cdtype = np.result_type(x.dtype, np.complex64)
-        return (float(nll.mean() + task.prior.value(x) / k), grad.astype(x.dtype, copy=False),
-                (weights / n).astype(x.dtype), back.astype(cdtype))
+            return em_statistics(self._task, x, nll, grad, gridding.weights(pq),
+                                 gridding.backprojection(pa))

@@ -122,7 +122,8 @@ class CountedOracle:
         batch = self._charge("grad", batch)
         return self._evaluate(x, batch, gradient=True)
 
-    def value_grad_weights(self, x: np.ndarray, batch, hard: bool = False):
+    def value_grad_weights(self, x: np.ndarray, batch, hard: bool = False,
+                           exact_diagonal: bool = False):
         """(f_B(x), ∇f_B(x), W_B, B_B): EM's statistics with the gradient; costs |B| gradient
         evaluations (they come from the same kernel pass as the gradient).
 
@@ -131,17 +132,21 @@ class CountedOracle:
         (CTF²-weighted back-projection of the pose posterior, gridded: an approximation, see
         :mod:`cryobench.model.weights`); B_B (complex) the back-projected data (CTF × images)
         minus F(∇ of f_B's prior term), so that F(∇f_B) ≈ W_B F(x) − B_B and B_B / W_B is EM's
-        M-step with the prior to first order. The prior's curvature is not in W_B (zero for
-        β = 1). With ``hard`` the pose posterior is replaced by its most probable pose for
+        M-step with the prior to first order; a prior of constant curvature (the Gaussian
+        prior of refinement tasks) adds it to W_B and is then exact in B_B / W_B
+        (:func:`em_statistics`). With ``hard`` the pose posterior is replaced by its most probable pose for
         ∇f_B, W_B and B_B (projection matching); the value stays f_B, the benchmark's
-        objective. Oracles without latent poses ignore ``hard``.
+        objective. Oracles without latent poses ignore ``hard``. With ``exact_diagonal`` W_B
+        is the exact diagonal of the data term's Hessian where the likelihood computes it (a
+        refinement task: :mod:`cryobench.model.refinement`), which differs from EM's gridded
+        weights there; an ab-initio task's W_B is its only diagonal and stays as it is.
         """
         if self._evaluate_weights is None:
             raise NotImplementedError(f"{type(self).__name__} does not provide EM weights")
         batch = self._charge("grad", batch)
-        return self._evaluate_weights(x, batch, bool(hard))
+        return self._evaluate_weights(x, batch, bool(hard), bool(exact_diagonal))
 
-    _evaluate_weights = None       # subclasses: (x, batch, hard) -> (value, grad, W, B)
+    _evaluate_weights = None  # subclasses: (x, batch, hard, exact_diagonal) -> (value, grad, W, B)
 
     def to_fourier(self, x: np.ndarray) -> np.ndarray:
         """x in the orthonormal basis the weights live in (not counted: no data involved)."""
@@ -178,6 +183,30 @@ class CountedOracle:
     def view(self) -> "OracleView":
         """What an optimizer is given: the public methods and read-only figures, nothing else."""
         return _view_of(self)
+
+
+def em_statistics(task, x: np.ndarray, nll: np.ndarray, grad: np.ndarray, weights: np.ndarray,
+                  back: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """(f_B, ∇f_B, W_B, B_B) of :meth:`Oracle.value_grad_weights` from the likelihood's sums
+    over a minibatch of n = len(nll) images (per-image −log p, Σ gradient, Σ W, Σ B): the
+    means, with the prior p(V)^(1/K) folded in. Its gradient goes into ∇f_B and, to first order,
+    into B_B; its constant curvature c (``task.prior.curvature``: α for the Gaussian prior of
+    refinement tasks, 0 for the paper's) into W_B, with c F(x) added to B_B, so that
+    F(∇f_B) = W_B F(x) − B_B still holds where the data term's Hessian is W_B, and B_B / W_B
+    is the prior's MAP M-step (for the Gaussian prior B_B is the data's back-projection alone).
+    Without the curvature, dividing by weights smaller than α/K makes EM's iteration
+    V ← (B_data − (α/K) V) / W grow where the data are sparse."""
+    k, n = task.n_train, len(nll)
+    prior_grad = task.prior.grad(x) / k
+    grad = grad / n + prior_grad
+    back = back / n - sfft.rfftn(prior_grad.astype(np.float64), norm="ortho")
+    weights = weights / n
+    if c := task.prior.curvature / k:
+        weights = weights + c
+        back = back + c * sfft.rfftn(x.astype(np.float64), norm="ortho")
+    cdtype = np.result_type(x.dtype, np.complex64)
+    return (float(nll.mean() + task.prior.value(x) / k), grad.astype(x.dtype, copy=False),
+            weights.astype(x.dtype), back.astype(cdtype))
 
 
 class OracleView:
@@ -311,19 +340,13 @@ class Oracle(CountedOracle):
             grad = grad / len(batch) + task.prior.grad(x) / k
         return float(nll.mean() + task.prior.value(x) / k), grad.astype(x.dtype, copy=False)
 
-    def _evaluate_weights(self, x, batch, hard: bool):
+    def _evaluate_weights(self, x, batch, hard: bool, exact_diagonal: bool):
         task = self._task
         self._start(x, batch)
         with self._kernel():
             data = task.likelihood.subset(task.spectra, batch)
-            k, n = task.n_train, len(batch)
-            nll, grad, weights, back = task.likelihood.nll_grad_weights(x, data, hard=hard)
-            prior_grad = task.prior.grad(x) / k
-            grad = grad / n + prior_grad
-            back = back / n - sfft.rfftn(prior_grad.astype(np.float64), norm="ortho")
-        cdtype = np.result_type(x.dtype, np.complex64)
-        return (float(nll.mean() + task.prior.value(x) / k), grad.astype(x.dtype, copy=False),
-                (weights / n).astype(x.dtype), back.astype(cdtype))
+            return em_statistics(task, x, *task.likelihood.nll_grad_weights(
+                x, data, hard=hard, exact_diagonal=exact_diagonal))
 
     def to_fourier(self, x: np.ndarray) -> np.ndarray:
         """``scipy.fft.rfftn(x, norm="ortho")``: the basis of :mod:`cryobench.model.weights`

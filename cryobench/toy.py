@@ -55,7 +55,7 @@ class QuadraticOracle(CountedOracle):
         value = float(0.5 * np.mean(np.sum(self.h * r * r, axis=1)))
         return value, (self.h * r.mean(axis=0)).astype(x.dtype) if gradient else None
 
-    def _evaluate_weights(self, x, batch, hard: bool):
+    def _evaluate_weights(self, x, batch, hard: bool, exact_diagonal: bool):
         value, grad = self._evaluate(x, batch, gradient=True)
         back = (self.h * self.b[batch].mean(axis=0)).astype(x.dtype)
         return value, grad, self.h.astype(x.dtype), back

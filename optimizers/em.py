@@ -20,7 +20,8 @@ def em(damping, chunk):
     gradient), both gridded onto the volume's DFT grid with trilinear weights as in RELION's
     back-projector: for a fixed posterior B / W is the data term's minimiser in that gridding
     approximation (the maximisation step). The prior enters to first order through B (the
-    oracle subtracts F(∇ prior) from it); its curvature is zero (β = 1) and omitted.
+    oracle subtracts F(∇ prior) from it); the curvature of the paper's prior is zero (β = 1),
+    and the Gaussian prior of refinement tasks has its α/K in W (``cryobench.oracle.em_statistics``).
 
     From the source: the form V̂ = B / (W + 1/τ²) is RELION's regularised M-step (Scheres 2012,
     eq. 16–17, τ² the per-shell signal power). A guess: 1/τ² replaced by one constant ε max W

@@ -77,7 +77,7 @@ def test_hessian_vector_product_matches_second_differences(tiny):
 def test_weights_are_the_exact_hessian_diagonal_in_the_fourier_basis(tiny):
     """W(k) = u_kᴴ H u_k for u_k the unitary DFT basis vector, by brute force."""
     lik, data, v = tiny
-    w = lik.nll_grad_weights(v, data)[2]
+    w = lik.nll_grad_weights(v, data, exact_diagonal=True)[2]
     zero = lik.nll_and_grad(np.zeros_like(v), data)[1]
     h = lambda x: lik.nll_and_grad(x, data)[1] - zero  # noqa: E731
     for k in [(0, 0, 0), (1, 2, 3), (0, 3, 1), (3, 0, 6), (0, 0, 6), (2, 5, 0), (11, 7, 2)]:
@@ -86,6 +86,27 @@ def test_weights_are_the_exact_hessian_diagonal_in_the_fourier_basis(tiny):
         u = sfft.ifftn(full, norm="ortho")
         brute = np.vdot(u, h(u.real) + 1j * h(u.imag)).real
         assert w[k] == pytest.approx(brute, rel=1e-9, abs=1e-12)
+
+
+def test_em_weights_are_the_hessian_applied_to_a_flat_spectrum(tiny):
+    """EM's gridded weights W_g (the default of nll_grad_weights): H applied to the map whose V̂
+    is flat — a delta at the box centre, by the model's centred convention — is W_g ⊙ F(δ) at
+    every node, so B / W_g solves the data term for a spectrum that varies slowly on the grid.
+    The exact diagonal (Σ t² ≤ Σ t) is no larger anywhere, and several times smaller where slice
+    points fall between nodes: dividing B by it overshoots."""
+    lik, data, v = tiny
+    d = lik.box
+    delta = np.zeros((d, d, d))
+    delta[d // 2, d // 2, d // 2] = 1.0
+    hd = lik.nll_and_grad(delta, data)[1] - lik.nll_and_grad(np.zeros_like(delta), data)[1]
+    w_g = lik.nll_grad_weights(v, data)[2]
+    lhs = sfft.rfftn(hd, norm="ortho")
+    np.testing.assert_allclose(lhs, w_g * sfft.rfftn(delta, norm="ortho"),
+                               rtol=0, atol=1e-10 * np.abs(lhs).max())
+    w_exact = lik.nll_grad_weights(v, data, exact_diagonal=True)[2]
+    assert np.all(w_exact <= w_g * (1 + 1e-12))
+    hit = w_exact > 1e-6 * w_exact.max()
+    assert (w_g[hit] / w_exact[hit]).max() > 3
 
 
 def test_back_projection_gives_the_gradient_in_the_fourier_basis(tiny):
@@ -292,6 +313,27 @@ def test_a_refinement_run_records_suboptimality_and_outer_fsc(tmp_path, data_dir
     assert first["subopt"] == pytest.approx(task.suboptimality(task.init))
     assert last["subopt"] < 0.5 * first["subopt"] and last["fsc_opt_outer"] > first["fsc_opt_outer"]
     assert (trace["subopt"] >= 0).all()
+
+
+def test_em_statistics_carry_the_gaussian_prior_and_em_reaches_its_fixed_point(tmp_path, data_dir):
+    """On a refinement task the oracle's W_B is the data's gridded weights plus α/K and B_B the
+    data's back-projection alone, so B_B / W_B does not depend on the iterate: EM (at the
+    smallest damping of its range) lowers the training objective in its first iteration and
+    stays there. With the exact diagonal as its weights, or the prior to first order only, it
+    overshot and grew (the slow blow-ups of the refinement tuning)."""
+    task = load_task(write_task(tmp_path, n_images=400), "ci", data_dir=data_dir, progress=False)
+    batch, k = task.splits["train"][:20], task.n_train
+    x = task.init
+    _, _, w, b = task.oracle().value_grad_weights(x, batch)
+    _, _, w0, b0 = task.likelihood.nll_grad_weights(x, task.likelihood.subset(task.spectra, batch))
+    np.testing.assert_allclose(w, w0 / 20 + task.prior.alpha / k, rtol=1e-6)
+    np.testing.assert_allclose(b, b0 / 20, rtol=0, atol=1e-6 * np.abs(b0 / 20).max())
+    spec = RunSpec("refinement-atoms", "ci", "em", {"damping": 1e-4}, seed=0, budget=3 * k)
+    out = execute(spec, task, resolve("em"), compare=False)
+    trace = out.trace
+    assert out.record.status == "ok"
+    assert trace["subopt"].iloc[1] < 0.6 * trace["subopt"].iloc[0]
+    assert trace["subopt"].iloc[-1] == pytest.approx(trace["subopt"].iloc[1], rel=1e-6)
 
 
 @pytest.mark.parametrize("box", [12, 13])

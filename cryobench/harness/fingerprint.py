@@ -134,7 +134,8 @@ def _probe_refinement(bits: _Bits) -> None:
                                       shift_steps=2)
         for lik in (known, local):
             data = lik.prepare(images, ctf, 1.3)
-            bits.add(data.y, data.half_norms, *lik.nll_grad_weights(volume, data))
+            bits.add(data.y, data.half_norms, *lik.nll_grad_weights(volume, data),
+                     lik.nll_grad_weights(volume, data, exact_diagonal=True)[2])
         optimum, facts = solve_optimum(known, known.prepare(images, ctf, 1.3), np.arange(n), 1.0)
         bits.add(optimum, facts["iterations"])
 

@@ -163,7 +163,8 @@ class Likelihood:
         """(−log p(I_i | θ_i, V) per image, ∂/∂V of their sum) for the prepared images."""
         return self._evaluate(volume, data, gradient=True)
 
-    def nll_grad_weights(self, volume: np.ndarray, data: ImageSpectra, hard: bool = False):
+    def nll_grad_weights(self, volume: np.ndarray, data: ImageSpectra, hard: bool = False,
+                         exact_diagonal: bool = False):
         """(−log p per image, ∂/∂V of the sum, W, B): :meth:`nll_and_grad` plus EM's statistics.
 
         W (float64) and B (complex128) on the rfft half grid (D, D, D//2 + 1) are the weights
@@ -173,7 +174,9 @@ class Likelihood:
         posterior is replaced by its most probable pose (one-hot at the first argmax over
         (a, s, d) of G + log w, in the working dtype) for the gradient, W and B; the returned
         values stay the marginal −log p (the benchmark's objective). The soft outputs are
-        bit-identical to :meth:`nll_and_grad`'s.
+        bit-identical to :meth:`nll_and_grad`'s. W is the only diagonal this likelihood has
+        (its exact Hessian diagonal would need the posterior's covariance): ``exact_diagonal``
+        changes nothing.
         """
         nll, grad, pq, pa = self._evaluate(volume, data, gradient=True, extras=True, hard=hard)
         gridding = self.__dict__.get("_gridding")

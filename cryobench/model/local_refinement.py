@@ -17,9 +17,9 @@ shift-corrected spectrum by a phase, Y_ik = Y_i e^{+2πi q·Δt_k/D}, so one ima
 (1 + shift_steps) residual norms. The log-sum-exp is computed stably (scipy.special.logsumexp).
 
 Not a quadratic: the gradient is the posterior-weighted sum Σ_jk π_ijk ∂/∂V(−log p_ijk), and
-the Hessian diagonal returned by :meth:`nll_grad_weights` is its Gauss-Newton part
-Σ_jk π_ijk W_ijk (the known-pose diagonal of each grid point weighted by its posterior),
-leaving out the between-offset variance term.
+the weights returned by :meth:`nll_grad_weights` are a Gauss-Newton part Σ_jk π_ijk W_ijk
+(the known-pose weights of each grid point — EM's gridded ones, or the exact diagonal —
+weighted by its posterior), leaving out the between-offset variance term.
 """
 from __future__ import annotations
 
@@ -154,11 +154,13 @@ class LocalSearchLikelihood(RefinementLikelihood):
         grad = self.transform_adjoint(self.slices_adjoint(g.reshape(-1), points))
         return nll, grad, points, ctf, post
 
-    def nll_grad_weights(self, volume, data: PosedSpectra, hard: bool = False):
-        """(−log p per image, ∂/∂V of the sum, W, B): W = Σ_jk π_ijk × the known-pose Hessian
-        diagonal at grid point jk (Gauss-Newton part), B = Σ_jk π_ijk Pᵀ(w C Y_ik) in the
-        oracle's orthonormal basis, so that F(∇f) = Σ π H_jk F(V) − B as for known poses.
-        ``hard`` keeps only each image's most probable grid point."""
+    def nll_grad_weights(self, volume, data: PosedSpectra, hard: bool = False,
+                         exact_diagonal: bool = False):
+        """(−log p per image, ∂/∂V of the sum, W, B): W = Σ_jk π_ijk × the known-pose weights
+        at grid point jk (EM's gridded weights, or with ``exact_diagonal`` the Hessian diagonal:
+        :meth:`RefinementLikelihood.weights`; the Gauss-Newton part), B = Σ_jk π_ijk
+        Pᵀ(w C Y_ik) in the oracle's orthonormal basis, so that F(∇f) = Σ π H_jk F(V) − B as
+        for known poses. ``hard`` keeps only each image's most probable grid point."""
         nll, grad, points, ctf, post = self._evaluate(volume, data, True)
         n, nr = post.shape[:2]
         if hard:
@@ -166,7 +168,7 @@ class LocalSearchLikelihood(RefinementLikelihood):
             post = (flat == flat.max(1, keepdims=True)).astype(float).reshape(post.shape)
         pr = post.sum(2)                                                            # (n, nr)
         c_grid = (np.sqrt(pr)[:, :, None] * ctf[:, None, :]).reshape(n * nr, -1)
-        w = self.weights(data, points, c_grid)
+        w = self.weights(data, points, c_grid, gridded=not exact_diagonal)
         ybar = np.einsum("njk,kq->njq", post, self._shift_phase) * data.y.astype(complex)[:, None]
         back = self.slices_adjoint(((self.point_weights * ctf)[:, None] * ybar).reshape(-1),
                                    points)

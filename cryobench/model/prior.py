@@ -46,6 +46,12 @@ class Prior:
         if self.lambda_pos < 0 or self.lambda_neg < 0 or self.beta < 1:
             raise ValueError(f"prior needs λ₊, λ₋ ≥ 0 and β ≥ 1, got {self}")
 
+    @property
+    def curvature(self) -> float:
+        """The constant second derivative EM's weights take from the prior: 0 (for β = 1 it
+        is 0 away from v = 0; for β > 1 it is not constant, and it is left out)."""
+        return 0.0
+
     def value(self, volume: np.ndarray) -> float:
         """−log p(V) = Σ_v [λ₊ v (v ≥ 0); λ₋ |v|^β (v < 0)]."""
         if self.beta == 1.0 and np.asarray(volume).dtype in (np.float32, np.float64):
@@ -79,6 +85,11 @@ class GaussianPrior:
     def __post_init__(self):
         if not self.alpha > 0:
             raise ValueError(f"the Gaussian prior needs α > 0, got {self.alpha}")
+
+    @property
+    def curvature(self) -> float:
+        """α: the Hessian of ½ α ‖V‖², α I in any orthonormal basis."""
+        return float(self.alpha)
 
     def value(self, volume: np.ndarray) -> float:
         """½ α Σ_v v² (float64)."""

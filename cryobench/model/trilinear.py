@@ -9,8 +9,9 @@ with a flag. Each kernel computes the 8 trilinear weights of a point from ξ its
 
 * :func:`gather` — S(ξ) = Σ_k t(ξ − k) V̂(k), the slice;
 * :func:`scatter` — its exact adjoint Pᵀ G on the half grid;
-* :func:`scatter_squared` — Σ c t(ξ − k)² at each node k and at its Hermitian partner −k
-  on the full grid (the Hessian diagonal of :meth:`RefinementLikelihood.weights`).
+* :func:`scatter_weights` — Σ c t(ξ − k)² at each node k and at its Hermitian partner −k
+  on the full grid (the Hessian diagonal of :meth:`RefinementLikelihood.weights`), or
+  Σ c t(ξ − k) (EM's gridded weights, the Hessian's row sums).
 
 The scatters split the points into P = ``PARTS`` fixed consecutive chunks, each accumulated in
 float64 into its own grid in parallel, and :func:`sum_parts` adds the grids in the order 0, 1, …: the result does
@@ -123,9 +124,10 @@ def scatter(values, xi, flip, parts):
 
 
 @nb.njit(parallel=True, **_JIT)
-def scatter_squared(values, xi, parts):
-    """Σ_m c_m t(ξ_m − k)² at each node k and at −k (modulo D) of the full grid.
-    parts (P, D, D, D) float64, zeroed, one partial sum each (:func:`sum_parts`)."""
+def scatter_weights(values, xi, parts, squared):
+    """Σ_m c_m t(ξ_m − k)² (``squared``) or Σ_m c_m t(ξ_m − k) at each node k and at −k
+    (modulo D) of the full grid. parts (P, D, D, D) float64, zeroed, one partial sum each
+    (:func:`sum_parts`)."""
     n_parts, n_pts, d = parts.shape[0], xi.shape[0], parts.shape[1]
     for p in nb.prange(n_parts):
         grid = parts[p]
@@ -133,7 +135,7 @@ def scatter_squared(values, xi, parts):
             stencil = _stencil(xi[m, 0], xi[m, 1], xi[m, 2], d)
             for c in range(8):
                 kz, ky, kx, w = _corner(stencil, c)
-                v = values[m] * (w * w)
+                v = values[m] * (w * w if squared else w)
                 grid[kz, ky, kx] += v
                 grid[(d - kz) % d, (d - ky) % d, (d - kx) % d] += v
     return parts
