@@ -194,3 +194,44 @@ def test_the_portable_init_is_the_probed_one_up_to_rounding(ci_task):
     a = power_scale(new, lik, data.images[train], data.ctf.subset(train), data.sigma[train])
     assert a == pytest.approx(match_power(old, lik, lik.subset(task.spectra, train)), rel=1e-5)
     assert np.array_equal(task.init, new * np.float32(a))        # init.mrc is this
+
+
+_CODE = """
+import json
+from cryobench.harness.fingerprint import numerics_code_digest, numerics_fingerprint
+print(json.dumps({"code": numerics_code_digest(), "numerics": numerics_fingerprint()}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
+                    reason="OpenBLAS's x86-64 kernels and glibc's tunables")
+def test_the_numerics_code_digest_names_the_code_the_same_way_on_every_platform():
+    """A cell's identity records two names of the numerical code: its fingerprint by behaviour,
+    which another BLAS kernel, SIMD dispatch or libm changes, and its code digest, which they do
+    not (a grid resumed on another CPU can tell a cell of the same code by it)."""
+    out = {}
+    for label, extra in _settings().items():
+        done = subprocess.run([sys.executable, "-c", _CODE], env=_env(extra), capture_output=True,
+                              text=True, check=True)
+        out[label] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["native"]["code"] == out["restricted"]["code"]
+    assert out["native"]["numerics"] != out["restricted"]["numerics"]
+
+
+def test_the_numerics_code_digest_ignores_docstrings_and_sees_code(tmp_path, monkeypatch):
+    """The digest reads the modules' code without comments and docstrings: an edit of the
+    explanation leaves it, an edit of a computed line changes it."""
+    from cryobench.harness import fingerprint
+    package = tmp_path / "cryobench"
+    shutil.copytree(REPO / "cryobench", package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "__file__", str(package / "harness" / "fingerprint.py"))
+    digest = lambda: fingerprint.numerics_code_digest.__wrapped__()  # noqa: E731
+    before = digest()
+    prior = package / "model" / "prior.py"
+    text = prior.read_text()
+    prior.write_text(text.replace('"""The sparsity prior', '"""The paper\'s sparsity prior')
+                     + "\n# a comment\n")
+    assert digest() == before
+    prior.write_text(text.replace("return lambda_pos * pos + lambda_neg * neg",
+                                  "return lambda_neg * neg + lambda_pos * pos"))
+    assert digest() != before

@@ -81,6 +81,29 @@ def optimizer_fingerprint(method) -> str:
     return code if extra is None else hashlib.sha256(f"{code}\n{extra}".encode()).hexdigest()
 
 
+# The library's numerical code, by path under cryobench/ (folders whole): what decides a run's
+# numbers besides the task, the optimizer and the platform.
+NUMERICS_CODE = ("base", "data", "model", "importance.py", "optim.py", "oracle.py",
+                 "schedules.py", "task.py", "harness/record.py", "harness/run.py")
+
+
+@lru_cache(maxsize=None)
+def numerics_code_digest() -> str:
+    """SHA-256 over the :func:`code_fingerprint` of every module of ``NUMERICS_CODE`` (in path
+    order): the library's numerical code without comments, docstrings and layout. Unlike
+    :func:`numerics_fingerprint` it is the same on every platform, so a cell's identity records
+    it beside that fingerprint: a cell computed on another CPU by the same code differs from
+    this machine's only as any other platform's run does (``verify``'s off-platform judgement)."""
+    package = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for part in NUMERICS_CODE:
+        root = package / part
+        for path in sorted(root.rglob("*.py") if root.is_dir() else [root]):
+            h.update(path.relative_to(package).as_posix().encode() + b"\0"
+                     + code_fingerprint(path.read_text()).encode())
+    return h.hexdigest()
+
+
 class _Bits:
     """SHA-256 over the exact bytes of arrays and numbers, in the order they are added."""
 

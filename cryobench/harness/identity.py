@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from cryobench.base.seeding import content_hash
 from cryobench.base.threads import machine
-from cryobench.harness.fingerprint import (numerics_fingerprint, optimizer_fingerprint,
-                                           source_digest)
+from cryobench.harness.fingerprint import (numerics_code_digest, numerics_fingerprint,
+                                           optimizer_fingerprint, source_digest)
 from cryobench.harness.record import SCHEMA_VERSION, RunSpec
 
 
@@ -43,12 +43,14 @@ def identity(cell: str, task_hash: str, threads: int, method, known: dict | None
     """The parts of a cell's id, recorded in its meta.json. The numerics fingerprint (with the
     refinement kernels' for a ``refinement`` task) is taken from ``known``
     (:func:`grid_identity`) when the code and the machine are those it was computed on, and
-    computed here otherwise."""
+    computed here otherwise. ``numerics_code`` (:func:`numerics_code_digest`, not part of the
+    id) names the numerical code the same way on every platform."""
     same = known and known.get("source") == source_digest() and known.get("machine") == machine()
     key = "numerics_refinement" if refinement else "numerics"
     parts = {"cell": cell, "task_hash": task_hash,
              "numerics": known[key] if same else numerics_fingerprint(refinement),
-             "optimizer": optimizer_key(method), "threads": threads, "platform": machine()}
+             "optimizer": optimizer_key(method), "threads": threads, "platform": machine(),
+             "numerics_code": numerics_code_digest()}
     if getattr(method, "identity", None):      # another library's: its version, class, arguments
         parts["library"] = method.identity
     return parts
