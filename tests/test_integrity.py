@@ -177,7 +177,11 @@ def cell_processes(grid_pid: int) -> list[int]:
 # --- 1. an interrupted run is not a result ------------------------------------------------------
 
 def test_killed_cell_process_is_recomputed_and_report_works(tmp_path, data_dir, opt_file):
-    grid = grid_file(tmp_path / "grid.toml", ["sgd", f"{opt_file}:slow"], budget=1000)
+    # 2 s per step (20 s in all) so that the slow cell is still running when sgd's cell is done,
+    # even on a machine whose other work makes sgd's cell slow (0.3 s per step lost that race)
+    slow_steps = f'[params."{opt_file}:slow"]\nseconds = 2.0\n'
+    grid = grid_file(tmp_path / "grid.toml", ["sgd", f"{opt_file}:slow"], budget=1000,
+                     extra=slow_steps)
     env = dict(os.environ, CRYOBENCH_DATA=str(data_dir))
     command = [sys.executable, "-m", "cryobench.cli", "grid", str(grid), "--workers", "2", "--quiet"]
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
