@@ -134,8 +134,8 @@ class CountedOracle:
         minus F(∇ of f_B's prior term), so that F(∇f_B) ≈ W_B F(x) − B_B and B_B / W_B is EM's
         M-step with the prior to first order; a prior of constant curvature (the Gaussian
         prior of refinement tasks) adds it to W_B and is then exact in B_B / W_B
-        (:func:`em_statistics`). With ``hard`` the pose posterior is replaced by its most probable pose for
-        ∇f_B, W_B and B_B (projection matching); the value stays f_B, the benchmark's
+        (:func:`em_statistics`). With ``hard`` the pose posterior is replaced by its most
+        probable pose for ∇f_B, W_B and B_B (projection matching); the value stays f_B, the benchmark's
         objective. Oracles without latent poses ignore ``hard``. With ``exact_diagonal`` W_B
         is the exact diagonal of the data term's Hessian where the likelihood computes it (a
         refinement task: :mod:`cryobench.model.refinement`), which differs from EM's gridded

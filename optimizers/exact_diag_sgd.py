@@ -19,8 +19,9 @@ def exact_diag_sgd(lr, alpha, batch_size):
         V_{t+1} = V_t − η F⁻¹[F(∇f_{B_t}(V_t)) / max(W̄_t, α)]
 
     η = ``lr`` (fixed, as their default), α = ``alpha`` their floor (the prior's own curvature
-    α_prior / K is in W, so the floor only matters above it). W̄ is kept in real space (F⁻¹W̄ is real: W is even), so the
-    state has the iterate's shape and dtype. Cost: |B| gradient evaluations per step (W comes with the gradient).
+    α_prior / K is in W, so the floor only matters above it). W̄ is kept in real space
+    (F⁻¹W̄ is real: W is even), so the state has the iterate's shape and dtype. Cost: |B|
+    gradient evaluations per step (W comes with the gradient).
     """
     def init(x0, *, budget, rng):
         return {"x": x0.copy(), "w": np.zeros_like(x0), "t": 0}

@@ -35,7 +35,8 @@ def grid_identity() -> dict:
     """What the grid's process knows of its numerics (both fingerprints), passed to its cell
     processes so that they need not run the probes again on the same code and machine."""
     return {"numerics": numerics_fingerprint(), "numerics_refinement": numerics_fingerprint(True),
-            "source": source_digest(), "machine": machine()}
+            "numerics_code": numerics_code_digest(), "source": source_digest(),
+            "machine": machine()}
 
 
 def identity(cell: str, task_hash: str, threads: int, method, known: dict | None = None,
@@ -50,7 +51,7 @@ def identity(cell: str, task_hash: str, threads: int, method, known: dict | None
     parts = {"cell": cell, "task_hash": task_hash,
              "numerics": known[key] if same else numerics_fingerprint(refinement),
              "optimizer": optimizer_key(method), "threads": threads, "platform": machine(),
-             "numerics_code": numerics_code_digest()}
+             "numerics_code": known["numerics_code"] if same else numerics_code_digest()}
     if getattr(method, "identity", None):      # another library's: its version, class, arguments
         parts["library"] = method.identity
     return parts

@@ -40,8 +40,8 @@ data's minimiser in that approximation. The exact diagonal is smaller, by up to 
 slice point falls mid-cell (Σ t² against (Σ t)² = 1): B divided by it overshoots. Measured at
 `small` scale with the exact diagonal as EM's weights: every EM step from the low-passed start
 raised the training objective unless damped with ε = 1, the top of its range
-(``optimizers/em.py``), and the damped
-fixed point stayed at FSC 0.56 against the optimum in the outer shells. The exact diagonal is
+(``optimizers/em.py``), and the damped fixed point stayed at FSC 0.56 against the optimum in
+the outer shells. The exact diagonal is
 what ``value_grad_weights(…, exact_diagonal=True)`` returns (their preconditioner,
 ``optimizers/exact_diag_sgd.py``).
 """
