@@ -99,12 +99,59 @@ def test_diverging_and_failing_runs_keep_their_checkpoints(cylinder, bad_optimiz
     assert out.record.evaluations == 200 and out.trace["evals"].iloc[-1] == 200
 
 
+def _as_if_computed_elsewhere(folder, **identity) -> str:
+    """Rewrite a finished cell as another platform would have filed it: its identity's platform
+    (and ``identity``'s other parts) changed, its folder under another id; the new id."""
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["identity"].update({"platform": "another CPU | another BLAS", "numerics": "0" * 16, **identity})
+    (folder / "meta.json").write_text(json.dumps(meta))
+    other = folder.with_name("e1sewhere" + folder.name[9:])
+    folder.rename(other)
+    return other.name
+
+
+def test_grid_keeps_a_cell_another_platform_computed_with_the_same_code(tmp_path, data_dir):
+    """A grid resumed on another CPU keeps the cells the first computed (the numerics
+    fingerprint, in the id, follows the platform; the numerical code's digest does not); a cell
+    computed there by other numerical code, or filed under another id on this platform, is
+    computed again."""
+    cells = expand(load_grid(write_grid(tmp_path / "grid.toml", ["sgd", "adagrad"])), data_dir)
+    first = run_grid(cells, tmp_path, workers=1, data_dir=data_dir, progress=False)
+    sgd, adagrad = (tmp_path / "cells" / c.cell for c in cells)
+    kept = _as_if_computed_elsewhere(sgd)
+    _as_if_computed_elsewhere(adagrad, numerics_code="another code")
+    again = run_grid(cells, tmp_path, workers=1, data_dir=data_dir, progress=False)
+    assert again[cells[0].cell] == (kept, "ok") and again[cells[1].cell] == first[cells[1].cell]
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == sorted(
+        [kept, "e1sewhere" + cells[1].cell[9:], cells[1].cell])
+    assert not (tmp_path / "cells" / cells[0].cell).exists()
+    # the same cell under another id on this platform is not this run: recomputed
+    meta = json.loads((tmp_path / "cells" / kept / "meta.json").read_text())
+    meta["identity"]["platform"] = CellRecord.read(tmp_path / "cells" / cells[1].cell).identity["platform"]
+    (tmp_path / "cells" / kept / "meta.json").write_text(json.dumps(meta))
+    third = run_grid(cells, tmp_path, workers=1, data_dir=data_dir, progress=False)
+    assert third[cells[0].cell] == (cells[0].cell, "ok")
+
+
+def test_a_run_stopped_early_has_the_whole_runs_first_rows(cylinder):
+    """``execute(stop_after=S)`` (verify's prefix) gives, bit for bit, the rows the whole run has
+    up to S, a checkpoint of the whole run: the same checkpoints, since the run is given its
+    whole budget (a budget of S would checkpoint elsewhere)."""
+    spec = RunSpec("synthetic-cylinder", "ci", "sgd", {"lr": 0.1}, budget=2000)
+    whole = execute(spec, cylinder, resolve("sgd"), compare=False).trace
+    stop = int(whole["evals"][whole["evals"] <= 1000].max())
+    early = execute(spec, cylinder, resolve("sgd"), compare=False, stop_after=stop).trace
+    first = whole[whole["evals"] <= stop]
+    assert checkpoints(stop, 100).tolist() != first["evals"].tolist()
+    pd.testing.assert_frame_equal(early.drop(columns="wall_s"), first.drop(columns="wall_s"))
+
+
 def test_grid_records_every_status_and_resumes_without_recomputing(tmp_path, data_dir, bad_optimizers):
     grid = write_grid(tmp_path / "grid.toml", ["sgd", f"{bad_optimizers}:exploding",
                                                f"{bad_optimizers}:failing"])
     cells = expand(load_grid(grid), data_dir)
     status = run_grid(cells, tmp_path, workers=2, data_dir=data_dir, progress=False)
-    assert sorted(status.values()) == ["diverged", "error", "ok"]
+    assert sorted(o.status for o in status.values()) == ["diverged", "error", "ok"]
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("cells/*/meta.json")}
     assert run_grid(cells, tmp_path, workers=2, data_dir=data_dir, progress=False) == status
     assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("cells/*/meta.json")}
@@ -150,7 +197,7 @@ def test_grid_on_a_dask_local_cluster(tmp_path, data_dir):
                                   dashboard_address=None, processes=True) as cluster:
         status = run_grid(cells, tmp_path / "dask", scheduler=cluster.scheduler_address,
                           data_dir=data_dir, progress=False)
-    assert list(status.values()) == ["ok", "ok"]
+    assert [o.status for o in status.values()] == ["ok", "ok"]
     local = run_grid(cells, tmp_path / "local", workers=1, data_dir=data_dir, progress=False)
     a, b = load_results(tmp_path / "dask"), load_results(tmp_path / "local")
     pd.testing.assert_frame_equal(a.trace.drop(columns="wall_s"), b.trace.drop(columns="wall_s"))

@@ -243,7 +243,7 @@ def test_harness_fault_in_a_cell_is_not_cached(tmp_path, data_dir, cylinder):
     spec = RunSpec("synthetic-cylinder", "ci", "sgd", {"lr": 0.5}, budget=200, label="sgd")
     cell = plan_for_cell(spec, "synthetic-cylinder", "0" * 64, resolve("sgd"))       # the grid expects other data
     status = run_grid([cell], tmp_path, workers=1, data_dir=data_dir, progress=False)
-    assert status == {cell.cell: "interrupted"}
+    assert status == {cell.cell: (cell.cell, "interrupted")}
     assert not (tmp_path / "cells" / cell.cell).exists()
 
 
@@ -294,7 +294,7 @@ def test_step_blocked_in_c_ends_its_cell_as_a_time_limit(tmp_path, data_dir, opt
     t = time.time()
     status = run_grid(expand(load_grid(grid), data_dir), tmp_path, workers=1, data_dir=data_dir,
                       progress=False)
-    assert time.time() - t < 60 and list(status.values()) == ["budget"]
+    assert time.time() - t < 60 and [o.status for o in status.values()] == ["budget"]
     results = load_results(tmp_path)
     row = results.cells.iloc[0]
     assert "did not return" in row.message and "time limit of 1 s" in row.message

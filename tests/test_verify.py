@@ -25,7 +25,7 @@ def results(tmp_path_factory, data_dir):
                                     'optimizers = ["sgd", "nesterov"]\nbudget = 800\ntuned = ""\n')
     status = run_grid(expand(load_grid(root / "grid.toml"), data_dir), root, workers=2,
                       data_dir=data_dir, progress=False)
-    assert set(status.values()) == {"ok"}
+    assert {o.status for o in status.values()} == {"ok"}
     return root
 
 
@@ -189,7 +189,7 @@ def five_seeds(tmp_path_factory, data_dir):
                                     'seeds = 5\nbudget = 600\ntuned = ""\n')
     status = run_grid(expand(load_grid(root / "grid.toml"), data_dir), root, workers=2,
                       data_dir=data_dir, progress=False)
-    assert set(status.values()) == {"ok"}
+    assert {o.status for o in status.values()} == {"ok"}
     for meta in root.glob("cells/*/meta.json"):
         m = json.loads(meta.read_text())
         m["identity"]["platform"] = "another CPU | another BLAS"

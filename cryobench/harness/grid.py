@@ -16,7 +16,10 @@ Hyper-parameters not given come from the tuned values (each task's own file — 
 
 Each cell is cached under ``OUT/cells/<content hash>`` (task content, optimizer code, the
 numerical modules' code, hyper-parameters, seed, budget); cells already there are not recomputed,
-so an interrupted grid (even by ``kill -9``) resumes where it stopped. Locally every cell runs
+so an interrupted grid (even by ``kill -9``) resumes where it stopped. A cell another platform
+computed with the same numerical code (:func:`cryobench.harness.identity.portable_id`) is kept
+too: there it has another id, since its numerics fingerprint follows the CPU, but it is the same
+run, a draw from the same distribution over seeds (docs/verification.md). Locally every cell runs
 in its own process (``--workers`` at a time); with a scheduler address the cells go to a Dask
 distributed cluster and their files come back to be written here.
 """
@@ -28,10 +31,14 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
+from cryobench.base.threads import machine
 from cryobench.errors import InputError
+from cryobench.harness.fingerprint import numerics_code_digest
+from cryobench.harness.identity import optimizer_key, portable_id
 from cryobench.model.importance import oracle_settings
 from cryobench.harness.plan import EACH_TASKS_OWN, HyperParameterError, Planner, RunPlan
 from cryobench.harness.processes import check_output_folder, run_dask, run_local
@@ -41,6 +48,14 @@ from cryobench.harness.results import remove_stale_temporaries
 
 class GridInterrupted(KeyboardInterrupt):
     """A grid stopped by Ctrl-C or SIGTERM; finished cells are kept and a rerun resumes."""
+
+
+class Outcome(NamedTuple):
+    """What became of one planned run."""
+
+    cell: str       # the folder under cells/ holding its result: its own id, or the id another
+                    # platform gave the same run (:func:`computed_elsewhere`)
+    status: str     # the result's status, or "interrupted": no result (computed next time)
 
 
 GRID_KEYS = {"tasks", "scales", "optimizers", "seeds", "budget", "budget_epochs", "params",
@@ -177,10 +192,33 @@ def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[RunPlan]:
     return list(plans.values())
 
 
+def computed_elsewhere(cells: list[RunPlan], cells_dir: Path) -> dict[str, str]:
+    """{planned cell id: stored cell id} for the runs of ``cells`` not stored under their own id
+    but computed on another platform by the same numerical code: a finished cell whose identity
+    names another platform and whose portable id (:func:`portable_id`, from its record) is the
+    plan's. On this platform a cell must have the plan's own id."""
+    here, stored = machine(), {}
+    for folder in sorted(cells_dir.iterdir()) if cells_dir.is_dir() else []:
+        if not cell_complete(folder):
+            continue
+        record = CellRecord.read(folder)
+        parts = record.identity or {}
+        if parts.get("platform") not in (None, here) and parts.get("numerics_code"):
+            key = portable_id(record.run, record.task_hash, parts["optimizer"], parts["numerics_code"])
+            stored.setdefault(key, folder.name)
+    if not stored:
+        return {}
+    code = numerics_code_digest()
+    found = {c.cell: stored.get(portable_id(c.spec, c.task_hash, optimizer_key(c.method), code))
+             for c in cells}
+    return {planned: kept for planned, kept in found.items() if kept}
+
+
 def run_grid(cells: list[RunPlan], out: Path, workers: int | None = None,
-             scheduler: str | None = None, data_dir=None, progress: bool = True) -> dict:
-    """Run the cells not yet in ``out/cells``; returns {cell id: status} for every cell, where
-    ``interrupted`` marks a cell that has no result (it is computed again next time).
+             scheduler: str | None = None, data_dir=None, progress: bool = True) -> dict[str, Outcome]:
+    """Run the cells not yet in ``out/cells`` (by their id, or computed by the same code on
+    another platform: :func:`computed_elsewhere`); returns {planned cell id: :class:`Outcome`}
+    for every cell.
 
     Ctrl-C or SIGTERM stops the grid at once: running cells are killed, nothing queued starts,
     finished cells stay, and :class:`GridInterrupted` says how many remain.
@@ -189,6 +227,11 @@ def run_grid(cells: list[RunPlan], out: Path, workers: int | None = None,
     check_output_folder(cells_dir)
     remove_stale_temporaries(cells_dir)
     todo = [c for c in cells if not cell_complete(cells_dir / c.cell)]
+    elsewhere = computed_elsewhere(todo, cells_dir)
+    if elsewhere:
+        print(f"cryobench: {len(elsewhere)} of the {len(todo)} cells to run were computed on another "
+              f"platform by the same numerical code; their results are kept", file=sys.stderr)
+        todo = [c for c in todo if c.cell not in elsewhere]
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", disable=not progress,
                desc=f"grid {Path(out).name}")
     failures: dict[str, str] = {}
@@ -206,10 +249,11 @@ def run_grid(cells: list[RunPlan], out: Path, workers: int | None = None,
         else:
             run_local(todo, cells_dir, data_dir, max(1, workers or os.cpu_count() or 1), done)
     except KeyboardInterrupt:
-        finished = sum(cell_complete(cells_dir / c.cell) for c in cells)
+        finished = sum(cell_complete(cells_dir / elsewhere.get(c.cell, c.cell)) for c in cells)
         raise GridInterrupted(f"interrupted: {finished} of {len(cells)} cells have results in "
                               f"{cells_dir}; run the same command again to compute the rest") from None
     finally:
         bar.close()
-    return {c.cell: (CellRecord.read(cells_dir / c.cell).status
-                     if cell_complete(cells_dir / c.cell) else "interrupted") for c in cells}
+    stored = {c.cell: elsewhere.get(c.cell, c.cell) for c in cells}
+    return {c: Outcome(s, CellRecord.read(cells_dir / s).status if cell_complete(cells_dir / s)
+                       else "interrupted") for c, s in stored.items()}

@@ -31,6 +31,16 @@ def cell_id(spec: RunSpec, task_name: str, task_hash: str, optimizer: str,
     return content_hash(key)[:16]
 
 
+def portable_id(spec: RunSpec, task_hash: str, optimizer: str, numerics_code: str) -> str:
+    """The id of a run as every platform names it: :func:`cell_id`'s parts with the numerics
+    fingerprint, which follows the CPU and its libraries, replaced by the digest of the
+    numerical code (:func:`numerics_code_digest`), which does not. Two cells with one portable
+    id are the same run by the same code, perhaps computed on two platforms."""
+    key = {**spec.to_dict(), "label": None, "optimizer": optimizer, "task_hash": task_hash,
+           "numerics_code": numerics_code, "schema": SCHEMA_VERSION}
+    return content_hash(key)[:16]
+
+
 def grid_identity() -> dict:
     """What the grid's process knows of its numerics (both fingerprints), passed to its cell
     processes so that they need not run the probes again on the same code and machine."""

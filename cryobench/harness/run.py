@@ -123,7 +123,8 @@ def check_run(spec: RunSpec, method, n_train: int, task_batch: int, budget: int)
                          f"({batch} images) of {method.name} on {where}: the run could do no work")
 
 
-def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) -> RunOutput:
+def execute(spec: RunSpec, task, method, progress=None, compare: bool = True,
+            stop_after: int | None = None) -> RunOutput:
     """Run ``method`` configured with ``spec.params`` on ``task`` and score it (see module doc).
 
     What the optimizer does (its exceptions, a non-finite or wrong-shaped iterate, running out
@@ -131,7 +132,9 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
     own (:mod:`cryobench.harness.isolation`); only what the protocol gives crosses. Anything else
     that fails — scoring, the kernel on a valid request, memory in this process — propagates:
     the run was interrupted and is not a result. ``compare=False`` skips the FSC and views
-    against the ground truth (``verify`` compares traces only).
+    against the ground truth (``verify`` compares traces only). ``stop_after`` ends the run
+    after the step that reaches that many evaluations: the run is given its whole budget and
+    checkpoints as if it went on (``verify`` recomputes a stored run's first evaluations so).
     """
     budget = int(spec.budget if spec.budget is not None else task.budget)
     check_run(spec, method, task.n_train, task.batch_size, budget)
@@ -199,6 +202,8 @@ def execute(spec: RunSpec, task, method, progress=None, compare: bool = True) ->
                     break
             if proc.elapsed >= limit:
                 raise TimeLimitReached
+            if stop_after is not None and oracle.evaluations >= stop_after:
+                break
     except TimeLimitReached:
         status, message = "budget", f"time limit of {limit:g} s of optimizer time reached"
         if proc.ended is not None:

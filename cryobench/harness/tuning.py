@@ -207,18 +207,19 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
     if not plan:
         raise InputError(f"--params {','.join(names)}: none of {', '.join(optimizers)} has such a "
                          "hyper-parameter; nothing to tune")
-    folders = sorted({p[4] for p in plan})
+    folders, stored = sorted({p[4] for p in plan}), {}
     for folder in folders:
-        status = run_grid([c for p in plan if p[4] == folder for c in p[3]], folder,
-                          workers=workers, data_dir=data_dir, progress=progress)
-        lost = sum(s == "interrupted" for s in status.values())
+        outcomes = run_grid([c for p in plan if p[4] == folder for c in p[3]], folder,
+                            workers=workers, data_dir=data_dir, progress=progress)
+        stored.update({planned: o.cell for planned, o in outcomes.items()})
+        lost = sum(o.status == "interrupted" for o in outcomes.values())
         if lost:
             raise InputError(f"{folder}: {lost} candidate runs were interrupted (see above); run "
                              "the same tune command again to compute them before choosing")
     results = {folder: load_results(folder) for folder in folders}
     chosen, unchosen = {}, []
     for ref, name, task_budget, cells, folder, target in plan:
-        ids = {c.cell for c in cells}
+        ids = {stored[c.cell] for c in cells}
         res = results[folder]
         table = select(res.cells[res.cells["cell"].isin(ids)], res.trace)
         try:

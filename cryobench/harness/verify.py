@@ -3,9 +3,9 @@
 For each chosen cell the run is rebuilt from its ``meta.json`` (task, optimizer, every
 hyper-parameter, seed, checkpoints, thread count) and computed again in a fresh process of its
 own (:func:`_recompute`: a cell's optimizer module never runs in verify's process), with the
-budget cut to ``prefix`` evaluations if asked (the longest stored checkpoint within it: the
-first evaluations of a run do not depend on its budget, since the shipped optimizers never read
-it — a method whose ``init`` uses its budget must be verified in full). The rows of both traces
+run stopped after ``prefix`` evaluations if asked (after the step that reaches the longest stored
+checkpoint within it: the run is given its whole budget and checkpoints on the stored run's
+grid, so its rows are those the stored run had by then). The rows of both traces
 at the evaluation counts they share are compared, with the status and the counts. The ground
 truth's test NLL in each set's ``reference.json`` is computed again too.
 
@@ -38,7 +38,7 @@ import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +133,7 @@ def _cached_task(task_cache: dict, task: str, scale: str):
     return task_cache[task, scale]
 
 
-def _recompute_here(spec, cell: str, task_hash: str, threads):
+def _recompute_here(spec, cell: str, task_hash: str, threads, stop_after: int | None):
     """In the recomputation's own process: the optimizer resolved (declared by a sandboxed
     process; a file shipped in a results folder is imported only there and in the run's
     optimizer process, never here nor in verify's process), its identity and the run."""
@@ -141,15 +141,16 @@ def _recompute_here(spec, cell: str, task_hash: str, threads):
     task = load_task(spec.task, spec.scale, progress=False)
     method = resolve(spec.optimizer)
     return (identity(cell, task_hash, threads, method, refinement=task.is_refinement),
-            execute(spec, task, method, compare=False))
+            execute(spec, task, method, compare=False, stop_after=stop_after))
 
 
-def _recompute(spec, cell: str, task_hash: str, threads):
-    """(identity, RunOutput) of ``spec`` computed in a fresh interpreter of its own: whatever a
+def _recompute(spec, cell: str, task_hash: str, threads, stop_after: int | None = None):
+    """(identity, RunOutput) of ``spec`` (stopped after ``stop_after`` evaluations, if given)
+    computed in a fresh interpreter of its own: whatever a
     cell's optimizer module patches at import or while it runs dies with that process, so it
     cannot change verify's accounting or another cell's recomputation."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_recompute_here, spec, cell, task_hash, threads).result()
+        return pool.submit(_recompute_here, spec, cell, task_hash, threads, stop_after).result()
 
 
 def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
@@ -160,11 +161,11 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     if library:                                # another library's method: say which version ran
         what += f" [{library.split(' | ')[0]}]"
     stored = results.trace[results.trace["cell"] == row.cell].sort_values("evals")
-    spec = stored_record.run
+    spec, stop = stored_record.run, None
     if prefix:
         within = stored["evals"][stored["evals"] <= prefix]
-        if len(within) and int(within.max()) < stored_record.budget:
-            spec = replace(spec, budget=int(within.max()))
+        if len(within) and int(within.max()) < int(stored["evals"].max()):
+            stop = int(within.max())
     set_threads(spec.threads)
     task = _cached_task(task_cache, spec.task, spec.scale)
     rendered = _same_recipe(task, stored_record.task_hash, stored_record.task_recipe)
@@ -173,7 +174,7 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
                        f"task content hash {task.content_hash[:12]} here, "
                        f"{stored_record.task_hash[:12]} stored: the data or the task definition changed")
     try:
-        mine, out = _recompute(spec, row.cell, stored_record.task_hash, stored_record.run.threads)
+        mine, out = _recompute(spec, row.cell, stored_record.task_hash, stored_record.run.threads, stop)
     except BrokenProcessPool:
         return Verdict(row.cell, what, False, False, 0, np.inf, "the recomputation's process ended "
                        "before it returned (the optimizer's module or the run ended it)")
@@ -189,16 +190,16 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     a = stored.set_index("evals").loc[common]
     b = now.set_index("evals").loc[common]
     now_record = out.record
-    if exact and spec.budget == stored_record.budget and now_record.status != stored_record.status:
+    if exact and stop is None and now_record.status != stored_record.status:
         return Verdict(row.cell, what, False, exact, len(common), np.inf,
                        f"status {now_record.status} now, {stored_record.status} stored "
                        f"({now_record.message or stored_record.message})")
     timed_out = "budget" in (now_record.status, stored_record.status)
-    # a prefix run checkpoints on its own log grid: only a whole run must produce every stored row;
-    # on another platform a trajectory whose checkpoints follow its own steps (HF's CG) lands
-    # elsewhere: there every stored row is judged as of its evaluation count (judge_configuration)
-    whole = spec.budget == stored_record.budget and exact
-    unproduced = np.setdiff1d(stored["evals"].to_numpy(), now["evals"].to_numpy()) if whole else []
+    # the stored rows within the recomputation's reach must all be produced on this platform; on
+    # another, a trajectory whose checkpoints follow its own steps (HF's CG) lands elsewhere: there
+    # every stored row is judged as of its evaluation count (judge_configuration)
+    reach = stored["evals"] if stop is None else stored["evals"][stored["evals"] <= stop]
+    unproduced = np.setdiff1d(reach.to_numpy(), now["evals"].to_numpy()) if exact else []
     if not len(common) or (len(unproduced) and not timed_out):
         where = (f"stored rows at {', '.join(f'{int(e):,}' for e in unproduced[:3])} evaluations "
                  "that the recomputation does not produce" if len(common) else "no stored row to compare")
@@ -229,7 +230,7 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
     return Verdict(row.cell, what, True, False, len(common), 0.0, rendered,
                    (row.task, row.scale, row.label), int(row.seed),
                    now.set_index("evals")["test_nll"], now_record.status in FAILED,
-                   stored_record.status in FAILED and reached <= (spec.budget or reached))
+                   stored_record.status in FAILED and (stop is None or reached <= stop))
 
 
 def as_of(trace: pd.Series, evals: np.ndarray, failed: bool) -> np.ndarray:

@@ -32,8 +32,9 @@ def main(args) -> int:
                                 data_dir(args))
     if written:
         print(f"wrote the ground truth's test NLL into {written}")
-    status = run_grid(plans, out, args.workers, args.scheduler, data_dir(args),
-                      progress=not args.quiet)
+    outcomes = run_grid(plans, out, args.workers, args.scheduler, data_dir(args),
+                        progress=not args.quiet)
+    status = {cell: o.status for cell, o in outcomes.items()}
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
     print(f"{len(plans)} cells in {out / 'cells'}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return report_interrupted(status, out)

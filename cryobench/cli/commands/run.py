@@ -57,14 +57,14 @@ def main(args) -> int:
     plan = planner.plan(planner.task(args.task, args.scale), args.optimizer, parse_sets(args.set),
                         args.seed, args.budget, time_limit=args.time_limit, oracle=args.oracle)
     out = Path(args.out)
-    status = run_grid([plan], out, workers=1, data_dir=data_dir(args), progress=False)
+    outcome = run_grid([plan], out, workers=1, data_dir=data_dir(args), progress=False)[plan.cell]
     print("hyper-parameters: " + ", ".join(f"{k}={v:g} ({plan.sources[k]})"
                                            for k, v in plan.spec.params.items()))
-    if status[plan.cell] == "interrupted":
-        return report_interrupted(status, out)
-    row = load_results(out / "cells" / plan.cell).cells.iloc[0]
+    if outcome.status == "interrupted":
+        return report_interrupted({plan.cell: outcome.status}, out)
+    row = load_results(out / "cells" / outcome.cell).cells.iloc[0]
     print(f"status {row.status}{': ' + row.message if row.message else ''}; {row.evals:,} evaluations "
           f"in {row.wall_s or 0:.1f} s; final test NLL {row.final_nll:.6g}; FSC 0.5 at "
           f"{row.resolution_A:.3g} Å")
-    print(f"results: {out / 'cells' / plan.cell}")
+    print(f"results: {out / 'cells' / outcome.cell}")
     return 0
