@@ -18,8 +18,9 @@ from cryobench.harness.results import load_results
 from cryobench.harness.run import checkpoints, execute
 from cryobench.report.figures import write_report
 from cryobench.report.findings import findings_table
-from cryobench.report.refinement import epochs_summary, epochs_table, heat
+from cryobench.report.refinement import epochs_summary, epochs_table, heat, subopt_figure
 from cryobench.report.refinement_claims import refinement_findings
+from cryobench.report.style import line_styles
 
 EPOCHS = 4
 RUNS = {"sgd": {"lr": 0.5}, "exact-diag-sgd": {"lr": 0.05}}
@@ -120,6 +121,22 @@ def test_the_report_writes_heat_maps_the_epochs_table_and_suboptimality_curves(t
     at = [s[s["evals"] == s.loc[s["evals"] >= 2 * task.n_train, "evals"].min()]
           .sort_values("shell")["fsc"].to_numpy() for _, s in shells.groupby("cell")]
     assert np.allclose(median[2], np.median(at, axis=0))
+
+
+def test_suboptimality_curves_draw_each_method_as_every_other_figure_does(tiny_set):
+    """A method keeps its colour and line style from figure to figure (line_styles: past ten
+    methods the line style tells them apart, where the colour-blind palette repeats)."""
+    results = load_results(tiny_set[1])
+    for frame in ("cells", "trace"):        # 14 methods: the set's two and 6 copies of each
+        part = getattr(results, frame)
+        setattr(results, frame, pd.concat([part] + [part.assign(
+            label=part["label"] + f" #{i}", cell=part["cell"] + f"-{i}") for i in range(6)],
+            ignore_index=True))
+    drawn = {line.get_gid(): (tuple(line.get_color()), line.get_linestyle())
+             for ax in subopt_figure(results).axes for line in ax.get_lines() if line.get_gid()}
+    styles = line_styles(results.cells["label"])
+    assert len(drawn) == 14 and len(set(drawn.values())) == 14
+    assert drawn == {k: (tuple(s["color"]), s["ls"]) for k, s in styles.items()}
 
 
 def test_claims_are_findings_rows_not_measurable_without_the_preconditioned_method(tiny_set, tmp_path):

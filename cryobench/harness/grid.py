@@ -198,7 +198,7 @@ def computed_elsewhere(cells: list[RunPlan], cells_dir: Path) -> dict[str, str]:
     names another platform and whose portable id (:func:`portable_id`, from its record) is the
     plan's. On this platform a cell must have the plan's own id."""
     here, stored = machine(), {}
-    for folder in sorted(cells_dir.iterdir()) if cells_dir.is_dir() else []:
+    for folder in sorted(cells_dir.iterdir()) if cells and cells_dir.is_dir() else []:
         if not cell_complete(folder):
             continue
         record = CellRecord.read(folder)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -31,7 +30,7 @@ from cryobench.report.oracles import oracle_section
 from cryobench.report.progress import in_progress, planned_runs, runs_summary
 from cryobench.report.ranking import ranking_section
 from cryobench.report.refinement import epochs_table, refinement_figures, refinement_markdown
-from cryobench.report.style import RC, log_scale, style as _style  # noqa: F401
+from cryobench.report.style import RC, line_styles, log_scale, style as _style  # noqa: F401
 from cryobench.report.style import portable_log as _log  # NumPy's log follows the CPU
 from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_table, comparable,  # noqa: F401
                                      failed_cells, failed_markdown, md_code, md_text,
@@ -40,18 +39,6 @@ from cryobench.report.tables import (ALPHA, SNAPSHOTS, _markdown, checkpoint_tab
 
 DATASET = ["task", "scale"]
 BAND = "median over seeds; band: min–max over seeds"
-
-
-LINESTYLES = ("-", "--", "-.")       # ":" is the ground truth's
-
-
-def line_styles(labels) -> dict[str, dict]:
-    """A fixed ``color`` and ``ls`` per label, in sorted label order: seaborn's ten colour-blind
-    colours, solid for the first ten labels, then dashed, then dash-dotted (so fifteen methods
-    stay distinguishable where a palette of fifteen hues would not be)."""
-    colours = sns.color_palette("colorblind", 10)
-    return {label: {"color": colours[i % 10], "ls": LINESTYLES[i // 10 % len(LINESTYLES)]}
-            for i, label in enumerate(sorted(set(labels)))}
 
 
 def _datasets(results: Results) -> list[tuple]:

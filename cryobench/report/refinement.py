@@ -25,11 +25,10 @@ import re
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 
 from cryobench.harness.results import Results
-from cryobench.report.style import log_scale, style
+from cryobench.report.style import line_styles, log_scale, style
 from cryobench.report.tables import comparable, md_text
 
 THRESHOLDS = (0.5, 0.8, 0.95)
@@ -206,8 +205,7 @@ def subopt_figure(results: Results) -> Figure:
     keys = [(t, s, k) for t, s, k in datasets(results)
             if "subopt" in results.trace and results.trace.loc[
                 (results.trace["task"] == t) & (results.trace["scale"] == s), "subopt"].notna().any()]
-    labels = sorted(results.cells["label"].unique())
-    colours = dict(zip(labels, sns.color_palette("colorblind", len(labels))))
+    styles = line_styles(results.cells["label"])
     with style():
         fig = Figure(figsize=(4.6 * max(1, len(keys)) + 2.2, 3.6), layout="constrained")
         axes = fig.subplots(1, max(1, len(keys)), squeeze=False)[0]
@@ -219,9 +217,9 @@ def subopt_figure(results: Results) -> Figure:
                 x, med, lo, hi = _seed_band([(x, y) for x, y in curves if np.isfinite(y).any()])
                 if not len(x):
                     continue
-                ax.plot(x, med, color=colours[label], lw=1.4, label=label, gid=label)
+                ax.plot(x, med, **styles[label], lw=1.4, label=label, gid=label)
                 if d["seed"].nunique() > 1:
-                    ax.fill_between(x, lo, hi, color=colours[label], alpha=0.2, lw=0)
+                    ax.fill_between(x, lo, hi, color=styles[label]["color"], alpha=0.2, lw=0)
             ax.set(yscale=log_scale(ax.yaxis), xlabel="epoch (evaluations / K)",
                    ylabel="F(V) − F* per image")
             ax.set_title(f"{task} ({scale})", parse_math=False)

@@ -79,3 +79,15 @@ def log_scale(axis, base: float = 10) -> LogScale:
     """A log scale for ``axis`` (pass it to its axes' ``set_xscale``/``set_yscale``) whose
     transforms give the same bits on every CPU; ticks and labels as matplotlib's ``"log"``."""
     return _LogScale(axis, base=base)
+
+
+LINESTYLES = ("-", "--", "-.")       # ":" is the ground truth's
+
+
+def line_styles(labels) -> dict[str, dict]:
+    """A fixed ``color`` and ``ls`` per label, in sorted label order: seaborn's ten colour-blind
+    colours, solid for the first ten labels, then dashed, then dash-dotted (so fifteen methods
+    stay distinguishable where a palette of fifteen hues would not be)."""
+    colours = sns.color_palette("colorblind", 10)
+    return {label: {"color": colours[i % 10], "ls": LINESTYLES[i // 10 % len(LINESTYLES)]}
+            for i, label in enumerate(sorted(set(labels)))}
