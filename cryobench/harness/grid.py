@@ -232,6 +232,7 @@ def run_grid(cells: list[RunPlan], out: Path, workers: int | None = None,
         print(f"cryobench: {len(elsewhere)} of the {len(todo)} cells to run were computed on another "
               f"platform by the same numerical code; their results are kept", file=sys.stderr)
         todo = [c for c in todo if c.cell not in elsewhere]
+    stored = {c.cell: elsewhere.get(c.cell, c.cell) for c in cells}      # where each result is
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", disable=not progress,
                desc=f"grid {Path(out).name}")
     failures: dict[str, str] = {}
@@ -249,11 +250,10 @@ def run_grid(cells: list[RunPlan], out: Path, workers: int | None = None,
         else:
             run_local(todo, cells_dir, data_dir, max(1, workers or os.cpu_count() or 1), done)
     except KeyboardInterrupt:
-        finished = sum(cell_complete(cells_dir / elsewhere.get(c.cell, c.cell)) for c in cells)
+        finished = sum(cell_complete(cells_dir / s) for s in stored.values())
         raise GridInterrupted(f"interrupted: {finished} of {len(cells)} cells have results in "
                               f"{cells_dir}; run the same command again to compute the rest") from None
     finally:
         bar.close()
-    stored = {c.cell: elsewhere.get(c.cell, c.cell) for c in cells}
     return {c: Outcome(s, CellRecord.read(cells_dir / s).status if cell_complete(cells_dir / s)
                        else "interrupted") for c, s in stored.items()}

@@ -226,11 +226,10 @@ def verify_cell(results, row, prefix: int | None, task_cache: dict) -> Verdict:
         return Verdict(row.cell, what, True, True, len(common), 0.0, note)
     # another platform: a chaotic trajectory is a new draw from the seeds' distribution, so the
     # cell is judged with the other seeds of its configuration (judge_configuration)
-    reached = int(stored["evals"].max()) if len(stored) else 0
     return Verdict(row.cell, what, True, False, len(common), 0.0, rendered,
                    (row.task, row.scale, row.label), int(row.seed),
                    now.set_index("evals")["test_nll"], now_record.status in FAILED,
-                   stored_record.status in FAILED and (stop is None or reached <= stop))
+                   stored_record.status in FAILED and stop is None)   # a prefix ends before any failure
 
 
 def as_of(trace: pd.Series, evals: np.ndarray, failed: bool) -> np.ndarray:
