@@ -133,6 +133,26 @@ def test_grid_keeps_a_cell_another_platform_computed_with_the_same_code(tmp_path
     assert third[cells[0].cell] == (cells[0].cell, "ok")
 
 
+def test_grid_names_the_finished_cells_that_are_none_of_its_runs(tmp_path, data_dir, capsys):
+    """Cells left in the folder by another definition of the task (a stale set being replaced)
+    or by a run the grid no longer plans are named, and counted apart when their task data
+    differ; a grid whose cells are all its own says nothing."""
+    cells = expand(load_grid(write_grid(tmp_path / "grid.toml", ["sgd"])), data_dir)
+    run_grid(cells, tmp_path, workers=1, data_dir=data_dir, progress=False)
+    assert "no run of this grid" not in capsys.readouterr().err
+    own = tmp_path / "cells" / cells[0].cell
+    for name, task_hash in (("0ldtask0000000000", "0" * 64), ("0ldrun00000000000", None)):
+        shutil.copytree(own, own.with_name(name))
+        if task_hash:
+            meta = json.loads((own.with_name(name) / "meta.json").read_text())
+            meta["task_hash"] = task_hash
+            (own.with_name(name) / "meta.json").write_text(json.dumps(meta))
+    run_grid(cells, tmp_path, workers=1, data_dir=data_dir, progress=False)
+    err = capsys.readouterr().err
+    assert "2 finished cells" in err and "(1 computed on another definition" in err
+    assert "0ldrun00000000000, 0ldtask0000000000" in err
+
+
 def test_a_run_stopped_early_has_the_whole_runs_first_rows(cylinder):
     """``execute(stop_after=S)`` (verify's prefix) gives, bit for bit, the rows the whole run has
     up to S, a checkpoint of the whole run: the same checkpoints, since the run is given its

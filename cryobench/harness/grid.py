@@ -214,6 +214,22 @@ def computed_elsewhere(cells: list[RunPlan], cells_dir: Path) -> dict[str, str]:
     return {planned: kept for planned, kept in found.items() if kept}
 
 
+def unplanned(cells: list[RunPlan], cells_dir: Path, stored: set[str]) -> tuple[list[str], int]:
+    """(ids of the finished cells in ``cells_dir`` that are no run of ``cells``, given the
+    folders ``stored`` that hold their results; how many of them were computed on another
+    definition of a task the grid runs — another content hash — which a report refuses to
+    read beside the grid's own)."""
+    hashes = {(c.spec.task, c.spec.scale): c.task_hash for c in cells}
+    extra, other_data = [], 0
+    for folder in sorted(cells_dir.iterdir()) if cells_dir.is_dir() else []:
+        if folder.name in stored or not cell_complete(folder):
+            continue
+        record = CellRecord.read(folder)
+        extra.append(folder.name)
+        other_data += hashes.get((record.run.task, record.run.scale), record.task_hash) != record.task_hash
+    return extra, other_data
+
+
 def run_grid(cells: list[RunPlan], out: Path, workers: int | None = None,
              scheduler: str | None = None, data_dir=None, progress: bool = True) -> dict[str, Outcome]:
     """Run the cells not yet in ``out/cells`` (by their id, or computed by the same code on
@@ -233,6 +249,12 @@ def run_grid(cells: list[RunPlan], out: Path, workers: int | None = None,
               f"platform by the same numerical code; their results are kept", file=sys.stderr)
         todo = [c for c in todo if c.cell not in elsewhere]
     stored = {c.cell: elsewhere.get(c.cell, c.cell) for c in cells}      # where each result is
+    extra, other_data = unplanned(cells, cells_dir, set(stored.values()))
+    if extra:
+        print(f"cryobench: {len(extra)} finished cells in {cells_dir} are no run of this grid "
+              f"({other_data} computed on another definition of its tasks, which reports refuse "
+              f"to read beside this grid's runs): {', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}; "
+              "remove them once this grid has replaced them", file=sys.stderr)
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", disable=not progress,
                desc=f"grid {Path(out).name}")
     failures: dict[str, str] = {}
