@@ -249,12 +249,6 @@ def run_grid(cells: list[RunPlan], out: Path, workers: int | None = None,
               f"platform by the same numerical code; their results are kept", file=sys.stderr)
         todo = [c for c in todo if c.cell not in elsewhere]
     stored = {c.cell: elsewhere.get(c.cell, c.cell) for c in cells}      # where each result is
-    extra, other_data = unplanned(cells, cells_dir, set(stored.values()))
-    if extra:
-        print(f"cryobench: {len(extra)} finished cells in {cells_dir} are no run of this grid "
-              f"({other_data} computed on another definition of its tasks, which reports refuse "
-              f"to read beside this grid's runs): {', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}; "
-              "remove them once this grid has replaced them", file=sys.stderr)
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", disable=not progress,
                desc=f"grid {Path(out).name}")
     failures: dict[str, str] = {}
