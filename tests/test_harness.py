@@ -133,6 +133,27 @@ def test_grid_keeps_a_cell_another_platform_computed_with_the_same_code(tmp_path
     assert third[cells[0].cell] == (cells[0].cell, "ok")
 
 
+def test_grid_names_the_finished_cells_that_are_none_of_its_runs(tmp_path, data_dir, capsys):
+    """Cells left in the folder by another definition of the task (a stale set being replaced)
+    or by a run the grid no longer plans are named by ``cryobench grid``, and counted apart when
+    their task data differ; a grid whose cells are all its own says nothing."""
+    grid = write_grid(tmp_path / "grid.toml", ["sgd"])
+    command = ["grid", str(grid), "--workers", "1", "--quiet", "--data-dir", str(data_dir)]
+    assert cli(command) == 0
+    assert "no run of this grid" not in capsys.readouterr().out
+    own = next((tmp_path / "cells").iterdir())
+    for name, task_hash in (("0ldtask0000000000", "0" * 64), ("0ldrun00000000000", None)):
+        shutil.copytree(own, own.with_name(name))
+        if task_hash:
+            meta = json.loads((own.with_name(name) / "meta.json").read_text())
+            meta["task_hash"] = task_hash
+            (own.with_name(name) / "meta.json").write_text(json.dumps(meta))
+    assert cli(command) == 0
+    out = capsys.readouterr().out
+    assert "2 other finished cells" in out and "(1 computed on another definition" in out
+    assert "0ldrun00000000000, 0ldtask0000000000" in out
+
+
 def test_a_run_stopped_early_has_the_whole_runs_first_rows(cylinder):
     """``execute(stop_after=S)`` (verify's prefix) gives, bit for bit, the rows the whole run has
     up to S, a checkpoint of the whole run: the same checkpoints, since the run is given its

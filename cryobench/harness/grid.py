@@ -214,6 +214,22 @@ def computed_elsewhere(cells: list[RunPlan], cells_dir: Path) -> dict[str, str]:
     return {planned: kept for planned, kept in found.items() if kept}
 
 
+def unplanned(cells: list[RunPlan], cells_dir: Path, stored: set[str]) -> tuple[list[str], int]:
+    """(ids of the finished cells in ``cells_dir`` that are no run of ``cells``, given the
+    folders ``stored`` that hold their results; how many of them were computed on another
+    definition of a task the grid runs — another content hash — which a report refuses to
+    read beside the grid's own)."""
+    hashes = {(c.spec.task, c.spec.scale): c.task_hash for c in cells}
+    extra, other_data = [], 0
+    for folder in sorted(cells_dir.iterdir()) if cells_dir.is_dir() else []:
+        if folder.name in stored or not cell_complete(folder):
+            continue
+        record = CellRecord.read(folder)
+        extra.append(folder.name)
+        other_data += hashes.get((record.run.task, record.run.scale), record.task_hash) != record.task_hash
+    return extra, other_data
+
+
 def run_grid(cells: list[RunPlan], out: Path, workers: int | None = None,
              scheduler: str | None = None, data_dir=None, progress: bool = True) -> dict[str, Outcome]:
     """Run the cells not yet in ``out/cells`` (by their id, or computed by the same code on

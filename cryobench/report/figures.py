@@ -370,7 +370,8 @@ def write_leaderboard(results_root, out=None, sets=None,
     loaded = {name: load_results(root / name) for name in names}
     combined = combine(*(loaded[n] for n in sorted(loaded))) if loaded else None
     md_ranking, body = ranking_section(loaded, combined)
-    md_oracles, html_oracles = oracle_section(combined) if loaded else ([], [])
+    (md_oracles, html_oracles), (findings_md, findings_html) = (
+        (oracle_section(combined), findings_section(combined)) if loaded else (([], []), ([], [])))
     md, body = md + md_ranking + md_oracles, body + html_oracles
     for name in names:
         results = loaded[name]
@@ -381,12 +382,11 @@ def write_leaderboard(results_root, out=None, sets=None,
         md += [f"## {md_text(name)}", "", *_section(results, table, figs, "figures/", "###", planned)]
         body += section_html(name, results, table, figs, _relabelled(results), provenance(results),
                              out.parent, planned)
-    findings_md, findings_html = findings_section(combined) if loaded else ([], [])
     md, body = md + findings_md, body + findings_html
     page = out.with_suffix(".html")
+    anchors = ((["ranking"] if md_ranking else []) + (["oracles"] if md_oracles else []) + names
+               + (["findings"] if findings_html else []))
     atomic_write(out, "\n".join(md))
-    atomic_write(page, page_html(title, intro, (["ranking"] if md_ranking else []) + (["oracles"] if md_oracles else []) + names
-                                 + (["findings"] if findings_html else []),
-                                 body, markdown=out.name))
+    atomic_write(page, page_html(title, intro, anchors, body, markdown=out.name))
     return written + [out, page]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryobench.cli.common import data_dir, positive, report_interrupted, threads_option
-from cryobench.harness.grid import expand, load_grid, run_grid
+from cryobench.harness.grid import expand, load_grid, run_grid, unplanned
 from cryobench.harness.reference import record_references
 
 HELP = "run a TOML grid of tasks × scales × optimizers × values × seeds"
@@ -37,4 +37,10 @@ def main(args) -> int:
     status = {cell: o.status for cell, o in outcomes.items()}
     counts = {s: list(status.values()).count(s) for s in sorted(set(status.values()))}
     print(f"{len(plans)} cells in {out / 'cells'}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    extra, other_data = unplanned(plans, out / "cells", {o.cell for o in outcomes.values()})
+    if extra:
+        print(f"{len(extra)} other finished cells there are no run of this grid ({other_data} "
+              f"computed on another definition of its tasks, which reports refuse to read beside "
+              f"this grid's runs): {', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}; remove "
+              "them once this grid has replaced them")
     return report_interrupted(status, out)
