@@ -192,20 +192,25 @@ def expand(grid: Grid, data_dir=None, threads: int = 1) -> list[RunPlan]:
     return list(plans.values())
 
 
+def finished_records(cells_dir: Path, skip=frozenset()):
+    """(cell id, :class:`CellRecord`) of each finished cell directly in ``cells_dir`` whose id
+    is not in ``skip``, sorted by id; nothing if the folder does not exist."""
+    for folder in sorted(cells_dir.iterdir()) if cells_dir.is_dir() else []:
+        if folder.name not in skip and cell_complete(folder):
+            yield folder.name, CellRecord.read(folder)
+
+
 def computed_elsewhere(cells: list[RunPlan], cells_dir: Path) -> dict[str, str]:
     """{planned cell id: stored cell id} for the runs of ``cells`` not stored under their own id
     but computed on another platform by the same numerical code: a finished cell whose identity
     names another platform and whose portable id (:func:`portable_id`, from its record) is the
     plan's. On this platform a cell must have the plan's own id."""
     here, stored = machine(), {}
-    for folder in sorted(cells_dir.iterdir()) if cells and cells_dir.is_dir() else []:
-        if not cell_complete(folder):
-            continue
-        record = CellRecord.read(folder)
+    for name, record in finished_records(cells_dir) if cells else ():
         parts = record.identity or {}
         if parts.get("platform") not in (None, here) and parts.get("numerics_code"):
             key = portable_id(record.run, record.task_hash, parts["optimizer"], parts["numerics_code"])
-            stored.setdefault(key, folder.name)
+            stored.setdefault(key, name)
     if not stored:
         return {}
     code = numerics_code_digest()
@@ -221,11 +226,8 @@ def unplanned(cells: list[RunPlan], cells_dir: Path, stored: set[str]) -> tuple[
     read beside the grid's own)."""
     hashes = {(c.spec.task, c.spec.scale): c.task_hash for c in cells}
     extra, other_data = [], 0
-    for folder in sorted(cells_dir.iterdir()) if cells_dir.is_dir() else []:
-        if folder.name in stored or not cell_complete(folder):
-            continue
-        record = CellRecord.read(folder)
-        extra.append(folder.name)
+    for name, record in finished_records(cells_dir, skip=stored):
+        extra.append(name)
         other_data += hashes.get((record.run.task, record.run.scale), record.task_hash) != record.task_hash
     return extra, other_data
 
