@@ -354,6 +354,32 @@ def test_tuning_over_a_range_given_instead_of_the_declared_one(tmp_path, data_di
         assert message in capsys.readouterr().err
 
 
+def test_tuning_around_another_scales_choice_looks_past_an_edge_once(tmp_path, data_dir, capsys):
+    """``--around small`` searches a decade either side of the value tuned at small (here a
+    recorded lr of 1e-5, far below ci's best): 1e-6, 1e-5, 1e-4 chooses the top end, so the
+    next two decades are searched (1e-4 is not run twice), and the choice among all five is
+    recorded with the whole range searched; one more edge is not chased. Without a value at that
+    scale, or with --range, one error line."""
+    record = tmp_path / "tuned.json"
+    record.write_text(json.dumps({"synthetic-cylinder": {"small": {"sgd": {"params": {"lr": 1e-5}}}}}))
+    common = ["--scale", "ci", "--optimizers", "sgd", "--budget", "300", "--points", "3",
+              "--data-dir", str(data_dir), "--out", str(tmp_path / "tune"), "--quiet",
+              "--record", str(record)]
+    assert cli(["tune", "synthetic-cylinder", "--around", "small", *common]) == 0
+    entry = load_tuned(record)["synthetic-cylinder"]["ci"]["sgd"]
+    lrs = sorted(c["params"]["lr"] for c in entry["candidates"])
+    assert lrs == [1e-6, 1e-5, 1e-4, 1e-3, 1e-2]
+    assert len(load_results(tmp_path / "tune").cells) == 10              # 5 values × 2 seeds
+    assert entry["searched_ranges"] == {"lr": [1e-6, 1e-2]}
+    best = min((c for c in entry["candidates"] if not c["rejected"]), key=lambda c: c["validation_nll"])
+    assert entry["params"]["lr"] == best["params"]["lr"] >= 1e-4
+    for extra, message in [(["--around", "paper"], "--around paper: no tuned values of sgd on "
+                                                   "synthetic-cylinder at scale paper"),
+                           (["--around", "small", "--range", "lr=0.1,1"], "--around and --range")]:
+        assert cli(["tune", "synthetic-cylinder", *extra, *common]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_cli_run_and_its_errors(tmp_path, data_dir, capsys):
     common = ["--scale", "ci", "--data-dir", str(data_dir), "--out", str(tmp_path), "--tuned", "none"]
     assert cli(["run", "synthetic-cylinder", "sgd", "--budget", "200", "--set", "lr=0.5", *common]) == 0

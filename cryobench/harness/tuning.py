@@ -17,12 +17,19 @@ hash and recipe hash at that scale (never the path as typed)::
                                          "budget": 4600, "task_hash": "…", "task_recipe": "…",
                                          "candidates": [...]}}}}
 
+``around`` (``cryobench tune --around SCALE``) searches each method a decade either side of its
+value tuned at another scale of the same task (``points`` log-spaced values over [v/10, 10 v]);
+a choice at an end of that range is searched once more over the next two decades past it, and
+the choice is made among both rounds' candidates. That is how a paper-scale task whose
+candidates cost minutes each is tuned from its small-scale choices.
+
 The tuned-values file and how ``run`` and ``grid`` use it are in :mod:`cryobench.harness.tuned`.
 """
 from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +54,14 @@ def candidates(method, names, points: int, ranges: dict | None = None) -> list[d
         h = method.hypers[name]
         low, high = (ranges or {}).get(name, (h.low, h.high))
         grid = np.geomspace(low, high, points) if h.log else np.linspace(low, high, points)
-        grid = np.unique(np.round(grid)) if h.integer else [float(f"{v:.3g}") for v in grid]
+        grid = np.unique(np.round(grid)) if h.integer else [_sig3(v) for v in grid]
         axes.append([h.check(name, v) for v in grid])
     return [dict(zip(names, values)) for values in itertools.product(*axes)]
+
+
+def _sig3(value) -> float:
+    """``value`` to 3 significant digits: how candidate values are written and recorded."""
+    return float(f"{value:.3g}")
 
 
 def select(cells: pd.DataFrame, trace: pd.DataFrame) -> pd.DataFrame:
@@ -160,10 +172,88 @@ def check_ranges(ranges: dict, names) -> None:
                              "LOW < HIGH")
 
 
+def around_ranges(tuned: dict, task: str, scale: str, optimizer: str, oracle, names,
+                  method) -> dict:
+    """{name: (v/10, 10 v)} for each of ``names``, v being ``optimizer``'s value tuned on
+    ``task`` at ``scale`` under ``oracle`` (settings, None: exact) in ``tuned``: a decade either
+    side of its choice at another scale. One error line when there is no such value."""
+    entry = tuned.get(task, {}).get(scale, {}).get(oracle_key(optimizer, oracle))
+    if entry is None:
+        raise InputError(f"--around {scale}: no tuned values of {oracle_key(optimizer, oracle)} on "
+                         f"{task} at scale {scale}; tune it there first, or search with --range")
+    out = {}
+    for name in names:
+        value = entry["params"].get(name)
+        if not method.hypers[name].log or not value or value < 0:
+            raise InputError(f"--around {scale}: {optimizer}'s {name} "
+                             + ("is not searched on a log scale" if not method.hypers[name].log
+                                else f"has no positive tuned value at {scale} ({value!r})")
+                             + "; search it with --range")
+        out[name] = (_sig3(value / 10), _sig3(value * 10))
+    return out
+
+
+def past_edge(table: pd.DataFrame, ranges: dict) -> dict:
+    """{name: the next two decades past the searched range} for each name of ``ranges`` whose
+    chosen value (the best accepted candidate of ``table``) is at an end of its range; {} when
+    every candidate was rejected or the choice is inside."""
+    if table.empty or table["rejected"].iloc[0]:
+        return {}
+    chosen, out = json.loads(table["params"].iloc[0]), {}
+    values = [json.loads(p) for p in table["params"]]
+    for name in ranges:
+        low, high = min(v[name] for v in values), max(v[name] for v in values)
+        if chosen[name] == low:
+            out[name] = (_sig3(low / 100), low)
+        elif chosen[name] == high:
+            out[name] = (high, _sig3(high * 100))
+    return out
+
+
+@dataclass
+class Search:
+    """One method's search on one task: the names searched (``tunable``), the budget of a
+    candidate, where its runs go and its choice is recorded, and the ranges searched so far
+    (``searched``: the declared ones where absent); ``extend`` widens them past an edge."""
+
+    ref: object
+    method: object
+    tunable: list
+    budget: int
+    folder: Path
+    target: Path
+    searched: dict
+    last: dict = field(default_factory=dict)        # the ranges of the latest round
+    runs: list = field(default_factory=list)        # every round's candidate runs
+    table: pd.DataFrame | None = None               # their :func:`select` table
+
+    def plan_round(self, planner, points: int, seeds: int, per_decade: int, oracle) -> None:
+        """Add the candidate runs of the latest round: ``points`` values per name over its
+        range (a run planned before is the same cell, computed once)."""
+        over = {**self.searched, **self.last}
+        planned = {c.cell for c in self.runs}
+        for values in candidates(self.method, self.tunable, points, over):
+            for seed in range(seeds):
+                run = planner.plan(self.ref, self.method.name, values, seed, self.budget,
+                                   per_decade=per_decade, score="validation", tuned=False,
+                                   method=self.method, oracle=oracle)
+                if run.cell not in planned:
+                    self.runs.append(run)
+
+    def extend(self) -> bool:
+        """Set the next round's ranges past the ends where the choice of :attr:`table` sits
+        (:func:`past_edge`) and widen :attr:`searched` by them; False when it sits inside."""
+        self.last = past_edge(self.table, self.searched)
+        for name, (low, high) in self.last.items():
+            self.searched[name] = (min(low, self.searched[name][0]),
+                                   max(high, self.searched[name][1]))
+        return bool(self.last)
+
+
 def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
          budget: int | None = None, out=None, record_to=None, workers=None, data_dir=None,
          progress=True, seeds: int = 2, per_decade: int = 5, ranges: dict | None = None,
-         oracle=None) -> dict:
+         oracle=None, around: str | None = None) -> dict:
     """Search, select on validation, and record; returns {(task, optimizer): chosen entry}.
 
     ``scale`` None: each task's default scale. ``out`` None: :func:`default_tune_dir`.
@@ -172,10 +262,15 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
     checkpoints per decade of evaluations (the selection reads only the first and the last;
     fewer checkpoints spare the scoring where a validation NLL costs as much as the run).
     ``ranges`` {name: (low, high)}: search there instead of the declared range (recorded with
-    the choice), e.g. to look past a choice that sits at the declared range's edge.
+    the choice), e.g. to look past a choice that sits at the declared range's edge. ``around``
+    a scale: search each method a decade either side of its value tuned there, and once more
+    past an end where the choice sits (:func:`around_ranges`, :func:`past_edge`); not with
+    ``ranges``.
     """
     ranges = dict(ranges or {})
     check_ranges(ranges, list(names))
+    if around and ranges:
+        raise InputError("--around and --range: give one; --around sets each method's range")
     if seeds < 2:
         raise ValueError(f"tuning needs at least 2 seeds per candidate, got {seeds}")
     planner = Planner(data_dir)
@@ -198,39 +293,50 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
                 if n in ranges and method.hypers[n].log and ranges[n][0] <= 0:
                     raise InputError(f"--range {n}={ranges[n][0]:g},{ranges[n][1]:g}: {method.name}'s "
                                      f"{n} is searched on a log scale, so LOW must be positive")
-            cells = [planner.plan(ref, optimizer, values, seed, task_budget, per_decade=per_decade,
-                                  score="validation", tuned=False, method=method,
-                                  oracle=oracle)
-                     for values in candidates(method, tunable, points, ranges)
-                     for seed in range(seeds)]
-            plan.append((ref, method.name, task_budget, cells, folder, target))
+            searched = (around_ranges(load_tuned(target), ref.spec.name, around, method.name,
+                                      oracle_settings(oracle), tunable, method)
+                        if around else ranges)
+            plan.append(Search(ref, method, tunable, task_budget, folder, target, dict(searched)))
     if not plan:
         raise InputError(f"--params {','.join(names)}: none of {', '.join(optimizers)} has such a "
                          "hyper-parameter; nothing to tune")
-    folders, stored = sorted({p[4] for p in plan}), {}
-    for folder in folders:
-        outcomes = run_grid([c for p in plan if p[4] == folder for c in p[3]], folder,
-                            workers=workers, data_dir=data_dir, progress=progress)
-        stored.update({planned: o.cell for planned, o in outcomes.items()})
-        lost = sum(o.status == "interrupted" for o in outcomes.values())
-        if lost:
-            raise InputError(f"{folder}: {lost} candidate runs were interrupted (see above); run "
-                             "the same tune command again to compute them before choosing")
-    results = {folder: load_results(folder) for folder in folders}
+    for s in plan:
+        s.plan_round(planner, points, seeds, per_decade, oracle)
+    _search(plan, workers, data_dir, progress)
+    if around:                                  # once more past an end where the choice sits
+        again = [s for s in plan if s.extend()]
+        for s in again:
+            s.plan_round(planner, points, seeds, per_decade, oracle)
+        _search(again, workers, data_dir, progress)
     chosen, unchosen = {}, []
-    for ref, name, task_budget, cells, folder, target in plan:
-        ids = {stored[c.cell] for c in cells}
-        res = results[folder]
-        table = select(res.cells[res.cells["cell"].isin(ids)], res.trace)
+    for s in plan:
+        ref, name = s.ref, s.method.name
         try:
-            entry = record(target, ref.spec, ref.scale.name, name, table, task_budget,
-                           ref.content_hash, names, ranges, ref.recipe,
+            entry = record(s.target, ref.spec, ref.scale.name, name, s.table, s.budget,
+                           ref.content_hash, names, s.searched, ref.recipe,
                            oracle_settings(oracle))
         except ValueError as exc:          # the others are still recorded
             unchosen.append(str(exc))
             continue
-        chosen[ref.given, name] = {**entry, "recorded_in": str(target)}
+        chosen[ref.given, name] = {**entry, "recorded_in": str(s.target)}
     if unchosen:
         recorded = f" (recorded: {', '.join(n for _, n in sorted(chosen))})" if chosen else ""
         raise InputError("nothing recorded for " + "; ".join(unchosen) + recorded)
     return chosen
+
+
+def _search(plan: list[Search], workers, data_dir, progress) -> None:
+    """Run the candidate runs of each :class:`Search` of ``plan``, grouped by folder (finished
+    ones are kept), and set each one's :func:`select` table."""
+    for folder in sorted({s.folder for s in plan}):
+        searches = [s for s in plan if s.folder == folder]
+        outcomes = run_grid([c for s in searches for c in s.runs], folder, workers=workers,
+                            data_dir=data_dir, progress=progress)
+        lost = sum(o.status == "interrupted" for o in outcomes.values())
+        if lost:
+            raise InputError(f"{folder}: {lost} candidate runs were interrupted (see above); run "
+                             "the same tune command again to compute them before choosing")
+        res = load_results(folder)
+        for s in searches:
+            ids = {outcomes[c.cell].cell for c in s.runs}
+            s.table = select(res.cells[res.cells["cell"].isin(ids)], res.trace)

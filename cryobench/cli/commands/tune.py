@@ -27,6 +27,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--range", action="append", default=[], metavar="NAME=LOW,HIGH",
                         help="search NAME over [LOW, HIGH] instead of its declared range "
                              "(repeatable; recorded with the choice)")
+    parser.add_argument("--around", metavar="SCALE",
+                        help="search each method a decade either side of its value tuned at SCALE "
+                             "(e.g. small), and once more over the next two decades past an end "
+                             "where the choice sits; not with --range")
     parser.add_argument("--out", help="folder for the candidate runs (default: results/tune/SCALE "
                         "for a shipped task, ./results/tune/SCALE when installed from a wheel; "
                         "TASK.tune/SCALE beside any other task file)")
@@ -53,7 +57,7 @@ def main(args) -> None:
     chosen = tune(args.task, args.scale, args.optimizers.split(","), names, args.points,
                   args.budget, args.out, args.record, args.workers, data_dir(args),
                   progress=not args.quiet, seeds=args.seeds, per_decade=args.per_decade,
-                  ranges=parse_ranges(args.range), oracle=args.oracle)
+                  ranges=parse_ranges(args.range), oracle=args.oracle, around=args.around)
     for (task, name), entry in sorted(chosen.items()):
         values = ", ".join(f"{k}={v:g}" for k, v in entry["params"].items() if k in names)
         edge = "; ".join(f"{k} blew up at {v['value']:g} ({v['ratio']:.3g}×)" if v["value"] is not None
