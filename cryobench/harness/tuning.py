@@ -214,7 +214,7 @@ def past_edge(table: pd.DataFrame, ranges: dict) -> dict:
 class Search:
     """One method's search on one task: the names searched (``tunable``), the budget of a
     candidate, where its runs go and its choice is recorded, and the ranges searched so far
-    (``searched``: the declared ones where absent); ``extend`` widens them past an edge."""
+    (``searched``: the declared ones where absent); :meth:`extend` widens them past an edge."""
 
     ref: object
     method: object
@@ -223,14 +223,13 @@ class Search:
     folder: Path
     target: Path
     searched: dict
-    last: dict = field(default_factory=dict)        # the ranges of the latest round
     runs: list = field(default_factory=list)        # every round's candidate runs
     table: pd.DataFrame | None = None               # their :func:`select` table
 
-    def plan_round(self, planner, points: int, seeds: int, per_decade: int, oracle) -> None:
-        """Add the candidate runs of the latest round: ``points`` values per name over its
-        range (a run planned before is the same cell, computed once)."""
-        over = {**self.searched, **self.last}
+    def plan_round(self, over: dict, planner, points: int, seeds: int, per_decade: int,
+                   oracle) -> None:
+        """Add the candidate runs of a round: ``points`` values per name over its range in
+        ``over`` (the declared one where absent); a run planned before is not added again."""
         planned = {c.cell for c in self.runs}
         for values in candidates(self.method, self.tunable, points, over):
             for seed in range(seeds):
@@ -240,14 +239,16 @@ class Search:
                 if run.cell not in planned:
                     self.runs.append(run)
 
-    def extend(self) -> bool:
-        """Set the next round's ranges past the ends where the choice of :attr:`table` sits
-        (:func:`past_edge`) and widen :attr:`searched` by them; False when it sits inside."""
-        self.last = past_edge(self.table, self.searched)
-        for name, (low, high) in self.last.items():
+    def extend(self) -> dict:
+        """The ranges of the next round — past the ends where the choice of :attr:`table` sits
+        (:func:`past_edge`), the searched ones elsewhere — after widening :attr:`searched` by
+        them; {} when the choice sits inside every range."""
+        further = past_edge(self.table, self.searched)
+        over = {**self.searched, **further}
+        for name, (low, high) in further.items():
             self.searched[name] = (min(low, self.searched[name][0]),
                                    max(high, self.searched[name][1]))
-        return bool(self.last)
+        return over if further else {}
 
 
 def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
@@ -273,7 +274,7 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
         raise InputError("--around and --range: give one; --around sets each method's range")
     if seeds < 2:
         raise ValueError(f"tuning needs at least 2 seeds per candidate, got {seeds}")
-    planner = Planner(data_dir)
+    planner, settings = Planner(data_dir), oracle_settings(oracle)
     plan = []
     for task in tasks:
         ref = planner.task(task, scale)
@@ -294,27 +295,26 @@ def tune(tasks, scale: str | None, optimizers, names=("lr",), points: int = 9,
                     raise InputError(f"--range {n}={ranges[n][0]:g},{ranges[n][1]:g}: {method.name}'s "
                                      f"{n} is searched on a log scale, so LOW must be positive")
             searched = (around_ranges(load_tuned(target), ref.spec.name, around, method.name,
-                                      oracle_settings(oracle), tunable, method)
+                                      settings, tunable, method)
                         if around else ranges)
             plan.append(Search(ref, method, tunable, task_budget, folder, target, dict(searched)))
     if not plan:
         raise InputError(f"--params {','.join(names)}: none of {', '.join(optimizers)} has such a "
                          "hyper-parameter; nothing to tune")
     for s in plan:
-        s.plan_round(planner, points, seeds, per_decade, oracle)
+        s.plan_round(s.searched, planner, points, seeds, per_decade, oracle)
     _search(plan, workers, data_dir, progress)
     if around:                                  # once more past an end where the choice sits
-        again = [s for s in plan if s.extend()]
-        for s in again:
-            s.plan_round(planner, points, seeds, per_decade, oracle)
-        _search(again, workers, data_dir, progress)
+        again = [(s, over) for s in plan if (over := s.extend())]
+        for s, over in again:
+            s.plan_round(over, planner, points, seeds, per_decade, oracle)
+        _search([s for s, _ in again], workers, data_dir, progress)
     chosen, unchosen = {}, []
     for s in plan:
         ref, name = s.ref, s.method.name
         try:
             entry = record(s.target, ref.spec, ref.scale.name, name, s.table, s.budget,
-                           ref.content_hash, names, s.searched, ref.recipe,
-                           oracle_settings(oracle))
+                           ref.content_hash, names, s.searched, ref.recipe, settings)
         except ValueError as exc:          # the others are still recorded
             unchosen.append(str(exc))
             continue
