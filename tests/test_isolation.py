@@ -272,9 +272,10 @@ def test_nothing_outlives_a_killed_grid(tmp_path, data_dir, hostile):
     proc = subprocess.Popen(with_own_shm(command, shm), env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300                        # a loaded machine starts slowly
-        while time.time() < deadline and len(_descendants(proc.pid)) < 6:  # 2 × (cell, zygote, child)
-            time.sleep(0.1)
-        tree = _descendants(proc.pid)
+        tree = _descendants(proc.pid)                       # the tree that was counted, not a
+        while time.time() < deadline and len(tree) < 6:     # later look: a process starting or
+            time.sleep(0.1)                                 # ending in between changes the count
+            tree = _descendants(proc.pid)                   # 2 × (cell, zygote, child)
         assert len(tree) >= 6, f"the grid started {len(tree)} processes in 300 s"
         assert (shm / ".bound").exists()                    # the grid's /dev/shm is this folder
     finally:                                                # never leave the grid running
