@@ -24,7 +24,7 @@ FINAL = {("sgd", False): 500.0, ("olbfgs", False): 503.0,
          ("sgd", True): 510.0, ("olbfgs", True): 506.0}
 
 
-def write_cell(root, optimizer, seed, sampled, evals=EVALS):
+def write_cell(root, optimizer, seed, sampled, evals=EVALS, platform=None):
     label = optimizer + (" [IS]" if sampled else "")
     cell = f"{optimizer}-{'is' if sampled else 'exact'}-{seed}"
     folder = root / "cells" / cell
@@ -48,6 +48,8 @@ def write_cell(root, optimizer, seed, sampled, evals=EVALS):
             "provenance": {"cryobench": "0.1.0"}, "snapshots": [],
             "task_facts": {"n_train": 1000, "batch_size": 100, "box": 12, "pixel_size": 10.0,
                            "rmax_px": 3.0}}
+    if platform:
+        meta["identity"] = {"cell": cell, "task_hash": "hash", "platform": platform}
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
@@ -80,6 +82,22 @@ def test_oracle_table_by_hand(both):
     assert t.loc["sgd", "at evals"] == 60000
     # IS: 1,000 exact evaluations, then a quarter of the terms: (1000 + 59000 / 4) / 60000
     assert t.loc["sgd", "IS terms"] == pytest.approx((1000 + 59000 / 4) / 60000)
+    assert t.loc["sgd", "other platform"] == 0              # the records name no platform
+
+
+def test_pairs_run_on_another_platform_are_counted_and_said(tmp_path):
+    """Seeds 0 and 1 of SGD ran on CPU A under the exact oracle and on CPU B under the IS one;
+    seeds 2–4 on B under both; oLBFGS on B throughout."""
+    for optimizer in ("sgd", "olbfgs"):
+        for seed in SEEDS:
+            exact_cpu = "A" if optimizer == "sgd" and seed < 2 else "B"
+            write_cell(tmp_path / "exact-set", optimizer, seed, False, platform=exact_cpu)
+            write_cell(tmp_path / "is-set", optimizer, seed, True, platform="B")
+    t = oracle_table(load_results(tmp_path / "exact-set", tmp_path / "is-set")).set_index("optimizer")
+    assert (t.loc["sgd", "other platform"], t.loc["olbfgs", "other platform"]) == (2, 0)
+    write_leaderboard(tmp_path, out=tmp_path / "board.md")
+    text = (tmp_path / "board.md").read_text()
+    assert "seeds run on another platform under one oracle than under the other: 1 of 2" in text
 
 
 def test_a_longer_is_set_is_compared_at_the_exact_sets_budget(tmp_path):

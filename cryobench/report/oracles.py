@@ -9,7 +9,10 @@ log-linear, a failure +inf from there on, as the findings read runs): the median
 each, the median over the seeds both ran of the paired difference IS − exact (seed n is the
 same training stream under both oracles), its two-sided sign-flip p-value
 (:func:`two_sided_pvalue`), the optimizer's rank among the optimizers run under both, and the
-share of the exact terms the IS runs computed over their whole run (:mod:`cryobench.report.cost`).
+share of the exact terms the IS runs computed over their whole run (:mod:`cryobench.report.cost`),
+and how many of the paired seeds ran on another platform under one oracle than under the other
+(their records' ``identity["platform"]``): such a pair differs by the platform as well, and a
+chaotic run on another platform is a new draw, not a reproduction (docs/verification.md).
 The findings are measured twice, on the exact runs and on the IS runs, and the rows whose
 verdicts differ are listed.
 """
@@ -25,7 +28,7 @@ from cryobench.report.html import inline, table_html
 from cryobench.report.tables import _markdown, comparable, md_text, sign_flip_pvalue
 
 COLUMNS = ["task", "scale", "optimizer", "at evals", "exact", "IS", "seeds", "IS − exact", "p",
-           "rank exact", "rank IS", "IS terms"]
+           "rank exact", "rank IS", "IS terms", "other platform"]
 
 
 def subset(results: Results, cells: set) -> Results:
@@ -54,6 +57,19 @@ def _at(runs: dict, evals: float) -> pd.Series:
     """seed → test NLL at ``evals`` of one optimizer's runs (``findings._per_seed``'s curves:
     log-linear between checkpoints, +inf after a failure)."""
     return pd.Series({seed: curve(evals) for seed, (curve, _, _) in runs.items()}, dtype=float)
+
+
+def _platform(results: Results, cell: str):
+    """The platform a cell's record says it was computed on; None if it does not say."""
+    record = results.records.get(cell)
+    return ((record.identity or {}).get("platform") if record is not None else None)
+
+
+def _other_platform(exact: Results, sampled: Results, runs_exact: dict, runs_is: dict,
+                    seeds) -> int:
+    """How many of ``seeds`` ran on different platforms under the two oracles (both known)."""
+    pairs = ((_platform(exact, runs_exact[s][2]), _platform(sampled, runs_is[s][2])) for s in seeds)
+    return sum(a is not None and b is not None and a != b for a, b in pairs)
 
 
 def _ranks(values: dict) -> dict:
@@ -90,7 +106,9 @@ def oracle_table(results: Results) -> pd.DataFrame:
                          "seeds": len(d), "IS − exact": float(d.median()) if len(d) else np.nan,
                          "p": two_sided_pvalue(finite) if len(finite) else np.nan,
                          "rank exact": r_exact[o], "rank IS": r_is[o],
-                         "IS terms": share.get((task, scale, label), np.nan)})
+                         "IS terms": share.get((task, scale, label), np.nan),
+                         "other platform": _other_platform(exact, sampled, by_exact[o], by_is[o],
+                                                           d.index)})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -122,7 +140,9 @@ INTRO = ("The same optimizers run with the importance-sampled oracle (labels end
          "smaller of their budgets: median test NLL under each, the median paired difference "
          "IS − exact over the seeds both ran with its two-sided sign-flip p, the rank among the "
          "optimizers run under both, and the share of the exact likelihood terms the IS runs "
-         "computed; then the paper's findings whose verdict differs between the two oracles.")
+         "computed, and how many of the paired seeds ran on another platform under one oracle "
+         "than under the other (such a pair differs by the platform too: a chaotic run there is "
+         "a new draw); then the paper's findings whose verdict differs between the two oracles.")
 
 
 def oracle_section(results: Results) -> tuple[list[str], list[str]]:
@@ -139,13 +159,18 @@ def oracle_section(results: Results) -> tuple[list[str], list[str]]:
         "seeds": table["seeds"].astype(str), "IS − exact": table["IS − exact"].map(_fmt),
         "p": table["p"].map(lambda p: _fmt(p, 3)),
         "rank exact": table["rank exact"].astype(str), "rank IS": table["rank IS"].astype(str),
-        "IS terms": table["IS terms"].map(lambda r: _fmt(r, 3))})
+        "IS terms": table["IS terms"].map(lambda r: _fmt(r, 3)),
+        "other platform": table["other platform"].astype(str)})
     numeric = set(shown.columns) - {"task", "scale", "optimizer"}
     changed = verdict_changes(results)
     agree = int((table["rank exact"] == table["rank IS"]).sum())
+    moved = int((table["other platform"] > 0).sum())
     summary = (f"Ranks agree for {agree} of {len(table)} optimizers; "
                + (f"findings whose verdict differs: {len(changed)}." if len(changed)
-                  else "no finding changes verdict."))
+                  else "no finding changes verdict.")
+               + (f" Optimizers with seeds run on another platform under one oracle than under "
+                  f"the other: {moved} of {len(table)}; their differences, and any verdict that "
+                  "rests on them, include the platform's." if moved else ""))
     md = ["## The importance-sampled oracle beside the exact one", "", INTRO, "",
           _markdown(shown, numeric), summary, ""]
     body = ['<section id="oracles">', "<h2>The importance-sampled oracle beside the exact one</h2>",
