@@ -24,6 +24,9 @@ from cryobench.report.figures import result_sets
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
 
+# where OpenBLAS's x86-64 kernels and glibc's tunables can be switched (the restricted environment)
+X86_64_LINUX = sys.platform == "linux" and os.uname().machine == "x86_64"
+
 # What this code simulates for thermus-style at the ci scale (shifts, outliers and junk
 # particles, so every path of the simulator): the task content hash (it covers the SHA-256
 # manifest of the dataset's files) and the SHA-256 of the initial density. A change of either
@@ -75,7 +78,7 @@ print(json.dumps({
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
+@pytest.mark.skipif(not X86_64_LINUX,
                     reason="OpenBLAS's x86-64 kernels and glibc's tunables")
 @pytest.mark.parametrize("name", ["thermus-style"])
 def test_a_simulated_task_has_the_same_bits_under_any_blas_kernel_simd_and_libm(name, tmp_path):
@@ -110,8 +113,7 @@ for path in write_leaderboard(root):
 def _other_platform() -> dict:
     """The restricted environment where this machine has one (OpenBLAS's x86-64 kernels and
     glibc's tunables), else the machine as it is."""
-    on_x86_linux = sys.platform == "linux" and os.uname().machine == "x86_64"
-    return _settings()["restricted"] if on_x86_linux else {}
+    return _settings()["restricted"] if X86_64_LINUX else {}
 
 
 @pytest.mark.slow
@@ -215,7 +217,7 @@ print(json.dumps({"code": numerics_code_digest(), "numerics": numerics_fingerpri
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
+@pytest.mark.skipif(not X86_64_LINUX,
                     reason="OpenBLAS's x86-64 kernels and glibc's tunables")
 def test_the_numerics_code_digest_names_the_code_the_same_way_on_every_platform():
     """A cell's identity records two names of the numerical code: its fingerprint by behaviour,
