@@ -18,7 +18,8 @@ from cryobench.harness.results import load_results
 from cryobench.harness.run import checkpoints, execute
 from cryobench.report.figures import write_report
 from cryobench.report.findings import findings_table
-from cryobench.report.refinement import epochs_summary, epochs_table, heat, subopt_figure
+from cryobench.report.refinement import (epochs_summary, epochs_table, heat, outer_band,
+                                         subopt_figure)
 from cryobench.report.refinement_claims import refinement_findings
 from cryobench.report.style import line_styles
 
@@ -77,25 +78,39 @@ def test_every_epoch_is_a_checkpoint_with_the_fsc_per_shell_against_the_optimum(
         assert trace["fsc_opt_outer"].iloc[-1] == pytest.approx(outer, rel=1e-5)
 
 
+def test_the_outer_band_leaves_out_the_shell_that_straddles_r_max():
+    """Outer 20 % of (0, r_max], each shell [s − ½, s + ½] wholly inside r_max."""
+    assert list(np.flatnonzero(outer_band(np.arange(70), 64.0))) == list(range(52, 64))
+    assert list(np.flatnonzero(outer_band(np.arange(20), 12.0))) == [10, 11]
+    assert list(np.flatnonzero(outer_band(np.arange(20), 12.5))) == [11, 12]
+
+
 def test_epochs_to_threshold_by_hand(tiny_set):
     task, root = tiny_set
     results = load_results(root)
-    k = task.n_train
+    k, rmax = task.n_train, task.likelihood.rmax
     table = epochs_table(results)
     assert len(table) == 4 and set(table["optimizer"]) == set(RUNS)
-    for row in table.to_dict("records"):                     # the measured traces, scanned
-        trace = results.trace[results.trace["cell"] == row["cell"]]
+    band = (np.arange(int(rmax) + 1) > 0.8 * rmax) & (np.arange(int(rmax) + 1) < rmax)
+    for row in table.to_dict("records"):                     # the measured shells, scanned
+        shells = results.shells[results.shells["cell"] == row["cell"]].sort_values("checkpoint")
+        outer = [(e, g["fsc"].to_numpy()[band].min()) for e, g in shells.groupby("evals")]
         for th in (0.5, 0.8, 0.95):
-            hit = [e for e, f in zip(trace["evals"], trace["fsc_opt_outer"]) if f >= th]
+            hit = [e for e, f in outer if f >= th]
             assert row[f"epochs to {th:g}"] == (hit[0] / k if hit else np.inf)
-    cell = table["cell"].iloc[0]                              # and a trace written by hand
-    mine = results.trace["cell"] == cell
-    n = int(mine.sum())
-    results.trace.loc[mine, "evals"] = np.arange(n) * 125
-    results.trace.loc[mine, "fsc_opt_outer"] = np.minimum(0.2 * np.arange(n), 0.9)
+        assert row["final_fsc_outer"] == outer[-1][1]
+    cell = table["cell"].iloc[0]                              # and shells written by hand
+    mine = results.shells["cell"] == cell
+    evals = results.shells.loc[mine, "checkpoint"] * 125
+    results.shells.loc[mine, "evals"] = evals
+    results.trace.loc[results.trace["cell"] == cell, "evals"] = np.arange(evals.nunique()) * 125
+    # every outer shell at min(0.2·i, 0.9) at checkpoint i, the edge shell at r_max always 0
+    fsc = np.minimum(0.2 * results.shells.loc[mine, "checkpoint"], 0.9)
+    results.shells.loc[mine, "fsc"] = np.where(results.shells.loc[mine, "shell"] >= rmax, 0, fsc)
     row = epochs_table(results).set_index("cell").loc[cell]
     # 0.2·i ≥ 0.5 first at i = 3 (375 evals = 1.5 epochs), ≥ 0.8 at i = 4 (2 epochs), 0.95 never
     assert (row["epochs to 0.5"], row["epochs to 0.8"], row["epochs to 0.95"]) == (1.5, 2.0, np.inf)
+    assert row["final_fsc_outer"] == 0.9
     summary = epochs_summary(pd.DataFrame([{**row, "cell": cell, "label": "x"},
                                            {**row, "cell": "y", "label": "x", "epochs to 0.5": 3.0}]))
     assert summary["epochs to 0.5"].iloc[0] == "2.25 (1.5–3)"

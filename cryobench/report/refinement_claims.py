@@ -37,7 +37,8 @@ CLAIMS = {
     "precond-epochs": ("The preconditioned SGD reaches the outer shells in far fewer epochs than "
                        "SGD and Adam (Toader et al. 2025).",
                        f"each preconditioned SGD needs fewer epochs than tuned SGD and Adam to "
-                       f"reach FSC ≥ {REACHED:g} against the optimum in the outer 20 % of shells, by "
+                       f"reach FSC ≥ {REACHED:g} against the optimum in the outer 20 % of the shells "
+                       f"wholly inside r_max, by "
                        f"the paired test over seeds (sign-flip p below {ALPHA:g}); a seed that does "
                        "not reach it counts as the run's budget in epochs (a lower bound)"),
 }
