@@ -18,10 +18,12 @@ from cryobench.harness.results import load_results
 from cryobench.harness.run import checkpoints, execute
 from cryobench.report.figures import write_report
 from cryobench.report.findings import findings_table
+from cryobench.report.findings_section import findings_section
 from cryobench.report.refinement import (epochs_summary, epochs_table, heat, outer_band,
                                          subopt_figure)
 from cryobench.report.refinement_claims import refinement_findings
 from cryobench.report.style import line_styles
+from cryobench.report.tables import md_text
 
 EPOCHS = 4
 RUNS = {"sgd": {"lr": 0.5}, "exact-diag-sgd": {"lr": 0.05}}
@@ -152,6 +154,16 @@ def test_suboptimality_curves_draw_each_method_as_every_other_figure_does(tiny_s
     styles = line_styles(results.cells["label"])
     assert len(drawn) == 14 and len(set(drawn.values())) == 14
     assert drawn == {k: (tuple(s["color"]), s["ls"]) for k, s in styles.items()}
+
+
+def test_the_leaderboard_findings_section_measures_the_claims_as_the_claims_do(tiny_set):
+    """The leaderboard splits the runs by oracle before its findings: the split keeps the FSC
+    per shell, so the claims read the runs, not 'no runs with an optimum'."""
+    results = load_results(tiny_set[1])
+    markdown = "\n".join(findings_section(results)[0])
+    for measured in refinement_findings(results)["measured"]:
+        assert md_text(measured) in markdown
+    assert "sgd ends at outer-shell FSC" in markdown and "a local search" not in markdown
 
 
 def test_claims_are_findings_rows_not_measurable_without_the_preconditioned_method(tiny_set, tmp_path):

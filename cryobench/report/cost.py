@@ -18,6 +18,8 @@ load task files).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -72,8 +74,7 @@ def on_cost_axis(results: Results) -> Results:
     keep = ~results.trace["cell"].isin(unknown)
     trace = results.trace[keep].assign(evals=e[keep])
     cells = results.cells[~results.cells["cell"].isin(unknown)]
-    return Results(trace, cells, results.fsc, results.folders, results.references,
-                   results.records)
+    return replace(results, trace=trace, cells=cells)
 
 
 def final_exact_equivalent(results: Results) -> pd.Series:

@@ -18,6 +18,8 @@ verdicts differ are listed.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -34,9 +36,10 @@ COLUMNS = ["task", "scale", "optimizer", "at evals", "exact", "IS", "seeds", "IS
 def subset(results: Results, cells: set) -> Results:
     """``results`` restricted to the cell ids ``cells``."""
     keep = lambda frame: frame[frame["cell"].isin(cells)].reset_index(drop=True)
-    return Results(keep(results.trace), keep(results.cells), keep(results.fsc),
-                   {c: f for c, f in results.folders.items() if c in cells}, results.references,
-                   {c: r for c, r in results.records.items() if c in cells})
+    return replace(results, trace=keep(results.trace), cells=keep(results.cells),
+                   fsc=keep(results.fsc), shells=keep(results.shells),
+                   folders={c: f for c, f in results.folders.items() if c in cells},
+                   records={c: r for c, r in results.records.items() if c in cells})
 
 
 def split_by_oracle(results: Results) -> tuple[Results, Results]:
