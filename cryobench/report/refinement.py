@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cryobench.data.refinement import OUTER_SHELLS
 from cryobench.harness.results import Results
 from cryobench.report.style import line_styles, log_scale, style
 from cryobench.report.tables import comparable, md_text
 
 THRESHOLDS = (0.5, 0.8, 0.95)
 EPOCH_COLUMNS = [f"epochs to {t:g}" for t in THRESHOLDS]
+OUTER_SHELLS = 0.2      # the outer 20 % of shells, as in the runs' fsc_opt_outer (data.refinement)
 REFERENCE_NAMES = {"optimum": "the CG optimum", "truth": "the ground truth"}
 
 
